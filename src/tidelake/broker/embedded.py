@@ -1,0 +1,341 @@
+"""The embedded log: a durable, multi-process-safe log in one SQLite (WAL) file.
+
+Several processes on one machine may produce and consume at once: offsets are
+allocated inside ``BEGIN IMMEDIATE`` transactions (dense, never reused), group
+membership lives in the file (members heartbeat; a member whose process died
+is evicted at once, a silent one after ``session_timeout``), and partitions
+are split between a group's live members round-robin.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from tidelake.broker.base import (
+    Broker,
+    Consumer,
+    MessageBatch,
+    Producer,
+    RebalanceCallback,
+    TopicPartition,
+    partition_for,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (
+  name TEXT PRIMARY KEY, partitions INTEGER NOT NULL, retention_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+  topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+  ts INTEGER NOT NULL, key BLOB, value BLOB,
+  PRIMARY KEY (topic, partition, offset)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_offsets (
+  grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+  PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+  grp TEXT NOT NULL, member TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+  heartbeat REAL NOT NULL, PRIMARY KEY (grp, member)) WITHOUT ROWID;
+"""
+
+DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+def _open(path: str) -> sqlite3.Connection:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=60000")
+    return conn
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EmbeddedBroker(Broker):
+    """A log in one SQLite file; safe across threads and processes of one machine."""
+
+    def __init__(self, path: str, retention_ms: int = DEFAULT_RETENTION_MS) -> None:
+        self.path = str(path)
+        self.url = f"embedded:///{Path(path).resolve()}"
+        self.retention_ms = retention_ms
+        conn = _open(self.path)
+        conn.executescript(_SCHEMA)
+        conn.close()
+
+    def connection(self) -> sqlite3.Connection:
+        return _open(self.path)
+
+    def create_topic(self, name: str, partitions: int = 1, retention_ms: int | None = None) -> None:
+        conn = self.connection()
+        try:
+            conn.execute(
+                "INSERT OR IGNORE INTO topics VALUES (?, ?, ?)",
+                (name, partitions, retention_ms or self.retention_ms),
+            )
+        finally:
+            conn.close()
+
+    def topics(self) -> dict[str, int]:
+        conn = self.connection()
+        try:
+            return dict(conn.execute("SELECT name, partitions FROM topics ORDER BY name"))
+        finally:
+            conn.close()
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        conn = self.connection()
+        try:
+            return _end_offsets(conn, topic)
+        finally:
+            conn.close()
+
+    def producer(self) -> EmbeddedProducer:
+        return EmbeddedProducer(self)
+
+    def consumer(
+        self,
+        group: str,
+        topics: list[str],
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+    ) -> EmbeddedConsumer:
+        return EmbeddedConsumer(self, group, topics, on_assign, on_revoke)
+
+
+def _end_offsets(conn: sqlite3.Connection, topic: str) -> dict[int, int]:
+    row = conn.execute("SELECT partitions FROM topics WHERE name = ?", (topic,)).fetchone()
+    if row is None:
+        return {}
+    return {
+        p: conn.execute(
+            "SELECT coalesce(max(offset) + 1, 0) FROM messages WHERE topic = ? AND partition = ?",
+            (topic, p),
+        ).fetchone()[0]
+        for p in range(row[0])
+    }
+
+
+class EmbeddedProducer(Producer):
+    """Each ``produce`` call is one transaction: durable when it returns."""
+
+    _RETENTION_EVERY = 60.0
+
+    def __init__(self, broker: EmbeddedBroker) -> None:
+        self.broker = broker
+        self.conn = broker.connection()
+        self._counter = 0
+        self._partitions: dict[str, int] = {}
+        self._last_retention = 0.0
+
+    def _partition_count(self, topic: str) -> int:
+        if topic not in self._partitions:
+            self.broker.create_topic(topic)
+            row = self.conn.execute("SELECT partitions FROM topics WHERE name = ?", (topic,))
+            self._partitions[topic] = row.fetchone()[0]
+        return self._partitions[topic]
+
+    def produce(
+        self, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None
+    ) -> None:
+        if not values:
+            return
+        n = self._partition_count(topic)
+        keys = keys if keys is not None else [None] * len(values)
+        by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+        for k, v in zip(keys, values, strict=True):
+            p = partition_for(k, n, self._counter) if n > 1 else 0
+            self._counter += 1
+            by_partition.setdefault(p, []).append((k, v))
+        ts = int(time.time() * 1000)
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for p, records in by_partition.items():
+                start = conn.execute(
+                    "SELECT coalesce(max(offset) + 1, 0) FROM messages WHERE topic = ? AND partition = ?",
+                    (topic, p),
+                ).fetchone()[0]
+                conn.executemany(
+                    "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                    ((topic, p, start + i, ts, k, v) for i, (k, v) in enumerate(records)),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if time.monotonic() - self._last_retention > self._RETENTION_EVERY:
+            self._enforce_retention()
+
+    def _enforce_retention(self) -> None:
+        """Drop records older than their topic's retention (offsets of the rest are unchanged)."""
+        self._last_retention = time.monotonic()
+        now = int(time.time() * 1000)
+        self.conn.execute(
+            "DELETE FROM messages WHERE ts < ? - (SELECT retention_ms FROM topics WHERE name = topic)"
+            " AND offset < (SELECT max(m.offset) FROM messages m"
+            " WHERE m.topic = messages.topic AND m.partition = messages.partition)",
+            (now,),
+        )
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Nothing to do: ``produce`` commits before returning."""
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class EmbeddedConsumer(Consumer):
+    """A group member. Membership is refreshed at most every ``heartbeat`` seconds in ``poll``."""
+
+    def __init__(
+        self,
+        broker: EmbeddedBroker,
+        group: str,
+        topics: list[str],
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+        heartbeat: float = 0.5,
+        session_timeout: float = 6.0,
+    ) -> None:
+        self.broker = broker
+        self.group = group
+        self.topics = list(topics)
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self.heartbeat = heartbeat
+        self.session_timeout = session_timeout
+        self.member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.conn = broker.connection()
+        for t in self.topics:
+            broker.create_topic(t)
+        self._positions: dict[TopicPartition, int] = {}
+        self._last_beat = 0.0
+        self._rr = 0
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        now = time.time()
+        host = socket.gethostname()
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)",
+                (self.group, self.member, host, os.getpid(), now),
+            )
+            members = conn.execute(
+                "SELECT member, host, pid, heartbeat FROM members WHERE grp = ?", (self.group,)
+            ).fetchall()
+            dead = [
+                m
+                for m, h, pid, beat in members
+                if now - beat > self.session_timeout or (h == host and not _pid_alive(pid))
+            ]
+            conn.executemany(
+                "DELETE FROM members WHERE grp = ? AND member = ?", [(self.group, m) for m in dead]
+            )
+            live = sorted(m for m, *_ in members if m not in dead)
+            parts = [
+                (t, p)
+                for t, n in conn.execute(
+                    f"SELECT name, partitions FROM topics WHERE name IN ({','.join('?' * len(self.topics))})",
+                    self.topics,
+                )
+                for p in range(n)
+            ]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._last_beat = time.monotonic()
+        me = live.index(self.member)
+        mine = {tp for i, tp in enumerate(sorted(parts)) if i % len(live) == me}
+        revoked = [tp for tp in self._positions if tp not in mine]
+        added = sorted(tp for tp in mine if tp not in self._positions)
+        if revoked:
+            if self.on_revoke:
+                self.on_revoke(revoked)
+            for tp in revoked:
+                del self._positions[tp]
+        if added:
+            for tp in added:
+                row = conn.execute(
+                    "SELECT offset FROM group_offsets WHERE grp = ? AND topic = ? AND partition = ?",
+                    (self.group, *tp),
+                ).fetchone()
+                self._positions[tp] = row[0] if row else 0
+            if self.on_assign:
+                self.on_assign(added)
+
+    def poll(self, max_records: int, timeout: float) -> MessageBatch:
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() - self._last_beat >= self.heartbeat:
+                self._rebalance()
+            batch = self._fetch(max_records)
+            if len(batch) or time.monotonic() >= deadline:
+                return batch
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+
+    def _fetch(self, max_records: int) -> MessageBatch:
+        batch = MessageBatch()
+        tps = sorted(self._positions)
+        if not tps:
+            return batch
+        self._rr = (self._rr + 1) % len(tps)
+        for tp in tps[self._rr :] + tps[: self._rr]:
+            want = max_records - len(batch)
+            if want <= 0:
+                break
+            rows = self.conn.execute(
+                "SELECT offset, ts, key, value FROM messages"
+                " WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                (tp[0], tp[1], self._positions[tp], want),
+            ).fetchall()
+            if not rows:
+                continue
+            offsets, ts, keys, values = (list(c) for c in zip(*rows, strict=True))
+            batch.extend(
+                MessageBatch([tp[0]] * len(rows), [tp[1]] * len(rows), offsets, ts, keys, values)
+            )
+            self._positions[tp] = offsets[-1] + 1
+        return batch
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)",
+            [(self.group, t, p, o) for (t, p), o in offsets.items()],
+        )
+
+    def seek(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, o in offsets.items():
+            if tp in self._positions:
+                self._positions[tp] = o
+
+    def assignment(self) -> list[TopicPartition]:
+        return sorted(self._positions)
+
+    def lag(self) -> int:
+        ends: dict[TopicPartition, int] = {}
+        for t in {t for t, _ in self._positions}:
+            ends.update({(t, p): o for p, o in _end_offsets(self.conn, t).items()})
+        return sum(max(0, ends.get(tp, 0) - o) for tp, o in self._positions.items())
+
+    def close(self) -> None:
+        self.conn.execute(
+            "DELETE FROM members WHERE grp = ? AND member = ?", (self.group, self.member)
+        )
+        self.conn.close()

@@ -1,0 +1,232 @@
+"""Pipeline files: YAML -> validated pydantic models, with ``file:line: key: problem (hint)`` errors.
+
+This is the only module that reads pipeline YAML or interpolates environment
+variables; everything else receives typed models.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tidelake import registry
+from tidelake.errors import ConfigError
+from tidelake.runtime.base import ConnectorConfig
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchSettings(_Model):
+    """How big a micro-batch may grow and how long the first row may wait."""
+
+    size: int = Field(10_000, gt=0, description="rows per batch at most")
+    max_latency: float = Field(1.0, gt=0, description="seconds before a partial batch is written")
+    max_in_flight: int = Field(200_000, gt=0, description="rows buffered before the source pauses")
+
+
+class Flow(_Model):
+    """One source -> transforms -> one sink."""
+
+    source: ConnectorConfig
+    transforms: list[ConnectorConfig] = []
+    sink: ConnectorConfig
+    batch: BatchSettings = BatchSettings()
+    dead_letter: str | None = Field(None, description="dead-letter topic (default: <flow>.dlq)")
+
+
+class Panel(_Model):
+    """A dashboard panel: a query and how to draw it."""
+
+    title: str
+    sql: str
+    chart: Literal["line", "bar", "area", "table", "metric", "scatter"] = "table"
+    x: str | None = None
+    y: str | list[str] | None = None
+
+
+class Pipeline(_Model):
+    """A pipeline file: where the log, database and lake live, and the flows between them."""
+
+    name: str
+    broker: str = "embedded"
+    database: str = "sqlite:///.tidelake/pipeline.db"
+    lake: str = "file://.tidelake/lake"
+    lake_catalog: str | None = Field(None, description="catalog URL (default: SQLite beside the lake)")
+    flows: dict[str, Flow]
+    queries: dict[str, str] = {}
+    dashboard: list[Panel] = []
+    base_dir: Path = Field(Path("."), exclude=True, description="directory of the pipeline file")
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("use letters, digits, '_', '-' or '.' and start with a letter")
+        return v
+
+    def path(self, p: str | Path) -> Path:
+        """A path from the pipeline file, relative to the file's directory."""
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def url(self, url: str) -> str:
+        """``sqlite:///rel``, ``file://rel`` and ``embedded:///rel`` resolved against the file's dir."""
+        for scheme in ("sqlite:///", "file://", "embedded:///"):
+            if url.startswith(scheme):
+                rest = url[len(scheme) :]
+                if rest.startswith("/") or rest == ":memory:":
+                    return url
+                return scheme + str(self.path(rest).resolve())
+        if url == "embedded":
+            return "embedded:///" + str(self.path(".tidelake/log.db").resolve())
+        return url
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path(".tidelake")
+
+
+def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error."""
+    env = dict(os.environ) if env is None else env
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is None:
+            raise KeyError(name)
+        return default
+
+    return _VAR.sub(sub, text)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key and sequence item."""
+
+
+def _walk_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = path + (k.value,)
+            out[key] = k.start_mark.line + 1
+            _walk_lines(v, key, out)
+            out[key] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk_lines(item, path + (i,), out)
+
+
+def _interpolate_tree(obj: Any, path: tuple[Any, ...], problems: list[tuple[tuple[Any, ...], str]]) -> Any:
+    if isinstance(obj, dict):
+        return {k: _interpolate_tree(v, path + (k,), problems) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_interpolate_tree(v, path + (i,), problems) for i, v in enumerate(obj)]
+    if isinstance(obj, str) and "${" in obj:
+        try:
+            return interpolate(obj)
+        except KeyError as e:
+            problems.append((path, f"environment variable {e.args[0]} is not set "
+                             f"(set it, or give a default: ${{{e.args[0]}:-value}})"))
+    return obj
+
+
+def _closest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    while loc and loc not in lines:
+        loc = loc[:-1]
+    return lines.get(loc, 1)
+
+
+def _validate_connector(
+    kind: registry.Kind, raw: Any, loc: tuple[Any, ...], errors: list[tuple[tuple[Any, ...], str]]
+) -> ConnectorConfig | None:
+    if not isinstance(raw, dict) or "type" not in raw:
+        errors.append((loc, f"a {kind} needs a 'type' (one of: {', '.join(registry.names(kind))})"))
+        return None
+    try:
+        cls = registry.lookup(kind, str(raw["type"]))
+    except ConfigError as e:
+        errors.append((loc + ("type",), str(e)))
+        return None
+    try:
+        model: ConnectorConfig = cls.Config.model_validate(raw)
+        return model
+    except ValidationError as e:
+        for err in e.errors():
+            errors.append((loc + tuple(err["loc"]), _describe(err)))
+        return None
+
+
+def _describe(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key (remove it or check its spelling)"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return str(err["msg"])
+
+
+def load(path: str | Path) -> Pipeline:
+    """Read and validate a pipeline file; every problem found is reported at once."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read pipeline file: {e.strerror}") from e
+    return loads(text, path)
+
+
+def loads(text: str, path: Path = Path("<pipeline>")) -> Pipeline:
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise ConfigError(f"{path}:{line}: invalid YAML: {getattr(e, 'problem', e)}") from e
+    if node is None or not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{path}:1: a pipeline file is a mapping with at least 'name' and 'flows'")
+    lines: dict[tuple[Any, ...], int] = {}
+    _walk_lines(node, (), lines)
+    raw = yaml.load(text, Loader=yaml.SafeLoader)
+    errors: list[tuple[tuple[Any, ...], str]] = []
+    raw = _interpolate_tree(raw, (), errors)
+
+    flows = raw.get("flows") if isinstance(raw, dict) else None
+    if isinstance(flows, dict):
+        for fname, flow in flows.items():
+            if not isinstance(flow, dict):
+                continue
+            floc = ("flows", fname)
+            if not _NAME.match(str(fname)):
+                errors.append((floc, "flow names use letters, digits, '_', '-' or '.'"))
+            for kind, key in (("source", "source"), ("sink", "sink")):
+                if key in flow:
+                    flow[key] = _validate_connector(kind, flow[key], floc + (key,), errors)  # type: ignore[arg-type]
+            if isinstance(flow.get("transforms"), list):
+                flow["transforms"] = [
+                    _validate_connector("transform", t, floc + ("transforms", i), errors)
+                    for i, t in enumerate(flow["transforms"])
+                ]
+    if not errors:
+        try:
+            pipeline = Pipeline.model_validate(raw)
+        except ValidationError as e:
+            errors += [(tuple(err["loc"]), _describe(err)) for err in e.errors()]
+    if errors:
+        msgs = [
+            f"{path}:{_closest_line(lines, loc)}: {'.'.join(map(str, loc)) or '<root>'}: {msg}"
+            for loc, msg in errors
+        ]
+        raise ConfigError("\n".join(msgs))
+    pipeline.base_dir = path.parent.resolve()
+    return pipeline

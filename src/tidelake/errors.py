@@ -1,0 +1,21 @@
+"""The one exception hierarchy. Every message says what to do next."""
+
+
+class TidelakeError(Exception):
+    """Base of every error tidelake raises on purpose."""
+
+
+class ConfigError(TidelakeError):
+    """A pipeline file or setting is wrong: the message names file, line, key and fix."""
+
+
+class ConnectorError(TidelakeError):
+    """A source, sink or broker failed to talk to the system it connects to."""
+
+
+class QueryError(TidelakeError):
+    """A query was refused or failed; safe to show to the caller."""
+
+
+class InfraError(TidelakeError):
+    """A local service (Kafka, PostgreSQL, ...) could not be started or reached."""

@@ -1,0 +1,53 @@
+"""Connector names used in pipeline files -> the class implementing them.
+
+Entries are import paths, so a pipeline only imports the connectors it uses
+(and their optional dependencies). A new connector is one file plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Literal
+
+from tidelake.errors import ConfigError
+
+Kind = Literal["source", "transform", "sink"]
+
+SOURCES = {
+    "file": "tidelake.sources.file:FileSource",
+    "http": "tidelake.sources.http:HttpSource",
+    "generator": "tidelake.sources.generator:GeneratorSource",
+    "topic": "tidelake.sources.topic:TopicSource",
+}
+TRANSFORMS = {
+    "sql": "tidelake.transforms.sql:SqlTransform",
+    "rename": "tidelake.transforms.fields:Rename",
+    "derive": "tidelake.transforms.fields:Derive",
+    "filter": "tidelake.transforms.fields:Filter",
+    "drop": "tidelake.transforms.fields:Drop",
+    "flatten": "tidelake.transforms.fields:Flatten",
+    "pseudonymize": "tidelake.transforms.pseudonymize:Pseudonymize",
+    "validate": "tidelake.transforms.validate:Validate",
+    "python": "tidelake.transforms.python:PythonTransform",
+}
+SINKS = {
+    "table": "tidelake.sinks.table:TableSink",
+    "topic": "tidelake.sinks.topic:TopicSink",
+    "console": "tidelake.sinks.console:ConsoleSink",
+    "lake": "tidelake.sinks.lake:LakeSink",
+}
+_TABLES: dict[str, dict[str, str]] = {"source": SOURCES, "transform": TRANSFORMS, "sink": SINKS}
+
+
+def names(kind: Kind) -> list[str]:
+    return sorted(_TABLES[kind])
+
+
+def lookup(kind: Kind, name: str) -> type:
+    """The connector class for ``name``; a ConfigError listing the valid names otherwise."""
+    table = _TABLES[kind]
+    if name not in table:
+        raise ConfigError(f"unknown {kind} type {name!r} (choose one of: {', '.join(sorted(table))})")
+    module, _, attr = table[name].partition(":")
+    cls: type = getattr(importlib.import_module(module), attr)
+    return cls

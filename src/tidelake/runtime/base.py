@@ -1,0 +1,142 @@
+"""What a source, a transform and a sink are.
+
+A flow moves micro-batches (``pyarrow.Table``) from one source, through
+transforms, into one sink. Positions travel with the data: every batch carries
+the source position after it (a ``Checkpoint``), and the sink stores that
+position *atomically with the rows* (DESIGN principle 1). On restart the runner
+asks the sink for its checkpoint and the source resumes from there, so nothing
+is lost or written twice.
+
+A new connector is one file: a class with a pydantic ``Config`` (its keys in
+the pipeline file) and the methods below, listed in ``tidelake.registry``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from tidelake.broker import Broker
+    from tidelake.config import Pipeline
+    from tidelake.runtime.metrics import FlowMetrics
+
+Checkpoint = dict[str, int]
+"""Source position: position key (e.g. ``"ratings/0"`` = topic/partition) -> next offset."""
+
+PROVENANCE = ("_topic", "_partition", "_offset")
+"""Columns a topic source adds to every row so landed data is checkable by a query."""
+
+
+class ConnectorConfig(BaseModel):
+    """Base of every connector's config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+
+
+@dataclass
+class Batch:
+    """A micro-batch and the source position right after it."""
+
+    table: pa.Table
+    positions: Checkpoint = field(default_factory=dict)
+
+
+@dataclass
+class FlowContext:
+    """What a connector may use from its flow: names, the pipeline, the log, hooks."""
+
+    flow: str
+    pipeline: Pipeline
+    metrics: FlowMetrics
+    broker_factory: Callable[[], Broker]
+    dead_letter: Callable[[pa.Table, str], None] = lambda rows, reason: None
+    """Send rows that cannot be processed to the flow's dead-letter topic, with a reason."""
+    flush: Callable[[], None] = lambda: None
+    """Write and checkpoint everything in flight now (sources call it on partition revocation)."""
+    committed: Callable[[], Checkpoint] = dict
+    """The checkpoint the sink holds right now (sources call it when partitions are assigned)."""
+    _broker: Broker | None = None
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            self._broker = self.broker_factory()
+        return self._broker
+
+
+class Source(ABC):
+    """Produces batches. Finite sources return ``None`` from ``read`` when exhausted."""
+
+    Config: ClassVar[type[ConnectorConfig]]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abstractmethod
+    def open(self, ctx: FlowContext, checkpoint: Checkpoint) -> None:
+        """Start reading right after ``checkpoint`` (empty: from the beginning)."""
+
+    @abstractmethod
+    def read(self, max_records: int, timeout: float) -> Batch | None:
+        """Up to ``max_records`` rows, waiting at most ``timeout`` s; an empty table when
+        nothing arrived; ``None`` once a finite source has nothing more to give."""
+
+    def committed(self, checkpoint: Checkpoint) -> None:  # noqa: B027 - optional hook
+        """The sink durably stored ``checkpoint``: acknowledge upstream (commit offsets, LSN)."""
+
+    def pause(self) -> None:  # noqa: B027
+        """Backpressure: stop fetching ahead until ``resume``."""
+
+    def resume(self) -> None:  # noqa: B027
+        """Undo ``pause``."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release resources."""
+
+
+class Transform(ABC):
+    """A vectorized function from batch to batch (never a per-record Python loop)."""
+
+    Config: ClassVar[type[ConnectorConfig]]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def open(self, ctx: FlowContext) -> None:  # noqa: B027
+        """Prepare (compile SQL, read keys from the environment, ...); fail fast on bad config."""
+
+    @abstractmethod
+    def __call__(self, table: pa.Table) -> pa.Table:
+        """Return the transformed batch; rows routed to ``ctx.dead_letter`` are left out."""
+
+
+class Sink(ABC):
+    """Lands batches and owns the flow's checkpoint."""
+
+    Config: ClassVar[type[ConnectorConfig]]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abstractmethod
+    def open(self, ctx: FlowContext) -> None:
+        """Connect; create what is missing."""
+
+    @abstractmethod
+    def checkpoint(self) -> Checkpoint:
+        """The position stored with the last committed write for this flow (empty if none)."""
+
+    @abstractmethod
+    def write(self, table: pa.Table, checkpoint: Checkpoint) -> None:
+        """Land ``table`` and store ``checkpoint`` atomically: after a crash either both are
+        visible or neither. ``checkpoint`` holds every position key touched so far."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release resources."""

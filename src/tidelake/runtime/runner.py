@@ -1,0 +1,212 @@
+"""Runs flows: read -> transform -> land with checkpoint -> acknowledge, until stopped.
+
+Commit order for every micro-batch (why exactly-once holds):
+1. rows read since the last write are concatenated and transformed;
+2. rejected rows go to the dead-letter topic (flushed before step 3, at-least-once);
+3. the sink writes the rows *and* the source positions in one atomic commit;
+4. only then is the source told (Kafka offsets, replication LSN), which is advisory:
+   on restart the source resumes from the sink's checkpoint, not from step 4.
+A crash between any two steps re-reads at most the uncommitted batch, and the
+sink's checkpoint makes re-landing it impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import orjson
+import pyarrow as pa
+
+from tidelake import registry
+from tidelake.broker import Broker, connect
+from tidelake.config import Flow, Pipeline
+from tidelake.errors import ConfigError
+from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Sink, Source, Transform
+from tidelake.runtime.metrics import FlowMetrics
+
+log = logging.getLogger(__name__)
+
+
+def build(kind: registry.Kind, config: object) -> object:
+    cls = registry.lookup(kind, config.type)  # type: ignore[attr-defined]
+    return cls(config)
+
+
+class FlowRunner:
+    """Drives one flow in the calling thread until its source ends or ``stop`` is set."""
+
+    def __init__(self, pipeline: Pipeline, name: str, stop: threading.Event | None = None) -> None:
+        if name not in pipeline.flows:
+            raise ConfigError(
+                f"flow {name!r} is not in pipeline {pipeline.name!r} "
+                f"(flows: {', '.join(pipeline.flows)})"
+            )
+        self.pipeline = pipeline
+        self.name = name
+        self.spec: Flow = pipeline.flows[name]
+        self.stop = stop or threading.Event()
+        self.metrics = FlowMetrics(name)
+        self.source: Source = build("source", self.spec.source)  # type: ignore[assignment]
+        self.transforms: list[Transform] = [build("transform", t) for t in self.spec.transforms]  # type: ignore[misc]
+        self.sink: Sink = build("sink", self.spec.sink)  # type: ignore[assignment]
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._positions: Checkpoint = {}
+        self._dirty = False
+        self._dlq_topic = self.spec.dead_letter or f"{name}.dlq"
+        self._metrics_dir = pipeline.state_dir / "metrics"
+        self._last_publish = 0.0
+
+    def _broker(self) -> Broker:
+        return connect(self.pipeline.url(self.pipeline.broker))
+
+    def run(self) -> FlowMetrics:
+        ctx = FlowContext(
+            flow=self.name,
+            pipeline=self.pipeline,
+            metrics=self.metrics,
+            broker_factory=self._broker,
+            dead_letter=self._dead_letter,
+            flush=self.flush,
+            committed=lambda: self.sink.checkpoint(),
+        )
+        self.ctx = ctx
+        settings = self.spec.batch
+        try:
+            self.sink.open(ctx)
+            for t in self.transforms:
+                t.open(ctx)
+            self._positions = dict(self.sink.checkpoint())
+            self.source.open(ctx, dict(self._positions))
+            self.metrics.state = "running"
+            first_at: float | None = None
+            while not self.stop.is_set():
+                wait = settings.max_latency if first_at is None else max(
+                    0.0, settings.max_latency - (time.monotonic() - first_at)
+                )
+                batch = self.source.read(settings.size - self._pending_rows, wait)
+                if batch is None:
+                    break
+                if (self._add(batch) or batch.positions) and first_at is None:
+                    first_at = time.monotonic()
+                full = self._pending_rows >= settings.size
+                late = first_at is not None and time.monotonic() - first_at >= settings.max_latency
+                if full or late:
+                    self.flush()
+                    first_at = None
+                self._publish()
+            self.flush()
+            self.metrics.state = "finished" if not self.stop.is_set() else "stopped"
+        except Exception as e:
+            self.metrics.state = "failed"
+            self.metrics.errors += 1
+            self.metrics.last_error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            self._publish(force=True)
+            for closer in (self.source.close, self.sink.close):
+                try:
+                    closer()
+                except Exception:  # closing must not hide the error that stopped the flow
+                    log.exception("flow %s: error while closing", self.name)
+            if ctx._broker is not None:
+                ctx._broker.close()
+        return self.metrics
+
+    def _add(self, batch: Batch) -> bool:
+        """Buffer a batch; True when it brought rows."""
+        if batch.positions:
+            self._positions.update(batch.positions)
+            self._dirty = True
+        n = batch.table.num_rows
+        if not n:
+            return False
+        self._pending.append(batch.table)
+        self._pending_rows += n
+        self.metrics.records_in += n
+        self.metrics.bytes_in += batch.table.nbytes
+        return True
+
+    def flush(self) -> None:
+        """Transform and land what is buffered, with the positions it covers."""
+        if not self._pending and not self._dirty:
+            return
+        started = time.perf_counter()
+        table = (
+            pa.concat_tables(self._pending, promote_options="permissive")
+            if self._pending
+            else pa.table({})
+        )
+        self._pending, self._pending_rows = [], 0
+        for t in self.transforms:
+            if table.num_rows:
+                table = t(table)
+        if self._dlq_producer is not None:
+            self._dlq_producer.flush()
+        checkpoint = dict(self._positions)
+        self.sink.write(table, checkpoint)
+        self._dirty = False
+        self.source.committed(checkpoint)
+        m = self.metrics
+        m.records_out += table.num_rows
+        m.batches += 1
+        m.last_batch_seconds = time.perf_counter() - started
+        m.last_checkpoint = time.time()
+
+    _dlq_producer = None
+
+    def _dead_letter(self, rows: pa.Table, reason: str) -> None:
+        if not rows.num_rows:
+            return
+        broker = self.ctx.broker
+        if self._dlq_producer is None:
+            broker.create_topic(self._dlq_topic)
+            self._dlq_producer = broker.producer()
+        payloads = [
+            orjson.dumps({"flow": self.name, "reason": reason, "payload": row}, default=str)
+            for row in rows.to_pylist()  # the slow path: only rejected rows reach it
+        ]
+        self._dlq_producer.produce(self._dlq_topic, payloads)
+        self.metrics.dead_letters += rows.num_rows
+
+    def _publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_publish >= 1.0:
+            self._last_publish = now
+            self.metrics.save(self._metrics_dir)
+
+
+def run_flows(
+    pipeline: Pipeline,
+    names: list[str],
+    stop: threading.Event,
+    on_start: Callable[[list[FlowRunner]], None] | None = None,
+) -> list[FlowRunner]:
+    """Run several flows, each in its own thread, until they end or ``stop`` is set.
+
+    A failing flow stops the others (no half-running pipeline) and its error is re-raised.
+    """
+    runners = [FlowRunner(pipeline, n, stop) for n in names]
+    errors: list[BaseException] = []
+
+    def target(r: FlowRunner) -> None:
+        try:
+            r.run()
+        except BaseException as e:
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=target, args=(r,), name=f"flow-{r.name}") for r in runners]
+    for t in threads:
+        t.start()
+    if on_start:
+        on_start(runners)
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+    if errors:
+        raise errors[0]
+    return runners
