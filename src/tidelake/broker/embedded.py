@@ -5,6 +5,11 @@ allocated inside ``BEGIN IMMEDIATE`` transactions (dense, never reused), group
 membership lives in the file (members heartbeat; a member whose process died
 is evicted at once, a silent one after ``session_timeout``), and partitions
 are split between a group's live members round-robin.
+
+A partition has at most one owner at a time (the ``owners`` table): a member
+only takes a partition once its previous owner released it -- after that
+owner's ``on_revoke`` ran (and committed) -- or was evicted. Membership and
+rebalance callbacks happen inside ``poll`` (and ``close``), as with Kafka.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 CREATE TABLE IF NOT EXISTS members (
   grp TEXT NOT NULL, member TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
   heartbeat REAL NOT NULL, PRIMARY KEY (grp, member)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+  grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, member TEXT NOT NULL,
+  PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
 """
 
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
@@ -223,10 +231,12 @@ class EmbeddedConsumer(Consumer):
             broker.create_topic(t)
         self._positions: dict[TopicPartition, int] = {}
         self._last_beat = 0.0
+        self._closed = False
+        self._pending = False  # partitions assigned to us that their old owner still holds
         self._rr = 0
-        self._rebalance()
 
     def _rebalance(self) -> None:
+        """Heartbeat, evict dead members, then release/acquire partitions to match the split."""
         now = time.time()
         host = socket.gethostname()
         conn = self.conn
@@ -240,22 +250,29 @@ class EmbeddedConsumer(Consumer):
                 "SELECT member, host, pid, heartbeat FROM members WHERE grp = ?", (self.group,)
             ).fetchall()
             dead = [
-                m
+                (self.group, m)
                 for m, h, pid, beat in members
                 if now - beat > self.session_timeout or (h == host and not _pid_alive(pid))
             ]
-            conn.executemany(
-                "DELETE FROM members WHERE grp = ? AND member = ?", [(self.group, m) for m in dead]
-            )
-            live = sorted(m for m, *_ in members if m not in dead)
+            conn.executemany("DELETE FROM members WHERE grp = ? AND member = ?", dead)
+            conn.executemany("DELETE FROM owners WHERE grp = ? AND member = ?", dead)
+            live = sorted(m for m, *_ in members if (self.group, m) not in dead)
             parts = [
                 (t, p)
                 for t, n in conn.execute(
-                    f"SELECT name, partitions FROM topics WHERE name IN ({','.join('?' * len(self.topics))})",
+                    "SELECT name, partitions FROM topics WHERE name IN "
+                    f"({','.join('?' * len(self.topics))})",
                     self.topics,
                 )
                 for p in range(n)
             ]
+            held = {
+                (t, p)
+                for t, p in conn.execute(
+                    "SELECT topic, partition FROM owners WHERE grp = ? AND member = ?",
+                    (self.group, self.member),
+                )
+            }
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -263,27 +280,61 @@ class EmbeddedConsumer(Consumer):
         self._last_beat = time.monotonic()
         me = live.index(self.member)
         mine = {tp for i, tp in enumerate(sorted(parts)) if i % len(live) == me}
-        revoked = [tp for tp in self._positions if tp not in mine]
-        added = sorted(tp for tp in mine if tp not in self._positions)
+        # lost: we were evicted (silent too long) and our partitions were freed meanwhile
+        lost = [tp for tp in self._positions if tp not in held]
+        revoked = sorted(tp for tp in self._positions if tp not in mine or tp in lost)
         if revoked:
-            if self.on_revoke:
-                self.on_revoke(revoked)
-            for tp in revoked:
-                del self._positions[tp]
-        if added:
-            for tp in added:
-                row = conn.execute(
-                    "SELECT offset FROM group_offsets WHERE grp = ? AND topic = ? AND partition = ?",
-                    (self.group, *tp),
-                ).fetchone()
-                self._positions[tp] = row[0] if row else 0
-            if self.on_assign:
-                self.on_assign(added)
+            try:
+                if self.on_revoke:
+                    self.on_revoke(revoked)
+            finally:
+                for tp in revoked:
+                    del self._positions[tp]
+                conn.executemany(
+                    "DELETE FROM owners WHERE grp = ? AND topic = ? AND partition = ?"
+                    " AND member = ?",
+                    [(self.group, t, p, self.member) for t, p in revoked],
+                )
+        wanted = sorted(tp for tp in mine if tp not in self._positions)
+        added: list[TopicPartition] = []
+        if wanted:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for tp in wanted:
+                    owner = conn.execute(
+                        "SELECT o.member FROM owners o JOIN members m"
+                        " ON m.grp = o.grp AND m.member = o.member"
+                        " WHERE o.grp = ? AND o.topic = ? AND o.partition = ?",
+                        (self.group, *tp),
+                    ).fetchone()
+                    if owner is not None and owner[0] != self.member:
+                        continue  # its owner has not run on_revoke yet: take it later
+                    conn.execute(
+                        "INSERT OR REPLACE INTO owners VALUES (?, ?, ?, ?)",
+                        (self.group, *tp, self.member),
+                    )
+                    row = conn.execute(
+                        "SELECT offset FROM group_offsets"
+                        " WHERE grp = ? AND topic = ? AND partition = ?",
+                        (self.group, *tp),
+                    ).fetchone()
+                    self._positions[tp] = row[0] if row else 0
+                    added.append(tp)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                for tp in added:
+                    self._positions.pop(tp, None)
+                raise
+        self._pending = len(added) < len(wanted)
+        if added and self.on_assign:
+            self.on_assign(added)
 
     def poll(self, max_records: int, timeout: float) -> MessageBatch:
         deadline = time.monotonic() + timeout
         while True:
-            if time.monotonic() - self._last_beat >= self.heartbeat:
+            every = 0.05 if self._pending else self.heartbeat
+            if time.monotonic() - self._last_beat >= every:
                 self._rebalance()
             batch = self._fetch(max_records)
             if len(batch) or time.monotonic() >= deadline:
@@ -335,7 +386,22 @@ class EmbeddedConsumer(Consumer):
         return sum(max(0, ends.get(tp, 0) - o) for tp, o in self._positions.items())
 
     def close(self) -> None:
-        self.conn.execute(
-            "DELETE FROM members WHERE grp = ? AND member = ?", (self.group, self.member)
-        )
-        self.conn.close()
+        """Run ``on_revoke`` for every owned partition, then leave the group."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            owned = sorted(self._positions)
+            if owned and self.on_revoke:
+                self.on_revoke(owned)
+        finally:
+            self._positions.clear()
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(
+                "DELETE FROM owners WHERE grp = ? AND member = ?", (self.group, self.member)
+            )
+            self.conn.execute(
+                "DELETE FROM members WHERE grp = ? AND member = ?", (self.group, self.member)
+            )
+            self.conn.execute("COMMIT")
+            self.conn.close()

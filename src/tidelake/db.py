@@ -1,0 +1,340 @@
+"""The pipeline's operational database (SQLite or PostgreSQL) behind one small interface.
+
+Used by the ``table`` sink (rows and checkpoints in one transaction) and by the
+query layer (reading tables as Arrow). Identifiers are always quoted and values
+always bound or bulk-copied, never pasted into SQL.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sqlite3
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from tidelake.errors import ConfigError, ConnectorError
+from tidelake.runtime.base import Checkpoint
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CHECKPOINTS = "_tidelake_checkpoints"
+
+
+def ident(name: str) -> str:
+    """A safely quoted identifier; names must be plain (letters, digits, underscores)."""
+    if not _IDENT.match(name):
+        raise ConfigError(f"{name!r} is not a valid table or column name (use letters, digits, _)")
+    return f'"{name}"'
+
+
+def _is_nested(t: pa.DataType) -> bool:
+    return bool(pa.types.is_nested(t))
+
+
+def nested_to_json(table: pa.Table) -> pa.Table:
+    """Struct/list/map columns become JSON text (vectorized in DuckDB)."""
+    nested = [f.name for f in table.schema if _is_nested(f.type)]
+    if not nested:
+        return table
+    con = duckdb.connect()
+    try:
+        con.register("b", table.select(nested))
+        exprs = ", ".join(f"CAST(to_json({ident(c)}) AS VARCHAR) AS {ident(c)}" for c in nested)
+        js = con.sql(f"SELECT {exprs} FROM b").to_arrow_table()
+    finally:
+        con.close()
+    for c in nested:
+        table = table.set_column(table.schema.get_field_index(c), c, js.column(c))
+    return table
+
+
+class Database(ABC):
+    """One connection to the pipeline's database."""
+
+    @abstractmethod
+    @contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator[None]:
+        """Everything inside commits together; ``lock`` serializes writers of that name."""
+
+    @abstractmethod
+    def columns(self, table: str) -> dict[str, str]:
+        """Column name -> declared type; empty when the table does not exist."""
+
+    @abstractmethod
+    def sql_type(self, t: pa.DataType) -> str: ...
+
+    @abstractmethod
+    def insert(self, table: str, data: pa.Table, key: list[str] | None) -> None:
+        """Append ``data``; with ``key``, insert-or-update by key (the last row of a key wins)."""
+
+    @abstractmethod
+    def delete(self, table: str, keys: pa.Table) -> None:
+        """Delete the rows whose key columns equal a row of ``keys``."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]: ...
+
+    @abstractmethod
+    def read_arrow(self, table: str) -> pa.Table: ...
+
+    @abstractmethod
+    def tables(self) -> list[str]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def ensure_table(self, table: str, schema: pa.Schema, key: list[str] | None) -> None:
+        """Create ``table`` from ``schema`` or add the columns it lacks (schema evolution)."""
+        have = self.columns(table)
+        if not have:
+            cols = ", ".join(f"{ident(f.name)} {self.sql_type(f.type)}" for f in schema)
+            pk = f", PRIMARY KEY ({', '.join(map(ident, key))})" if key else ""
+            self.execute(f"CREATE TABLE IF NOT EXISTS {ident(table)} ({cols}{pk})")
+            return
+        for f in schema:
+            if f.name not in have:
+                self.execute(
+                    f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {self.sql_type(f.type)}"
+                )
+
+    def load_checkpoint(self, flow: str) -> Checkpoint:
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (flow TEXT NOT NULL, position TEXT NOT NULL,"
+            " next_offset BIGINT NOT NULL, PRIMARY KEY (flow, position))"
+        )
+        rows = self.execute(
+            f"SELECT position, next_offset FROM {CHECKPOINTS} WHERE flow = {self.param}", (flow,)
+        )
+        return {str(p): int(o) for p, o in rows}  # type: ignore[call-overload]
+
+    @abstractmethod
+    def save_checkpoint(self, flow: str, checkpoint: Checkpoint) -> None: ...
+
+    param = "?"
+
+
+class SqliteDatabase(Database):
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA busy_timeout=60000")
+
+    @contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")  # one writer at a time: the lock is the database
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def columns(self, table: str) -> dict[str, str]:
+        return {r[1]: r[2] for r in self.conn.execute(f"PRAGMA table_info({ident(table)})")}
+
+    def sql_type(self, t: pa.DataType) -> str:
+        if pa.types.is_integer(t) or pa.types.is_boolean(t):
+            return "INTEGER"
+        if pa.types.is_floating(t) or pa.types.is_decimal(t):
+            return "REAL"
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return "BLOB"
+        return "TEXT"
+
+    def _prepare(self, data: pa.Table) -> pa.Table:
+        data = nested_to_json(data)
+        for i, f in enumerate(data.schema):
+            if pa.types.is_temporal(f.type) or pa.types.is_decimal(f.type):
+                data = data.set_column(i, f.name, pc.cast(data.column(i), pa.string()))
+        return data
+
+    def insert(self, table: str, data: pa.Table, key: list[str] | None) -> None:
+        data = self._prepare(data)
+        names = data.column_names
+        cols = ", ".join(map(ident, names))
+        sql = f"INSERT INTO {ident(table)} ({cols}) VALUES ({', '.join('?' * len(names))})"
+        if key:
+            updates = ", ".join(f"{ident(c)} = excluded.{ident(c)}" for c in names if c not in key)
+            conflict = ", ".join(map(ident, key))
+            sql += f" ON CONFLICT ({conflict}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING")
+        self.conn.executemany(sql, zip(*(c.to_pylist() for c in data.columns), strict=True))
+
+    def delete(self, table: str, keys: pa.Table) -> None:
+        keys = self._prepare(keys)
+        where = " AND ".join(f"{ident(c)} = ?" for c in keys.column_names)
+        self.conn.executemany(
+            f"DELETE FROM {ident(table)} WHERE {where}",
+            zip(*(c.to_pylist() for c in keys.columns), strict=True),
+        )
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def save_checkpoint(self, flow: str, checkpoint: Checkpoint) -> None:
+        self.conn.executemany(
+            f"INSERT OR REPLACE INTO {CHECKPOINTS} VALUES (?, ?, ?)",
+            [(flow, k, v) for k, v in checkpoint.items()],
+        )
+
+    def read_arrow(self, table: str) -> pa.Table:
+        cur = self.conn.execute(f"SELECT * FROM {ident(table)}")
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+        return pa.table({n: list(c) for n, c in zip(names, zip(*rows, strict=True), strict=True)}) if rows else pa.table({n: [] for n in names})
+
+    def tables(self) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            f" AND name != '{CHECKPOINTS}' ORDER BY name"
+        )
+        return [r[0] for r in rows]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL through psycopg 3; bulk loads go through COPY."""
+
+    param = "%s"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        try:
+            self.conn = psycopg.connect(url, autocommit=True)
+        except psycopg.OperationalError as e:
+            raise ConnectorError(
+                f"cannot connect to PostgreSQL at {_redact(url)}: {str(e).strip()} "
+                "(is it running? `tidelake infra up postgres` starts a local one)"
+            ) from e
+
+    @contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator[None]:
+        with self.conn.transaction():
+            if lock is not None:
+                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(lock.encode()),))
+            yield
+
+    def columns(self, table: str) -> dict[str, str]:
+        rows = self.conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
+            (table,),
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def sql_type(self, t: pa.DataType) -> str:
+        if pa.types.is_boolean(t):
+            return "BOOLEAN"
+        if pa.types.is_integer(t):
+            return "BIGINT"
+        if pa.types.is_floating(t):
+            return "DOUBLE PRECISION"
+        if pa.types.is_decimal(t):
+            return "NUMERIC"
+        if pa.types.is_timestamp(t):
+            return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"  # type: ignore[attr-defined]
+        if pa.types.is_date(t):
+            return "DATE"
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return "BYTEA"
+        if _is_nested(t):
+            return "JSONB"
+        return "TEXT"
+
+    def _copy(self, table: str, data: pa.Table) -> None:
+        buf = io.BytesIO()
+        pcsv.write_csv(nested_to_json(data), buf, pcsv.WriteOptions(include_header=False))
+        cols = ", ".join(map(ident, data.column_names))
+        with self.conn.cursor().copy(f"COPY {ident(table)} ({cols}) FROM STDIN (FORMAT csv)") as cp:
+            cp.write(buf.getvalue())
+
+    def _stage(self, table: str, data: pa.Table) -> str:
+        stage = "_tl_stage"
+        self.conn.execute(f"DROP TABLE IF EXISTS {stage}")
+        self.conn.execute(
+            f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT * FROM {ident(table)} WITH NO DATA"
+        )
+        self.conn.execute(f"ALTER TABLE {stage} ADD COLUMN _tl_ord BIGINT")
+        self._copy(stage, data.append_column("_tl_ord", pa.array(range(data.num_rows), pa.int64())))
+        return stage
+
+    def insert(self, table: str, data: pa.Table, key: list[str] | None) -> None:
+        if not key:
+            self._copy(table, data)
+            return
+        stage = self._stage(table, data)
+        names = data.column_names
+        cols = ", ".join(map(ident, names))
+        keys = ", ".join(map(ident, key))
+        updates = ", ".join(f"{ident(c)} = excluded.{ident(c)}" for c in names if c not in key)
+        action = f"UPDATE SET {updates}" if updates else "NOTHING"
+        self.conn.execute(
+            f"INSERT INTO {ident(table)} ({cols}) SELECT DISTINCT ON ({keys}) {cols} FROM {stage}"
+            f" ORDER BY {keys}, _tl_ord DESC ON CONFLICT ({keys}) DO {action}"
+        )
+
+    def delete(self, table: str, keys: pa.Table) -> None:
+        stage = self._stage(table, keys)
+        match = " AND ".join(f"t.{ident(c)} = s.{ident(c)}" for c in keys.column_names)
+        self.conn.execute(f"DELETE FROM {ident(table)} t USING {stage} s WHERE {match}")
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        cur = self.conn.execute(sql, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+    def save_checkpoint(self, flow: str, checkpoint: Checkpoint) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {CHECKPOINTS} VALUES (%s, %s, %s) ON CONFLICT (flow, position)"
+                " DO UPDATE SET next_offset = excluded.next_offset",
+                [(flow, k, v) for k, v in checkpoint.items()],
+            )
+
+    def read_arrow(self, table: str) -> pa.Table:
+        buf = io.BytesIO()
+        with self.conn.cursor().copy(
+            f"COPY (SELECT * FROM {ident(table)}) TO STDOUT (FORMAT csv, HEADER)"
+        ) as cp:
+            for chunk in cp:
+                buf.write(chunk)
+        buf.seek(0)
+        return pcsv.read_csv(buf)
+
+    def tables(self) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            " AND table_name != %s ORDER BY table_name",
+            (CHECKPOINTS,),
+        )
+        return [r[0] for r in rows]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def connect_db(url: str) -> Database:
+    """``sqlite:///path`` (or ``sqlite:///:memory:``) or ``postgresql://user@host:port/db``."""
+    if url.startswith("sqlite:///"):
+        return SqliteDatabase(url.removeprefix("sqlite:///"))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(url)
+    raise ConfigError(
+        f"database url {_redact(url)!r} is not supported "
+        "(use 'sqlite:///path.db' or 'postgresql://user@host:port/db')"
+    )

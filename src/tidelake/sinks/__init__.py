@@ -1,0 +1,1 @@
+"""Where flows land: lake, SQL tables, topics, the console."""

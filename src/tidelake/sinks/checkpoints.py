@@ -1,0 +1,35 @@
+"""A flow's positions in a small SQLite file, for sinks that cannot hold them with their data."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tidelake.runtime.base import Checkpoint
+
+
+class CheckpointStore:
+    def __init__(self, path: Path, flow: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.flow = flow
+        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS checkpoints (flow TEXT, position TEXT, offset INTEGER,"
+            " PRIMARY KEY (flow, position))"
+        )
+
+    def load(self) -> Checkpoint:
+        rows = self.conn.execute(
+            "SELECT position, offset FROM checkpoints WHERE flow = ?", (self.flow,)
+        )
+        return dict(rows)
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
+            [(self.flow, k, v) for k, v in checkpoint.items()],
+        )
+
+    def close(self) -> None:
+        self.conn.close()

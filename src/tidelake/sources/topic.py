@@ -1,0 +1,106 @@
+"""Read a topic of the pipeline's log as JSON records, in consumer-group scale-out.
+
+Resumes from the *sink's* checkpoint, not from the group's committed offsets:
+whenever partitions are assigned (first start, restart, rebalance) they are
+sought to the positions the sink stored with its data. Group offsets are
+committed only after the sink committed, for monitoring and lag.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from tidelake.broker import Consumer, MessageBatch, TopicPartition
+from tidelake.formats import decode_json
+from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
+
+
+def position_key(topic: str, partition: int) -> str:
+    return f"{topic}/{partition}"
+
+
+class TopicSourceConfig(ConnectorConfig):
+    type: Literal["topic"]
+    topic: str | list[str] = Field(description="topic name, or several")
+    group: str | None = Field(None, description="consumer group (default: <pipeline>.<flow>)")
+
+
+class TopicSource(Source):
+    Config = TopicSourceConfig
+    config: TopicSourceConfig
+
+    def open(self, ctx: FlowContext, checkpoint: Checkpoint) -> None:
+        self.ctx = ctx
+        topics = [self.config.topic] if isinstance(self.config.topic, str) else self.config.topic
+        group = self.config.group or f"{ctx.pipeline.name}.{ctx.flow}"
+        self.consumer: Consumer = ctx.broker.consumer(
+            group, topics, on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        stored = self.ctx.committed()
+        self.consumer.seek(
+            {tp: stored[key] for tp in partitions if (key := position_key(*tp)) in stored}
+        )
+
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        self.ctx.flush()
+
+    def read(self, max_records: int, timeout: float) -> Batch:
+        msgs = self.consumer.poll(max_records, timeout)
+        self.ctx.metrics.lag = self.consumer.lag() if not len(msgs) else self.ctx.metrics.lag
+        positions = {position_key(*tp): o for tp, o in msgs.next_offsets().items()}
+        return Batch(self._decode(msgs), positions)
+
+    def _decode(self, msgs: MessageBatch) -> pa.Table:
+        """JSON values -> columns plus provenance; malformed values go to the dead-letter topic.
+
+        Tombstones (null values) carry no row: they are skipped, their offsets still count.
+        """
+        if not len(msgs):
+            return pa.table({})
+        table, bad = decode_json(msgs.values)
+        provenance = {
+            "_topic": pa.array(msgs.topics, pa.string()),
+            "_partition": pa.array(msgs.partitions, pa.int32()),
+            "_offset": pa.array(msgs.offsets, pa.int64()),
+        }
+        if bad:
+            self._dead_letter(msgs, [(i, r) for i, r in bad if r != "tombstone"])
+            rejected = {i for i, _ in bad}
+            keep = pa.array([i for i in range(len(msgs)) if i not in rejected], pa.int64())
+            provenance = {k: v.take(keep) for k, v in provenance.items()}
+        if not table.num_columns:
+            return pa.table(provenance)
+        for name, col in provenance.items():
+            table = table.append_column(name, col)
+        return table
+
+    def _dead_letter(self, msgs: MessageBatch, bad: list[tuple[int, str]]) -> None:
+        for i, reason in bad:
+            raw = msgs.values[i] or b""
+            row = pa.table(
+                {
+                    "_topic": [msgs.topics[i]],
+                    "_partition": [msgs.partitions[i]],
+                    "_offset": [msgs.offsets[i]],
+                    "value": [raw.decode("utf-8", "replace")],
+                }
+            )
+            self.ctx.dead_letter(row, reason)
+
+    def committed(self, checkpoint: Checkpoint) -> None:
+        mine = {position_key(*tp): tp for tp in self.consumer.assignment()}
+        self.consumer.commit({tp: checkpoint[k] for k, tp in mine.items() if k in checkpoint})
+
+    def pause(self) -> None:
+        self.consumer.pause()
+
+    def resume(self) -> None:
+        self.consumer.resume()
+
+    def close(self) -> None:
+        self.consumer.close()
