@@ -209,6 +209,22 @@ def infra_down(
     console.print("stopped")
 
 
+@infra_app.command("prefetch")
+def infra_prefetch(
+    services: Annotated[list[str] | None, typer.Argument(help="services (default: all)")] = None,
+) -> None:
+    """Download and build services without starting them (cached for later runs).
+
+    Example: tidelake infra prefetch kafka connect
+    """
+    from tidelake import infra
+
+    try:
+        infra.ensure_cached(services or list(infra.SERVICES))
+    except TidelakeError as e:
+        _fail(e)
+
+
 @infra_app.command("status")
 def infra_status() -> None:
     """Show which local services run, their URLs and logs.  Example: tidelake infra status"""
