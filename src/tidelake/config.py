@@ -135,10 +135,15 @@ def _interpolate_tree(obj: Any, path: tuple[Any, ...], problems: list[tuple[tupl
         return [_interpolate_tree(v, path + (i,), problems) for i, v in enumerate(obj)]
     if isinstance(obj, str) and "${" in obj:
         try:
-            return interpolate(obj)
+            value = interpolate(obj)
         except KeyError as e:
             problems.append((path, f"environment variable {e.args[0]} is not set "
                              f"(set it, or give a default: ${{{e.args[0]}:-value}})"))
+            return obj
+        if _VAR.fullmatch(obj):  # a whole-value variable is typed like YAML: 200 -> int, null -> None
+            typed = yaml.safe_load(value) if value.strip() else None
+            return typed if not isinstance(typed, dict | list) else value
+        return value
     return obj
 
 

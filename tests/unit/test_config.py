@@ -66,3 +66,16 @@ def test_relative_urls_resolve_against_the_file(tmp_path: Path) -> None:
     assert p.url("sqlite:///data/x.db") == f"sqlite:///{tmp_path.resolve()}/sub/data/x.db"
     assert p.url("embedded").startswith(f"embedded:///{tmp_path.resolve()}/sub/.tidelake/")
     assert p.url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_whole_value_variables_are_typed_like_yaml(tmp_path: Path) -> None:
+    text = GOOD.replace("size: 500", "size: ${TL_SIZE:-250}").replace(
+        "topic: events}", "topic: events, group: ${TL_GROUP:-null}}"
+    )
+    text = text.replace("source: {type: topic, topic: events, group: ${TL_GROUP:-null}}",
+                        "source:\n      type: topic\n      topic: events\n      group: ${TL_GROUP:-null}")
+    text = text.replace("batch: {size: ${TL_SIZE:-250}, max_latency: 0.5}",
+                        "batch:\n      size: ${TL_SIZE:-250}")
+    p = loads(text, tmp_path / "p.yaml")
+    assert p.flows["land"].batch.size == 250
+    assert p.flows["land"].source.group is None  # type: ignore[attr-defined]
