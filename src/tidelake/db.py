@@ -291,7 +291,7 @@ class PostgresDatabase(Database):
         self.conn.execute(f"DELETE FROM {ident(table)} t USING {stage} s WHERE {match}")
 
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        cur = self.conn.execute(sql, params)  # type: ignore[arg-type]
+        cur = self.conn.execute(sql, params or None)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
 
     def save_checkpoint(self, flow: str, checkpoint: Checkpoint) -> None:
