@@ -1,0 +1,203 @@
+"""The tidelake dashboard (a Streamlit script): pipeline health, then the file's panels.
+
+Run it through ``tidelake dashboard PIPELINE`` (``launch.py``), or directly with
+``streamlit run app.py -- PIPELINE [--refresh SECONDS]``. Both live sections are
+Streamlit fragments re-run every ``--refresh`` seconds, so the page updates in
+place without a reload. Every query goes through the one query layer
+(``QueryEngine``), one engine per browser session; it resolves each lake table's
+current snapshot on every query, so new commits show up on the next refresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import numbers
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from tidelake import config
+from tidelake.config import Panel, Pipeline
+from tidelake.lake.query import QueryEngine
+from tidelake.runtime import metrics
+
+# (comments, not docstrings: Streamlit "magic" would print bare strings on the page)
+MAX_ROWS = 10_000  # rows a panel draws at most; the rest is counted, not sent to the browser
+STALE_AFTER = 10.0  # seconds without a metrics update before a running flow shows as silent
+HISTORY = 150  # samples kept per flow for the sparklines (5 minutes at a 2 s refresh)
+RATE_WINDOW = 10.0  # seconds of samples records/s is averaged over
+
+CHARTS: dict[str, Callable[..., Any]] = {
+    "line": st.line_chart,
+    "bar": st.bar_chart,
+    "area": st.area_chart,
+    "scatter": st.scatter_chart,
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tidelake dashboard")
+    parser.add_argument("pipeline", nargs="?", default=os.environ.get("TIDELAKE_PIPELINE"))
+    parser.add_argument("--refresh", type=float, default=2.0, help="seconds between updates")
+    return parser.parse_args(argv)
+
+
+@st.cache_resource(scope="session", show_spinner=False, on_release=lambda e: e.close())
+def engine(path: str) -> QueryEngine:
+    return QueryEngine(config.load(path))
+
+
+# -- pipeline health -----------------------------------------------------------------
+
+
+@dataclass
+class FlowHistory:
+    """Successive metric snapshots of one flow, as seen by this browser session."""
+
+    samples: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    rates: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+    def add(self, m: dict[str, Any]) -> None:
+        """Record a published snapshot (``updated``, ``records_out``, ``lag``) once."""
+        sample = (float(m.get("updated", 0.0)), int(m.get("records_out", 0)), int(m.get("lag", 0)))
+        if self.samples and sample[0] <= self.samples[-1][0]:
+            return
+        if self.samples and sample[1] < self.samples[-1][1]:
+            self.samples.clear()  # the flow restarted: its counters began again
+        self.samples.append(sample)
+        t1, n1, _ = sample
+        window = [s for s in self.samples if s[0] >= t1 - RATE_WINDOW]
+        t0, n0, _ = window[0]
+        if t0 == t1:  # a single sample: average since the flow started
+            t0, n0 = float(m.get("started", t1)), 0
+        self.rates.append((n1 - n0) / max(t1 - t0, 1e-9))
+
+    @property
+    def rate(self) -> float:
+        return self.rates[-1] if self.rates else 0.0
+
+    @property
+    def lags(self) -> list[int]:
+        return [lag for _, _, lag in self.samples]
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}min ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def health(pipeline: Pipeline) -> None:
+    st.subheader("Pipeline health")
+    reported: dict[str, dict[str, Any]] = {
+        str(m["flow"]): m for m in metrics.read_all(pipeline.state_dir / "metrics")
+    }
+    histories: dict[str, FlowHistory] = st.session_state.setdefault("histories", {})
+    now = time.time()
+    for name in list(pipeline.flows) + sorted(set(reported) - set(pipeline.flows)):
+        m = reported.get(name)
+        with st.container(border=True, key=f"flow-{name}"):
+            if m is None:
+                st.markdown(f"**{name}** · not started (`tidelake run` publishes its metrics)")
+                continue
+            h = histories.setdefault(name, FlowHistory())
+            h.add(m)
+            state = str(m.get("state", "?"))
+            silent = now - float(m.get("updated", now))
+            if state in ("starting", "running") and silent > STALE_AFTER:
+                state = f"{state}, silent {_ago(silent)}"
+            st.markdown(f"**{name}** · {state}")
+            cols = st.columns(5)
+            cols[0].metric(
+                "records/s", f"{h.rate:,.1f}", chart_data=list(h.rates), chart_type="area"
+            )
+            cols[1].metric("lag", f"{int(m.get('lag', 0)):,}", chart_data=h.lags)
+            cols[2].metric("errors", f"{int(m.get('errors', 0)):,}")
+            cols[3].metric("dead letters", f"{int(m.get('dead_letters', 0)):,}")
+            checkpoint = float(m.get("last_checkpoint", 0.0))
+            cols[4].metric("last checkpoint", _ago(now - checkpoint) if checkpoint else "never")
+            if m.get("last_error"):
+                st.error(str(m["last_error"]))
+
+
+# -- data panels ---------------------------------------------------------------------
+
+
+def _columns(panel: Panel) -> list[str]:
+    y = [panel.y] if isinstance(panel.y, str) else list(panel.y or [])
+    return ([panel.x] if panel.x else []) + y
+
+
+def draw(panel: Panel, data: pd.DataFrame) -> None:
+    """One panel's chart for a query result (raises on a result that does not fit)."""
+    missing = [c for c in _columns(panel) if c not in data.columns]
+    if missing:
+        raise ValueError(
+            f"column {', '.join(map(repr, missing))} is not in the result "
+            f"(columns: {', '.join(map(str, data.columns))})"
+        )
+    if panel.chart == "table":
+        st.dataframe(data, hide_index=True)
+    elif panel.chart == "metric":
+        column = _columns(panel)[-1] if panel.y else data.columns[0]
+        value = data[column].iloc[0] if len(data) else None
+        if value is None or pd.isna(value):
+            text = "—"
+        else:
+            text = f"{value:,}" if isinstance(value, numbers.Number) else str(value)
+        st.metric(column, text)
+    else:
+        CHARTS[panel.chart](data, x=panel.x, y=panel.y)
+
+
+def panels(pipeline: Pipeline, path: str) -> None:
+    if not pipeline.dashboard:
+        st.info("This pipeline declares no panels: add a `dashboard:` list to the pipeline file.")
+        return
+    for row in range(0, len(pipeline.dashboard), 2):
+        cols = st.columns(2)
+        for i, panel in enumerate(pipeline.dashboard[row : row + 2], start=row):
+            with cols[i - row].container(border=True, key=f"panel-{i}"):
+                st.markdown(f"**{panel.title}**")
+                try:
+                    result = engine(path).sql(panel.sql)
+                    if result.num_rows > MAX_ROWS:
+                        st.caption(f"first {MAX_ROWS:,} of {result.num_rows:,} rows")
+                        result = result.slice(0, MAX_ROWS)
+                    draw(panel, result.to_pandas())
+                except Exception as e:  # a broken panel must not break the page
+                    st.error(str(e) or type(e).__name__)
+
+
+def main() -> None:
+    args = parse_args(sys.argv[1:])
+    st.set_page_config(page_title="tidelake", layout="wide")
+    if not args.pipeline:
+        st.error("No pipeline file: run `tidelake dashboard PIPELINE`.")
+        return
+    path = str(Path(args.pipeline).resolve())
+    try:
+        pipeline = config.load(path)
+    except Exception as e:
+        st.error(str(e))
+        return
+    st.title(pipeline.name)
+    st.caption(f"{path} · updates every {args.refresh:g}s")
+    every = args.refresh
+    st.fragment(run_every=every)(health)(pipeline)
+    st.subheader("Panels")
+    st.fragment(run_every=every)(panels)(pipeline, path)
+
+
+if __name__ == "__main__":
+    main()
