@@ -173,7 +173,8 @@ class EmbeddedProducer(Producer):
         try:
             for p, records in by_partition.items():
                 start = conn.execute(
-                    "SELECT coalesce(max(offset) + 1, 0) FROM messages WHERE topic = ? AND partition = ?",
+                    "SELECT coalesce(max(offset) + 1, 0) FROM messages"
+                    " WHERE topic = ? AND partition = ?",
                     (topic, p),
                 ).fetchone()[0]
                 conn.executemany(
@@ -192,7 +193,8 @@ class EmbeddedProducer(Producer):
         self._last_retention = time.monotonic()
         now = int(time.time() * 1000)
         self.conn.execute(
-            "DELETE FROM messages WHERE ts < ? - (SELECT retention_ms FROM topics WHERE name = topic)"
+            "DELETE FROM messages"
+            " WHERE ts < ? - (SELECT retention_ms FROM topics WHERE name = topic)"
             " AND offset < (SELECT max(m.offset) FROM messages m"
             " WHERE m.topic = messages.topic AND m.partition = messages.partition)",
             (now,),
