@@ -105,11 +105,13 @@ class Database(ABC):
                     f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {self.sql_type(f.type)}"
                 )
 
-    def load_checkpoint(self, flow: str) -> Checkpoint:
+    def create_checkpoints_table(self) -> None:
         self.execute(
             f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (flow TEXT NOT NULL, position TEXT NOT NULL,"
             " next_offset BIGINT NOT NULL, PRIMARY KEY (flow, position))"
         )
+
+    def load_checkpoint(self, flow: str) -> Checkpoint:
         rows = self.execute(
             f"SELECT position, next_offset FROM {CHECKPOINTS} WHERE flow = {self.param}", (flow,)
         )
@@ -293,6 +295,11 @@ class PostgresDatabase(Database):
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         cur = self.conn.execute(sql, params or None)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
+
+    def create_checkpoints_table(self) -> None:
+        # Concurrent CREATE TABLE IF NOT EXISTS can still collide in pg_type: serialize it.
+        with self.transaction(lock=CHECKPOINTS):
+            super().create_checkpoints_table()
 
     def save_checkpoint(self, flow: str, checkpoint: Checkpoint) -> None:
         with self.conn.cursor() as cur:

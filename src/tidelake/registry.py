@@ -18,6 +18,7 @@ SOURCES = {
     "http": "tidelake.sources.http:HttpSource",
     "generator": "tidelake.sources.generator:GeneratorSource",
     "topic": "tidelake.sources.topic:TopicSource",
+    "cdc": "tidelake.sources.cdc:CdcSource",
 }
 TRANSFORMS = {
     "sql": "tidelake.transforms.sql:SqlTransform",
@@ -29,6 +30,7 @@ TRANSFORMS = {
     "pseudonymize": "tidelake.transforms.pseudonymize:Pseudonymize",
     "validate": "tidelake.transforms.validate:Validate",
     "python": "tidelake.transforms.python:PythonTransform",
+    "unwrap": "tidelake.transforms.unwrap:Unwrap",
 }
 SINKS = {
     "table": "tidelake.sinks.table:TableSink",

@@ -3,16 +3,25 @@
 Delivery is at-least-once: records are flushed to the log before the position is
 stored, so a crash in between re-sends the last batch. Downstream table and lake
 sinks de-duplicate by provenance, so end-to-end results stay exactly-once.
+
+``topic`` may be a template over columns (``"{topic}"``, ``"cdc.{_table}"``): each row
+goes to the topic it names (order kept within a topic). ``value: envelope`` writes CDC
+rows as Debezium's JSON payload ``{"before", "after", "source", "op", "ts_ms"}`` — the
+``before``/``after``/``source`` JSON strings are embedded as JSON, not re-quoted.
 """
 
 from __future__ import annotations
 
+import string
 from typing import Literal
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from tidelake.broker import Producer
+from tidelake.errors import ConfigError, ConnectorError
 from tidelake.formats import encode_json
 from tidelake.runtime.base import Checkpoint, ConnectorConfig, FlowContext, Sink
 from tidelake.sinks.checkpoints import CheckpointStore
@@ -20,10 +29,15 @@ from tidelake.sinks.checkpoints import CheckpointStore
 
 class TopicSinkConfig(ConnectorConfig):
     type: Literal["topic"]
-    topic: str = Field(description="destination topic")
+    topic: str = Field(
+        description="destination topic, or a template over columns: '{topic}', 'cdc.{_table}'"
+    )
     key: str | None = Field(None, description="column whose value is the record key")
     partitions: int = Field(1, ge=1, description="partitions when the topic is created")
     keep_provenance: bool = Field(False, description="keep _topic/_partition/_offset columns")
+    value: Literal["row", "envelope"] = Field(
+        "row", description="row: all columns as JSON; envelope: Debezium payload of CDC rows"
+    )
 
 
 class TopicSink(Sink):
@@ -31,7 +45,11 @@ class TopicSink(Sink):
     config: TopicSinkConfig
 
     def open(self, ctx: FlowContext) -> None:
-        ctx.broker.create_topic(self.config.topic, self.config.partitions)
+        self.fields = [f for _, f, _, _ in string.Formatter().parse(self.config.topic) if f]
+        self.created: set[str] = set()
+        self.broker = ctx.broker
+        if not self.fields:
+            self._create(self.config.topic)
         self.producer: Producer = ctx.broker.producer()
         self.store = CheckpointStore(ctx.pipeline.state_dir / "checkpoints.db", ctx.flow)
 
@@ -43,14 +61,76 @@ class TopicSink(Sink):
             if not self.config.keep_provenance:
                 drop = [c for c in ("_topic", "_partition", "_offset") if c in table.column_names]
                 table = table.drop_columns(drop)
-            keys = None
-            if self.config.key:
-                col = table.column(self.config.key).cast(pa.string())
-                keys = [k.encode() if k is not None else None for k in col.to_pylist()]
-            self.producer.produce(self.config.topic, encode_json(table), keys)
+            if not self.fields:
+                self._produce(self.config.topic, table)
+            else:
+                topics = self._topics(table)
+                for topic in pc.unique(topics).to_pylist():
+                    self._create(topic)
+                    self._produce(topic, table.filter(pc.equal(topics, topic)))
             self.producer.flush()
         self.store.save(checkpoint)
+
+    def _create(self, topic: str) -> None:
+        if topic not in self.created:
+            self.broker.create_topic(topic, self.config.partitions)
+            self.created.add(topic)
+
+    def _topics(self, table: pa.Table) -> pa.ChunkedArray:
+        """The template rendered per row, vectorized (a NULL field is an error)."""
+        parts: list[pa.ChunkedArray | pa.Scalar] = []
+        for literal, name, _, _ in string.Formatter().parse(self.config.topic):
+            if literal:
+                parts.append(pa.scalar(literal))
+            if name:
+                if name not in table.column_names:
+                    raise ConfigError(
+                        f"topic sink: template field {{{name}}} is not a column of the batch "
+                        f"(columns: {', '.join(table.column_names)})"
+                    )
+                parts.append(table.column(name).cast(pa.string()))
+        topics = pc.binary_join_element_wise(*parts, "")
+        if topics.null_count:
+            raise ConnectorError(f"topic sink: {self.config.topic!r} rendered NULL for some rows")
+        return topics
+
+    def _produce(self, topic: str, table: pa.Table) -> None:
+        keys = None
+        if self.config.key:
+            col = table.column(self.config.key).cast(pa.string())
+            keys = [k.encode() if k is not None else None for k in col.to_pylist()]
+        values = encode_envelopes(table) if self.config.value == "envelope" else encode_json(table)
+        self.producer.produce(topic, values, keys)
 
     def close(self) -> None:
         self.producer.close()
         self.store.close()
+
+
+def encode_envelopes(table: pa.Table) -> list[bytes]:
+    """CDC rows -> Debezium JSON payloads, vectorized in DuckDB.
+
+    ``before``/``after``/``source`` may be JSON strings (cdc source) or structs (topic source).
+    """
+    schema = table.schema
+
+    def embedded(col: str) -> str:
+        if col not in schema.names or pa.types.is_null(schema.field(col).type):
+            return "NULL"
+        if pa.types.is_string(schema.field(col).type) or pa.types.is_large_string(
+            schema.field(col).type
+        ):
+            return f'CAST("{col}" AS JSON)'
+        return f'to_json("{col}")'
+
+    fields = ", ".join(
+        [f"'{c}', {embedded(c)}" for c in ("before", "after", "source")]
+        + ["'op', op", "'ts_ms', ts_ms" if "ts_ms" in schema.names else "'ts_ms', NULL"]
+    )
+    con = duckdb.connect()
+    try:
+        con.register("batch", table)
+        out = con.sql(f"SELECT CAST(json_object({fields}) AS BLOB) FROM batch").to_arrow_table()
+    finally:
+        con.close()
+    return out.column(0).to_pylist()  # type: ignore[no-any-return]

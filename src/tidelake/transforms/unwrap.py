@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 from typing import Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
@@ -155,11 +154,10 @@ def _payload(table: pa.Table) -> pa.Table:
 def _parse(images: pa.ChunkedArray) -> pa.Table:
     """All JSON images at once through Arrow's reader (objects are newline-free JSON)."""
     arr = images.combine_chunks()
-    big = pa.large_string()
-    lines = pc.binary_join_element_wise(arr.cast(big), pa.scalar("\n", big), pa.scalar("", big))
-    _, offsets, data = lines.buffers()
-    bounds = np.frombuffer(offsets, dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
-    blob = data[int(bounds[0]) : int(bounds[-1])].to_pybytes() if data is not None else b""
+    one_list = pa.LargeListArray.from_arrays(pa.array([0, len(arr)], pa.int64()), arr)
+    lists = one_list.cast(pa.large_list(pa.large_string()))
+    joined = pc.binary_join(lists, pa.scalar("\n", pa.large_string()))[0]
+    blob = joined.as_buffer().to_pybytes() if joined.is_valid else b""
     try:
         opts = pj.ReadOptions(block_size=max(len(blob) + 1, 1 << 20), use_threads=False)
         parsed = pj.read_json(io.BytesIO(blob), read_options=opts)

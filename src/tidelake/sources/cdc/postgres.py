@@ -404,8 +404,9 @@ class PostgresCdc(Source):
         retry_busy(run, f"advancing slot {self.slot!r}")
 
     def close(self) -> None:
-        if self._snapshot_reader is not None:
-            self._snapshot_reader.close()
+        snapshot = getattr(self, "_snapshot_reader", None)
+        if snapshot is not None:
+            snapshot.close()
         conn = getattr(self, "conn", None)
         if conn is not None:
             conn.close()

@@ -218,8 +218,9 @@ class SqliteCdc(Source):
         self.conn.execute(f"DELETE FROM {CHANGES} WHERE seq <= (SELECT min(seq) FROM {CONSUMERS})")
 
     def close(self) -> None:
-        if self._snapshot is not None:
-            self._snapshot.close()
+        snapshot = getattr(self, "_snapshot", None)
+        if snapshot is not None:
+            snapshot.close()
         conn = getattr(self, "conn", None)
         if conn is not None:
             conn.close()
