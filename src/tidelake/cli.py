@@ -20,10 +20,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+lake_app = typer.Typer(help="Inspect and maintain the pipeline's Iceberg tables.", no_args_is_help=True)
 topics_app = typer.Typer(help="Inspect and manage the pipeline's log.", no_args_is_help=True)
 infra_app = typer.Typer(help="Start and stop local services (Kafka, PostgreSQL, ...).", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(infra_app, name="infra")
+app.add_typer(lake_app, name="lake")
 
 console = Console()
 err = Console(stderr=True)
@@ -237,6 +239,184 @@ def infra_status() -> None:
         t.add_row(name, "yes" if s.get("running") else "no", str(s.get("pid") or ""),
                   str(s.get("url") or ""), str(s.get("log") or ""))
     console.print(t)
+
+
+@app.command()
+def query(
+    pipeline: PipelineArg,
+    sql: Annotated[str, typer.Argument(help="one read-only SELECT over lake and database tables")],
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
+    as_of: Annotated[str | None, typer.Option(help="snapshot id or ISO timestamp (time travel)")] = None,
+    output: Annotated[Path | None, typer.Option("-o", help="write to this file (parquet needs it)")] = None,
+) -> None:
+    """Run read-only SQL (DuckDB) over the pipeline's lake and database tables.
+
+    Example: tidelake query scenarios/movies/pipeline.yaml "SELECT count(*) FROM ratings" --format csv
+    """
+    from tidelake.query_output import render
+
+    if fmt not in ("table", "csv", "json", "parquet"):
+        _fail(TidelakeError(f"--format {fmt!r}: use table, csv, json or parquet"))
+    try:
+        from tidelake.lake import QueryEngine
+        from tidelake.lake.catalog import table_names
+        from tidelake.serve.sql_guard import Catalog, check
+
+        p = _load(pipeline)
+        with QueryEngine(p) as engine:
+            check(sql, Catalog(frozenset(table_names(p)), frozenset(engine.db.names())))
+            snapshot: int | str | None = int(as_of) if as_of and as_of.isdigit() else as_of
+            result = engine.sql(sql, as_of=snapshot)
+        render(result, fmt, output, console)
+    except TidelakeError as e:
+        _fail(e)
+
+
+@lake_app.command("tables")
+def lake_tables(pipeline: PipelineArg) -> None:
+    """List lake tables with rows, files, partitions and snapshots.
+
+    Example: tidelake lake tables scenarios/movies/pipeline.yaml
+    """
+    from rich.table import Table
+
+    from tidelake import lake
+
+    try:
+        infos = lake.tables(_load(pipeline))
+    except TidelakeError as e:
+        _fail(e)
+    t = Table("table", "rows", "files", "partitions", "snapshots", "last updated")
+    for i in infos:
+        t.add_row(i.name, f"{i.rows or 0:,}", str(i.files), str(i.partitions), str(i.snapshots),
+                  f"{i.last_updated:%Y-%m-%d %H:%M:%S}" if i.last_updated else "")
+    console.print(t)
+
+
+@lake_app.command("describe")
+def lake_describe(
+    pipeline: PipelineArg, table: Annotated[str, typer.Argument(help="lake table")]
+) -> None:
+    """Show a lake table's schema, partitioning, files, snapshots and stored checkpoints.
+
+    Example: tidelake lake describe scenarios/movies/pipeline.yaml ratings
+    """
+    from rich.table import Table
+
+    from tidelake import lake
+
+    try:
+        d = lake.describe(_load(pipeline), table)
+    except TidelakeError as e:
+        _fail(e)
+    i = d.info
+    console.print(f"[bold]{i.name}[/bold]  {d.location}")
+    console.print(f"rows {i.rows or 0:,} · files {i.files} · partitions {i.partitions} "
+                  f"({i.partition_spec or 'unpartitioned'}) · snapshots {i.snapshots}")
+    cols = Table("column", "type", "nullable")
+    for c in i.columns:
+        cols.add_row(c.name, c.type, "yes" if c.nullable else "no")
+    console.print(cols)
+    hist = Table("snapshot", "committed", "operation", "added rows", "total rows", "flow")
+    for s in d.history[:10]:
+        hist.add_row(str(s.snapshot_id), f"{s.committed_at:%Y-%m-%d %H:%M:%S}", s.operation,
+                     f"{s.added_rows:,}", f"{s.total_rows:,}", s.flow or "")
+    console.print(hist)
+    for flow, cp in d.checkpoints.items():
+        console.print(f"checkpoint {flow}: {cp}")
+
+
+@lake_app.command("compact")
+def lake_compact(
+    pipeline: PipelineArg, table: Annotated[str, typer.Argument(help="lake table")]
+) -> None:
+    """Rewrite small data files into large ones (rows and checkpoints unchanged).
+
+    Example: tidelake lake compact scenarios/movies/pipeline.yaml ratings
+    """
+    from tidelake import lake
+
+    try:
+        console.print(lake.compact(_load(pipeline), table))
+    except TidelakeError as e:
+        _fail(e)
+
+
+@lake_app.command("expire")
+def lake_expire(
+    pipeline: PipelineArg,
+    table: Annotated[str, typer.Argument(help="lake table")],
+    keep: Annotated[int, typer.Option(help="snapshots to keep at least")] = 100,
+) -> None:
+    """Expire old snapshots and delete files no snapshot references.
+
+    Example: tidelake lake expire scenarios/movies/pipeline.yaml ratings --keep 10
+    """
+    from tidelake import lake
+
+    try:
+        console.print(lake.expire(_load(pipeline), table, keep=keep))
+    except TidelakeError as e:
+        _fail(e)
+
+
+@app.command()
+def serve(
+    pipeline: PipelineArg,
+    host: Annotated[str, typer.Option(help="bind address; beyond loopback needs TIDELAKE_API_TOKEN")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+) -> None:
+    """Serve the SQL, table, ingest and flow API (OpenAPI docs at /docs) and /metrics.
+
+    Example: TIDELAKE_API_TOKEN=s3cret tidelake serve pipeline.yaml --host 0.0.0.0
+    """
+    from tidelake.serve.server import serve as run_server
+
+    try:
+        run_server(_load(pipeline), host=host, port=port)
+    except TidelakeError as e:
+        _fail(e)
+
+
+@app.command()
+def dashboard(
+    pipeline: PipelineArg,
+    port: Annotated[int, typer.Option(help="TCP port")] = 8501,
+    refresh: Annotated[float, typer.Option(help="seconds between live refreshes")] = 2.0,
+) -> None:
+    """Open the live dashboard: flow health and the pipeline's `dashboard:` panels.
+
+    It binds to loopback only (it has no login); put an authenticating proxy in front to share it.
+    Example: tidelake dashboard scenarios/movies/pipeline.yaml
+    """
+    from tidelake.serve.dashboard.launch import serve as run_dashboard
+
+    try:
+        raise typer.Exit(run_dashboard(pipeline, port, "127.0.0.1", refresh))
+    except TidelakeError as e:
+        _fail(e)
+
+
+@app.command()
+def demo(
+    scenario: Annotated[str, typer.Argument(help="scenario under scenarios/ (movies, datalake)")] = "movies",
+    api_port: Annotated[int, typer.Option(help="REST API port")] = 8000,
+    dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,
+    ratings_port: Annotated[int, typer.Option(help="movies: the demo ratings API's port")] = 8800,
+    no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="skip the dashboard")] = False,
+) -> None:
+    """Run a scenario end to end on embedded defaults: flows, REST API and live dashboard.
+
+    Environment variables in the scenario's pipeline file switch it to Kafka, PostgreSQL,
+    Debezium and S3. Example: tidelake demo movies
+    """
+    from tidelake.demo import run_demo
+
+    try:
+        run_demo(scenario, api_port=api_port, dashboard_port=dashboard_port,
+                 ratings_port=ratings_port, dashboard=not no_dashboard, console=err)
+    except TidelakeError as e:
+        _fail(e)
 
 
 def main() -> None:

@@ -62,6 +62,9 @@ class Pipeline(_Model):
     database: str = "sqlite:///.tidelake/pipeline.db"
     lake: str = "file://.tidelake/lake"
     lake_catalog: str | None = Field(None, description="catalog URL (default: SQLite beside the lake)")
+    init_sql: list[str] = Field(
+        [], description="SQL files run against the database before flows start (idempotent DDL)"
+    )
     flows: dict[str, Flow]
     queries: dict[str, str] = {}
     dashboard: list[Panel] = []

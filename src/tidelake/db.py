@@ -86,6 +86,10 @@ class Database(ABC):
     def read_arrow(self, table: str) -> pa.Table: ...
 
     @abstractmethod
+    def run_script(self, sql: str) -> None:
+        """Run several ``;``-separated statements (trusted DDL from the pipeline author)."""
+
+    @abstractmethod
     def tables(self) -> list[str]: ...
 
     @abstractmethod
@@ -181,6 +185,9 @@ class SqliteDatabase(Database):
 
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         return self.conn.execute(sql, params).fetchall()
+
+    def run_script(self, sql: str) -> None:
+        self.conn.executescript(sql)
 
     def save_checkpoint(self, flow: str, checkpoint: Checkpoint) -> None:
         self.conn.executemany(
@@ -295,6 +302,10 @@ class PostgresDatabase(Database):
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         cur = self.conn.execute(sql, params or None)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
+
+    def run_script(self, sql: str) -> None:
+        with self.transaction(lock="tidelake:init_sql"):
+            self.conn.execute(sql.encode())  # bytes: psycopg sends it as one multi-statement query
 
     def create_checkpoints_table(self) -> None:
         # Concurrent CREATE TABLE IF NOT EXISTS can still collide in pg_type: serialize it.

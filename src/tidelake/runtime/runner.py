@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 
 from tidelake import registry
-from tidelake.broker import Broker, connect
+from tidelake.broker import Broker, Producer, connect
 from tidelake.config import Flow, Pipeline
 from tidelake.errors import ConfigError
 from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Sink, Source, Transform
@@ -144,10 +144,10 @@ class FlowRunner:
         for t in self.transforms:
             if table.num_rows:
                 table = t(table)
-        if self._dlq_producer is not None:
-            self._dlq_producer.flush()
+        self._flush_dead_letters()
         checkpoint = dict(self._positions)
         self.sink.write(table, checkpoint)
+        self._flush_dead_letters()  # the sink may reject rows too (e.g. lake type conflicts)
         self._dirty = False
         self.source.committed(checkpoint)
         m = self.metrics
@@ -156,7 +156,11 @@ class FlowRunner:
         m.last_batch_seconds = time.perf_counter() - started
         m.last_checkpoint = time.time()
 
-    _dlq_producer = None
+    _dlq_producer: Producer | None = None
+
+    def _flush_dead_letters(self) -> None:
+        if self._dlq_producer is not None:
+            self._dlq_producer.flush()
 
     def _dead_letter(self, rows: pa.Table, reason: str) -> None:
         if not rows.num_rows:
@@ -179,6 +183,25 @@ class FlowRunner:
             self.metrics.save(self._metrics_dir)
 
 
+def prepare_database(pipeline: Pipeline) -> None:
+    """Run the pipeline's ``init_sql`` files (tables that CDC must see before rows arrive)."""
+    if not pipeline.init_sql:
+        return
+    from tidelake.db import connect_db
+
+    db = connect_db(pipeline.url(pipeline.database))
+    try:
+        for name in pipeline.init_sql:
+            path = pipeline.path(name)
+            try:
+                script = path.read_text()
+            except OSError as e:
+                raise ConfigError(f"init_sql: cannot read {path}: {e.strerror}") from e
+            db.run_script(script)
+    finally:
+        db.close()
+
+
 def run_flows(
     pipeline: Pipeline,
     names: list[str],
@@ -190,6 +213,7 @@ def run_flows(
     A failing flow stops the others (no half-running pipeline) and its error is re-raised.
     """
     runners = [FlowRunner(pipeline, n, stop) for n in names]
+    prepare_database(pipeline)
     errors: list[BaseException] = []
 
     def target(r: FlowRunner) -> None:

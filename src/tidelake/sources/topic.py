@@ -103,4 +103,5 @@ class TopicSource(Source):
         self.consumer.resume()
 
     def close(self) -> None:
-        self.consumer.close()
+        if hasattr(self, "consumer"):  # open() may have failed before connecting
+            self.consumer.close()

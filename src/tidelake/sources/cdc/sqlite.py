@@ -101,7 +101,10 @@ class SqliteCdc(Source):
         self.db = Path(self.path).stem
         self.key = f"sqlite:{Path(self.path).name}"
         self.consumer = cfg.slot or default_name(ctx.pipeline.name, ctx.flow)
-        self.tables = [t.removeprefix("main.") for t in cfg.tables]
+        # SQLite has one schema; a qualifier in `tables` (e.g. public.movies) names the schema
+        # part of the topic, so one pipeline file yields the same topics on PostgreSQL.
+        self.schemas = {name: schema for schema, name in cfg.qualified_tables("main")}
+        self.tables = list(self.schemas)
         self.conn = sqlite3.connect(
             self.path, timeout=60, isolation_level=None, check_same_thread=False
         )
@@ -169,15 +172,20 @@ class SqliteCdc(Source):
                 cases.append(f"WHEN {lit(table)} THEN json_object({parts})")
         return f"CASE tbl {' '.join(cases)} END" if cases else "NULL"
 
+    def _schema_expr(self) -> str:
+        cases = " ".join(f"WHEN {lit(t)} THEN {lit(s)}" for t, s in self.schemas.items())
+        return f"CASE tbl {cases} ELSE 'main' END"
+
     def _query(self) -> str:
-        prefix = lit(self.config.topic_prefix + ".main.")
+        schema = self._schema_expr()
         source = (
             f"json_object('version', {lit(VERSION)}, 'connector', 'sqlite', 'name',"
             f" {lit(self.config.topic_prefix)}, 'ts_ms', ts_ms, 'snapshot', 'false',"
-            f" 'db', {lit(self.db)}, 'schema', 'main', 'table', tbl, 'txId', NULL, 'lsn', seq)"
+            f" 'db', {lit(self.db)}, 'schema', {schema}, 'table', tbl, 'txId', NULL, 'lsn', seq)"
         )
+        topic = f"{lit(self.config.topic_prefix + '.')} || {schema} || '.' || tbl"
         return (
-            f"SELECT {prefix} || tbl, {self.key_expr('coalesce(after, before)')}, before, after,"
+            f"SELECT {topic}, {self.key_expr('coalesce(after, before)')}, before, after,"
             f" op, ?, {source}, seq FROM {CHANGES} WHERE seq > ? ORDER BY seq LIMIT ?"
         )
 
@@ -260,14 +268,15 @@ class _Snapshot:
         pk = sorted((p, n) for n, _, p in cols if p)
         key = "json_object(" + ", ".join(f"{lit(n)}, {q(n)}" for _, n in pk) + ")" if pk else "NULL"
         cfg = self.src.config
+        schema = self.src.schemas[table]
         source = (
             f"json_object('version', {lit(VERSION)}, 'connector', 'sqlite', 'name',"
             f" {lit(cfg.topic_prefix)}, 'ts_ms', ?, 'snapshot', 'true', 'db', {lit(self.src.db)},"
-            f" 'schema', 'main', 'table', {lit(table)}, 'txId', NULL, 'lsn', {self.start})"
+            f" 'schema', {lit(schema)}, 'table', {lit(table)}, 'txId', NULL, 'lsn', {self.start})"
         )
         ts = now_ms()
         self.cursor = self.conn.execute(
-            f"SELECT {lit(cfg.topic_prefix + '.main.' + table)}, {key}, NULL, {image}, 'r', ?,"
+            f"SELECT {lit(f'{cfg.topic_prefix}.{schema}.{table}')}, {key}, NULL, {image}, 'r', ?,"
             f" {source}, 0 FROM {q(table)}",
             (ts, ts),
         )

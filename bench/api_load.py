@@ -1,0 +1,148 @@
+"""API load: ``POST /api/query`` GROUP BY latency over a 1M-row lake table, NDJSON ingest rate.
+
+Runs a real uvicorn server (loopback, random port, token set) on a fresh lake in a
+temp dir and drives it with httpx from this process::
+
+    .venv/bin/python bench/api_load.py [--rows 1000000] [--queries 50] [--ingest 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+
+from tidelake.config import load
+from tidelake.runtime.base import FlowContext
+from tidelake.runtime.metrics import FlowMetrics
+from tidelake.sinks.lake import LakeSink, LakeSinkConfig
+
+TOKEN = "bench-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SERVER = """
+import sys
+from tidelake.config import load
+from tidelake.serve.server import serve
+serve(load(sys.argv[1]), "127.0.0.1", int(sys.argv[2]))
+"""
+GROUP_BY = (
+    "SELECT kind, count(*) AS n, avg(amount) AS avg_amount, max(ts) AS last "
+    "FROM events GROUP BY kind ORDER BY kind"
+)
+
+
+def build(root: Path, rows: int) -> Path:
+    path = root / "pipeline.yaml"
+    path.write_text("name: bench\nflows: {}\n")
+    pipeline = load(path)
+    sink = LakeSink(LakeSinkConfig.model_validate({"type": "lake", "table": "events"}))
+    sink.open(FlowContext("load", pipeline, FlowMetrics("load"), lambda: None))  # type: ignore[arg-type,return-value]
+    rng = np.random.default_rng(7)
+    t0 = int(datetime(2024, 5, 1, tzinfo=UTC).timestamp() * 1_000_000)
+    step = 250_000
+    for start in range(0, rows, step):
+        n = min(step, rows - start)
+        sink.write(
+            pa.table(
+                {
+                    "id": pa.array(np.arange(start, start + n), pa.int64()),
+                    "ts": pa.array(
+                        t0 + np.arange(start, start + n) * 1_000_000, pa.timestamp("us")
+                    ),
+                    "kind": pa.array(rng.choice(["click", "view", "buy", "share"], n)),
+                    "user_id": pa.array(rng.integers(0, 50_000, n), pa.int64()),
+                    "amount": pa.array(rng.random(n) * 100),
+                }
+            ),
+            {},
+        )
+    sink.close()
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--ingest", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=10_000)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        path = build(Path(tmp), args.rows)
+        print(f"lake: {args.rows:,} rows written in {time.perf_counter() - started:.1f}s")
+        port = free_port()
+        env = dict(os.environ, TIDELAKE_API_TOKEN=TOKEN)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER, str(path), str(port)], env=env, stderr=subprocess.DEVNULL
+        )
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60) as c:
+                for _ in range(200):
+                    try:
+                        if c.get("/healthz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        time.sleep(0.1)
+                first = time.perf_counter()
+                r = c.post("/api/query", json={"sql": GROUP_BY})
+                r.raise_for_status()
+                cold = (time.perf_counter() - first) * 1000
+                print(f"first query (cold: plan + bind): {cold:.1f} ms")
+                latencies = []
+                for _ in range(args.queries):
+                    t = time.perf_counter()
+                    r = c.post("/api/query", json={"sql": GROUP_BY})
+                    r.raise_for_status()
+                    latencies.append((time.perf_counter() - t) * 1000)
+                latencies.sort()
+                p95 = latencies[int(len(latencies) * 0.95) - 1]
+                p50 = statistics.median(latencies)
+                print(
+                    f"/api/query GROUP BY over {args.rows:,} rows: p50 {p50:.1f} ms, "
+                    f"p95 {p95:.1f} ms, server-side {r.json()['elapsed_ms']:.1f} ms "
+                    f"(n={args.queries})"
+                )
+
+                line = (
+                    b'{"user_id": %d, "kind": "click", "amount": 12.5, "ts": "2024-05-01T00:00"}\n'
+                )
+                body = b"".join(line % i for i in range(args.batch))
+                headers = {"content-type": "application/x-ndjson"}
+                sent = 0
+                t = time.perf_counter()
+                while sent < args.ingest:
+                    r = c.post("/api/ingest/bench.in", content=body, headers=headers)
+                    r.raise_for_status()
+                    sent += r.json()["accepted"]
+                elapsed = time.perf_counter() - t
+                print(
+                    f"ingest NDJSON: {sent:,} records in {elapsed:.2f}s = "
+                    f"{sent / elapsed:,.0f} records/s ({args.batch:,} per request, "
+                    f"{len(body) / 1e6:.2f} MB bodies, embedded log)"
+                )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
+
+
+if __name__ == "__main__":
+    main()

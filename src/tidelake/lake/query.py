@@ -1,0 +1,488 @@
+"""The one query layer (the embedded Athena): CLI, REST API and dashboard all use it.
+
+``QueryEngine`` is a DuckDB connection in which every table of the pipeline is a
+view, bound lazily when a query names it:
+
+- a **lake** table is ``read_parquet`` over the data files of one snapshot, with
+  Iceberg field ids mapped to the snapshot's schema (old files that predate a
+  column read it as NULL, widened types are cast). File lists are cached per
+  snapshot id, so repeated queries only pay for a catalog lookup. Tables with
+  delete files or on S3 (DuckDB's httpfs is not available offline) are read
+  through pyiceberg's scan instead, cached per snapshot as well.
+- a **db** table (the pipeline's SQLite/PostgreSQL database) is read into Arrow
+  through the Python driver, cached until the database changes.
+
+Names resolve as ``lake.<t>``, ``db.<t>`` or bare ``<t>`` (the lake table if both
+exist). Only single read-only ``SELECT`` statements run, and DuckDB may only read
+files inside the warehouse. ``as_of`` (a snapshot id or a time) time-travels
+every lake table in the query.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+import sqlglot.errors
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.types import (
+    BinaryType,
+    BooleanType,
+    DateType,
+    DecimalType,
+    DoubleType,
+    FixedType,
+    FloatType,
+    IcebergType,
+    IntegerType,
+    ListType,
+    LongType,
+    MapType,
+    StringType,
+    StructType,
+    TimestampType,
+    TimestamptzType,
+    TimeType,
+    UUIDType,
+)
+from sqlglot import exp
+
+from tidelake.config import Pipeline
+from tidelake.errors import QueryError
+from tidelake.lake import checkpoints
+from tidelake.lake.catalog import load_table, table_names, warehouse
+from tidelake.runtime.base import Checkpoint
+
+_PLAN_CACHE = 256
+AsOf = int | datetime | str | None
+"""A snapshot id, a datetime (naive = UTC) or an ISO-8601 string; None = current."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    snapshot_id: int
+    committed_at: datetime
+    operation: str
+    added_rows: int
+    total_rows: int
+    flow: str | None
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What ``tidelake lake tables`` / the API catalog show for one table."""
+
+    name: str
+    kind: Literal["lake", "db"]
+    columns: list[Column]
+    rows: int | None
+    files: int | None = None
+    partitions: int | None = None
+    snapshots: int | None = None
+    last_updated: datetime | None = None
+    partition_spec: str = ""
+
+
+@dataclass(frozen=True)
+class TableDetail:
+    """``describe``: the summary plus history, properties and stored flow checkpoints."""
+
+    info: TableInfo
+    location: str = ""
+    properties: dict[str, str] = field(default_factory=dict)
+    history: list[SnapshotInfo] = field(default_factory=list)
+    checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The data files of one snapshot, as DuckDB reads them."""
+
+    files: list[str]
+    rows: int
+    partitions: int
+    has_deletes: bool
+
+
+def _duck_type(t: IcebergType) -> str:
+    simple: dict[type, str] = {
+        BooleanType: "BOOLEAN",
+        IntegerType: "INTEGER",
+        LongType: "BIGINT",
+        FloatType: "FLOAT",
+        DoubleType: "DOUBLE",
+        DateType: "DATE",
+        TimeType: "TIME",
+        TimestampType: "TIMESTAMP",
+        TimestamptzType: "TIMESTAMPTZ",
+        StringType: "VARCHAR",
+        UUIDType: "UUID",
+        BinaryType: "BLOB",
+        FixedType: "BLOB",
+    }
+    if type(t) in simple:
+        return simple[type(t)]
+    if isinstance(t, DecimalType):
+        return f"DECIMAL({t.precision}, {t.scale})"
+    if isinstance(t, StructType):
+        inner = ", ".join(f"{_ident(f.name)} {_duck_type(f.field_type)}" for f in t.fields)
+        return f"STRUCT({inner})"
+    if isinstance(t, ListType):
+        return _duck_type(t.element_type) + "[]"
+    if isinstance(t, MapType):
+        return f"MAP({_duck_type(t.key_type)}, {_duck_type(t.value_type)})"
+    raise QueryError(f"lake column type {t} cannot be queried with DuckDB yet")
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _timestamp_ms(as_of: datetime | str) -> int:
+    if isinstance(as_of, str):
+        try:
+            as_of = datetime.fromisoformat(as_of)
+        except ValueError:
+            raise QueryError(
+                f"as_of {as_of!r} is neither a snapshot id nor an ISO time "
+                "(e.g. 2024-05-01T12:00:00Z)"
+            ) from None
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    return int(as_of.timestamp() * 1000)
+
+
+def _plan(table: Table, snapshot: Snapshot) -> _Plan:
+    tasks = list(table.scan(snapshot_id=snapshot.snapshot_id).plan_files())
+    files = [t.file.file_path for t in tasks]
+    return _Plan(
+        files=[f[len("file://") :] if f.startswith("file://") else f for f in files],
+        rows=sum(t.file.record_count for t in tasks),
+        partitions=len({(t.file.spec_id, t.file.partition) for t in tasks}),
+        has_deletes=any(t.delete_files for t in tasks),
+    )
+
+
+def _referenced_tables(query: str) -> set[str]:
+    """Table names a query reads (CTE names excluded); DuckDB alone would need them bound first."""
+    try:
+        tree = sqlglot.parse_one(query, read="duckdb")
+    except sqlglot.errors.ParseError as e:
+        raise QueryError(f"SQL syntax error: {str(e).splitlines()[0]}") from None
+    ctes = {cte.alias for cte in tree.find_all(exp.CTE)}
+    return {t.name for t in tree.find_all(exp.Table) if t.name and t.name not in ctes}
+
+
+def _snapshot_info(s: Snapshot) -> SnapshotInfo:
+    summary = s.summary
+    props = summary.additional_properties if summary else {}
+    return SnapshotInfo(
+        snapshot_id=s.snapshot_id,
+        committed_at=datetime.fromtimestamp(s.timestamp_ms / 1000, UTC),
+        operation=str(summary.operation.value) if summary else "",
+        added_rows=int(props.get("added-records", 0)),
+        total_rows=int(props.get("total-records", 0)),
+        flow=props.get(checkpoints.WRITER),
+    )
+
+
+def _lake_info(name: str, table: Table, plan: _Plan | None) -> TableInfo:
+    snapshot = table.current_snapshot()
+    return TableInfo(
+        name=name,
+        kind="lake",
+        columns=[Column(f.name, str(f.field_type), not f.required) for f in table.schema().fields],
+        rows=plan.rows if plan else 0,
+        files=len(plan.files) if plan else 0,
+        partitions=plan.partitions if plan else 0,
+        snapshots=len(table.snapshots()),
+        last_updated=(
+            datetime.fromtimestamp(snapshot.timestamp_ms / 1000, UTC) if snapshot else None
+        ),
+        partition_spec=", ".join(
+            f"{pf.transform}({table.schema().find_column_name(pf.source_id)})"
+            for pf in table.spec().fields
+        ),
+    )
+
+
+class _Database:
+    """The pipeline's operational database, read into Arrow (no DuckDB extension needed)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._cache: dict[str, tuple[object, pa.Table]] = {}
+
+    @property
+    def _sqlite_path(self) -> Path | None:
+        if self.url.startswith("sqlite:///"):
+            return Path(self.url[len("sqlite:///") :])
+        return None
+
+    def _version(self) -> object:
+        path = self._sqlite_path
+        if path is None:
+            return None  # PostgreSQL: no cheap change marker; read on every bind
+        stats = [p.stat() for p in (path, Path(str(path) + "-wal")) if p.exists()]
+        return tuple((s.st_mtime_ns, s.st_size) for s in stats)
+
+    def _rows(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        path = self._sqlite_path
+        if path is not None:
+            if not path.exists():
+                return [], []
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                cur = con.execute(sql)
+                return [d[0] for d in cur.description], cur.fetchall()
+            finally:
+                con.close()
+        if self.url.startswith(("postgresql://", "postgres://")):
+            import psycopg
+
+            with psycopg.connect(self.url) as pg:
+                pcur = pg.execute(sql)
+                return [d.name for d in pcur.description or []], pcur.fetchall()
+        return [], []
+
+    def names(self) -> list[str]:
+        if self._sqlite_path is not None:
+            sql = (
+                "SELECT name FROM sqlite_master "
+                "WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'"
+            )
+        else:
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        return sorted(str(r[0]) for r in self._rows(sql)[1])
+
+    def read(self, name: str) -> pa.Table:
+        version = self._version()
+        hit = self._cache.get(name)
+        if hit is not None and version is not None and hit[0] == version:
+            return hit[1]
+        columns, rows = self._rows(f"SELECT * FROM {_ident(name)}")
+        arrays = []
+        for values in zip(*rows, strict=True) if rows else [() for _ in columns]:
+            try:
+                arrays.append(pa.array(values))
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # SQLite columns may mix types
+                text = [None if v is None else str(v) for v in values]
+                arrays.append(pa.array(text, pa.string()))
+        table = pa.Table.from_arrays(arrays, names=columns)
+        self._cache[name] = (version, table)
+        return table
+
+
+class QueryEngine:
+    """A DuckDB connection over a pipeline's lake and database tables. Thread-safe."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.warehouse = warehouse(pipeline)
+        self.db = _Database(pipeline.url(pipeline.database))
+        self._lock = threading.RLock()
+        self._plans: dict[tuple[str, int], _Plan] = {}
+        self._arrow: dict[str, tuple[int, pa.Table]] = {}
+        self._bound: dict[str, object] = {}
+        self._con = duckdb.connect()
+        self._con.execute("CREATE SCHEMA lake; CREATE SCHEMA db; SET TimeZone = 'UTC'")
+        if self.warehouse.startswith("file://"):
+            root = self.warehouse[len("file://") :].rstrip("/") + "/"
+            self._con.execute(f"SET allowed_directories = [{_literal(root)}]")
+            self._con.execute("SET enable_external_access = false")
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> QueryEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- catalog ------------------------------------------------------------------
+
+    def tables(self) -> list[TableInfo]:
+        """Every lake table, then every database table."""
+        out = [self._lake_info(name) for name in table_names(self.pipeline)]
+        for name in self.db.names():
+            data = self.db.read(name)
+            cols = [Column(f.name, str(f.type)) for f in data.schema]
+            out.append(TableInfo(name, "db", cols, data.num_rows))
+        return out
+
+    def describe(self, name: str) -> TableDetail:
+        if name in table_names(self.pipeline):
+            table = load_table(self.pipeline, name)
+            entries = {
+                key[len(checkpoints.PREFIX) :]: checkpoints.StoredCheckpoint.from_json(v)
+                for key, v in checkpoints.carried(table.metadata).items()
+            }
+            return TableDetail(
+                info=self._lake_info(name, table),
+                location=table.location(),
+                properties=dict(table.properties),
+                history=[_snapshot_info(s) for s in table.snapshots()],
+                checkpoints={flow: e.positions for flow, e in entries.items()},
+            )
+        if name in self.db.names():
+            data = self.db.read(name)
+            cols = [Column(f.name, str(f.type)) for f in data.schema]
+            return TableDetail(TableInfo(name, "db", cols, data.num_rows))
+        raise QueryError(f"no table {name!r} in pipeline {self.pipeline.name!r} ({self._known()})")
+
+    def _lake_info(self, name: str, table: Table | None = None) -> TableInfo:
+        table = table or load_table(self.pipeline, name)
+        snapshot = table.current_snapshot()
+        with self._lock:
+            plan = self._plan(name, table, snapshot) if snapshot else None
+        return _lake_info(name, table, plan)
+
+    def _known(self) -> str:
+        lake = ", ".join(table_names(self.pipeline)) or "none"
+        db = ", ".join(self.db.names()) or "none"
+        return f"lake tables: {lake}; db tables: {db}"
+
+    # -- SQL ----------------------------------------------------------------------
+
+    def sql(self, query: str, as_of: AsOf = None) -> pa.Table:
+        """Run one read-only SELECT; ``as_of`` time-travels the lake tables it reads."""
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as e:
+            raise QueryError(f"SQL syntax error: {e}") from None
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise QueryError("only a single read-only SELECT statement is allowed")
+        with self._lock:
+            lake = set(table_names(self.pipeline))
+            self._bind(_referenced_tables(query), lake, as_of)
+            try:
+                return self._con.sql(query).to_arrow_table()
+            except duckdb.CatalogException as e:
+                raise QueryError(f"{str(e).splitlines()[0]} ({self._known()})") from None
+            except duckdb.Error as e:
+                raise QueryError(str(e)) from None
+
+    def _bind(self, names: set[str], lake: set[str], as_of: AsOf) -> None:
+        db = set(self.db.names()) if names - lake else set()
+        matched = False
+        for name in names:
+            if name in lake:
+                table = load_table(self.pipeline, name)
+                snapshot = self._resolve(table, as_of)
+                if isinstance(as_of, int) and table.snapshot_by_id(as_of) is not None:
+                    matched = True
+                self._bind_lake(name, table, snapshot)
+            elif name in db:
+                self._bind_arrow("db", name, self.db.read(name), bind_main=True)
+        if isinstance(as_of, int) and not matched and names & lake:
+            raise QueryError(
+                f"snapshot {as_of} is not in the history of {', '.join(sorted(names & lake))} "
+                "(expired, or from another table; see `tidelake lake describe`)"
+            )
+
+    @staticmethod
+    def _resolve(table: Table, as_of: AsOf) -> Snapshot | None:
+        if as_of is None:
+            return table.current_snapshot()
+        if isinstance(as_of, int):
+            return table.snapshot_by_id(as_of) or table.current_snapshot()
+        return table.snapshot_as_of_timestamp(_timestamp_ms(as_of))
+
+    def _plan(self, name: str, table: Table, snapshot: Snapshot) -> _Plan:
+        key = (name, snapshot.snapshot_id)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _plan(table, snapshot)
+            while len(self._plans) > _PLAN_CACHE:
+                del self._plans[next(iter(self._plans))]
+        return plan
+
+    def _bind_lake(self, name: str, table: Table, snapshot: Snapshot | None) -> None:
+        key = ("lake", table.metadata_location, snapshot.snapshot_id if snapshot else None)
+        if self._bound.get(name) == key:
+            return
+        schema = table.schema()
+        if snapshot is not None and snapshot.schema_id is not None:
+            schema = table.schemas().get(snapshot.schema_id, schema)
+        plan = self._plan(name, table, snapshot) if snapshot else None
+        q = _ident(name)
+        if plan is None or not plan.files:
+            cols = ", ".join(
+                f"CAST(NULL AS {_duck_type(f.field_type)}) AS {_ident(f.name)}"
+                for f in schema.fields
+            )
+            self._con.execute(f"CREATE OR REPLACE VIEW lake.{q} AS SELECT {cols} LIMIT 0")
+        elif plan.has_deletes or not self.warehouse.startswith("file://"):
+            assert snapshot is not None
+            cached = self._arrow.get(name)
+            if cached is None or cached[0] != snapshot.snapshot_id:
+                data = table.scan(snapshot_id=snapshot.snapshot_id).to_arrow()
+                cached = self._arrow[name] = (snapshot.snapshot_id, data)
+            self._bind_arrow("lake", name, cached[1], bind_main=False)
+        else:
+            mapping = ", ".join(
+                f"{f.field_id}: {{name: {_literal(f.name)}, "
+                f"type: {_literal(_duck_type(f.field_type))}, default_value: NULL}}"
+                for f in schema.fields
+            )
+            files = "[" + ", ".join(_literal(p) for p in plan.files) + "]"
+            self._con.execute(
+                f"CREATE OR REPLACE VIEW lake.{q} AS "
+                f"SELECT * FROM read_parquet({files}, schema = MAP {{{mapping}}})"
+            )
+        self._con.execute(f"CREATE OR REPLACE VIEW main.{q} AS SELECT * FROM lake.{q}")
+        self._bound[name] = key
+
+    def _bind_arrow(self, schema: str, name: str, data: pa.Table, bind_main: bool) -> None:
+        internal = f"__{schema}_{name}"
+        self._con.register(internal, data)
+        q = _ident(name)
+        source = _ident(internal)
+        self._con.execute(f"CREATE OR REPLACE VIEW {schema}.{q} AS SELECT * FROM {source}")
+        if bind_main:
+            self._con.execute(f"CREATE OR REPLACE VIEW main.{q} AS SELECT * FROM {schema}.{q}")
+            self._bound.pop(name, None)
+
+
+def tables(pipeline: Pipeline) -> list[TableInfo]:
+    """The pipeline's lake tables (``tidelake lake tables``)."""
+    with QueryEngine(pipeline) as engine:
+        return [engine._lake_info(name) for name in table_names(pipeline)]
+
+
+def describe(pipeline: Pipeline, name: str) -> TableDetail:
+    """One table in detail (``tidelake lake describe NAME``)."""
+    with QueryEngine(pipeline) as engine:
+        return engine.describe(name)
+
+
+__all__ = [
+    "AsOf",
+    "Column",
+    "QueryEngine",
+    "SnapshotInfo",
+    "TableDetail",
+    "TableInfo",
+    "describe",
+    "tables",
+]

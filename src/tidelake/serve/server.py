@@ -1,0 +1,62 @@
+"""``tidelake serve``: run the API with uvicorn, refusing to expose it without a token."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import uvicorn
+
+from tidelake.config import Pipeline
+from tidelake.errors import ConfigError
+from tidelake.serve.api import create_app
+from tidelake.serve.auth import TOKEN_ENV, token_from_env
+from tidelake.serve.engine import Limits
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` resolves only to loopback addresses (``127.0.0.0/8``, ``::1``)."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(
+        ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses
+    )
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse a non-loopback bind without a token (``ConfigError`` saying how to fix it)."""
+    if not token and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve on {host!r} without a token: anyone who can reach it could "
+            f"query the lake and write to the log. Set {TOKEN_ENV} (clients then send "
+            "'Authorization: Bearer <token>'), or bind to 127.0.0.1."
+        )
+
+
+def serve(
+    pipeline: Pipeline,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    limits: Limits | None = None,
+) -> None:
+    """Serve ``pipeline``'s API until interrupted (``tidelake serve PIPELINE --host --port``).
+
+    ``token`` defaults to ``TIDELAKE_API_TOKEN``.
+    """
+    token = token or token_from_env()
+    check_bind(host, token)
+    app = create_app(pipeline, token=token, limits=limits)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+__all__ = ["check_bind", "is_loopback", "serve"]

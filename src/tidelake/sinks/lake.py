@@ -1,0 +1,317 @@
+"""``lake`` sink: Arrow batches -> Apache Iceberg tables, exactly once.
+
+Guarantees:
+
+- **Atomic with the checkpoint.** Each ``write`` makes ONE Iceberg commit per
+  target table (schema evolution, data files and the flow's checkpoint in the
+  snapshot summary together); a crash leaves either all of it or none of it.
+  See ``tidelake.lake.checkpoints`` for how the checkpoint is stored and how a
+  fan-out write over several tables is resolved on restart.
+- **Fenced.** Before committing, rows carrying provenance (``_topic``,
+  ``_partition``, ``_offset``) whose offset is below the position the table
+  already holds for that flow and topic/partition are dropped — a retried batch
+  or a zombie writer cannot land a row twice. The check runs against the table
+  state the commit is validated against (optimistic concurrency: a commit that
+  loses a race is retried on the refreshed table, fencing included).
+- **Schema on write.** Tables are created from the first batch, evolved on new
+  columns and promotable types; rows that do not fit go to the dead-letter
+  topic with the reason (``tidelake.lake.schema``).
+
+Config::
+
+    sink:
+      type: lake
+      table: events_{kind}          # or a plain name; {col} fans out by column value
+      partition_by: auto            # auto (day of a ts-like column) | none | [day(ts), region]
+      maintenance: {compact_every: 100, keep_snapshots: 100}
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import string
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.table import Table
+from pyiceberg.transforms import Transform, parse_transform
+
+from tidelake.errors import ConfigError, ConnectorError
+from tidelake.lake import checkpoints, schema
+from tidelake.lake.catalog import Transaction, guard, identifier_part, namespace, open_catalog
+from tidelake.lake.checkpoints import StoredCheckpoint
+from tidelake.lake.maintenance import Maintainer, MaintenancePolicy
+from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
+
+log = logging.getLogger(__name__)
+
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SPEC = re.compile(r"^\s*(\w+)\s*(?:\(\s*(?:(\d+)\s*,\s*)?(\w+)\s*\))?\s*$")
+_TS_NAMES = ("ts", "event_time", "event_ts", "timestamp", "time", "created_at", "date")
+_RETRIES = 5
+
+
+class LakeSinkConfig(ConnectorConfig):
+    type: str = "lake"
+    table: str = Field(description="table name, or a template like events_{kind} (fan-out)")
+    partition_by: str | list[str] = Field(
+        "auto", description="auto (day of a ts-like column), none, or [day(ts), bucket(8, id)]"
+    )
+    maintenance: MaintenancePolicy = Field(default_factory=MaintenancePolicy)
+    properties: dict[str, str] = Field({}, description="extra Iceberg table properties at creation")
+
+    @field_validator("table")
+    @classmethod
+    def _table_ok(cls, v: str) -> str:
+        fields = _template_fields(v)
+        if not fields and not _PLAIN.match(v):
+            raise ValueError("use letters, digits and '_' (or a template such as events_{kind})")
+        return v
+
+    @field_validator("partition_by")
+    @classmethod
+    def _spec_ok(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, str):
+            if v not in ("auto", "none"):
+                raise ValueError("use auto, none or a list such as [day(ts), region]")
+            return v
+        for spec in v:
+            if not _SPEC.match(spec):
+                raise ValueError(f"{spec!r}: use column, day(col), hour(col), bucket(N, col) ...")
+        return v
+
+
+def _template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+class LakeSink(Sink):
+    Config = LakeSinkConfig
+    config: LakeSinkConfig
+
+    def open(self, ctx: FlowContext) -> None:
+        self.ctx = ctx
+        self.catalog: Catalog = open_catalog(ctx.pipeline)
+        self.namespace = namespace(ctx.pipeline)
+        self.fields = _template_fields(self.config.table)
+        self.maintainer = Maintainer(self.config.maintenance)
+        self._tables: dict[str, Table] = {}
+        self._last_table: str | None = None if self.fields else self.config.table
+        self._seq, self._committed = 0, {}
+        self._committed = self.checkpoint()
+
+    # -- checkpoint ---------------------------------------------------------------
+
+    def _flow_tables(self) -> list[str]:
+        if not self.fields:
+            return [self.config.table]
+        return [ident[-1] for ident in self.catalog.list_tables(self.namespace)]
+
+    def checkpoint(self) -> Checkpoint:
+        """The flow's committed position, read from the lake (not from memory)."""
+        entries: list[tuple[str, StoredCheckpoint]] = []
+        for name in self._flow_tables():
+            table = self._load(name, refresh=True)
+            entry = checkpoints.stored(table.metadata, self.ctx.flow) if table else None
+            if entry is not None:
+                entries.append((name, entry))
+        seq, committed = checkpoints.resolve(e for _, e in entries)
+        if entries:
+            self._last_table = max(entries, key=lambda x: x[1].seq)[0]
+        self._seq = max(self._seq, seq)
+        return committed
+
+    # -- write --------------------------------------------------------------------
+
+    def write(self, table: pa.Table, checkpoint: Checkpoint) -> None:
+        groups = self._route(table) if self.fields else {self.config.table: table}
+        groups = {name: rows for name, rows in groups.items() if rows.num_rows}
+        if not groups:
+            if self._last_table is None or self._load(self._last_table) is None:
+                self._committed = dict(checkpoint)  # nothing to land and nowhere to store it yet
+                return
+            groups = {self._last_table: table.slice(0, 0)}
+        seq = self._seq + 1
+        names = sorted(groups)
+        for i, name in enumerate(names):
+            last = i == len(names) - 1
+            entry = StoredCheckpoint(seq, dict(checkpoint), dict(self._committed), last)
+            self._commit(name, groups[name], entry)
+        self._seq, self._committed, self._last_table = seq, dict(checkpoint), names[-1]
+
+    def _route(self, table: pa.Table) -> dict[str, pa.Table]:
+        """Split a batch by its table-name template (vectorized: one filter per target table)."""
+        missing = [f for f in self.fields if f not in table.column_names]
+        if missing:
+            if table.num_rows:
+                self.ctx.dead_letter(
+                    table,
+                    f"table template {self.config.table!r} needs column(s) {', '.join(missing)}",
+                )
+            return {}
+        parts: list[pa.Array | pa.ChunkedArray | str] = []
+        for literal, name, _, _ in string.Formatter().parse(self.config.table):
+            if literal:
+                parts.append(literal)
+            if name:
+                parts.append(pc.cast(table.column(name), pa.string()))
+        names = pc.binary_join_element_wise(*parts, "")
+        names = pc.replace_substring_regex(pc.utf8_lower(names), r"[^a-z0-9_]", "_")
+        valid = pc.is_valid(names)
+        if not pc.all(valid).as_py():
+            self.ctx.dead_letter(
+                table.filter(pc.invert(valid)),
+                f"table template {self.config.table!r}: a column it uses is null",
+            )
+        encoded = pc.dictionary_encode(names).combine_chunks()
+        out = {}
+        for i, name in enumerate(encoded.dictionary.to_pylist()):
+            out[identifier_part(name)] = table.filter(pc.equal(encoded.indices, i))
+        return out
+
+    def _commit(self, name: str, rows: pa.Table, entry: StoredCheckpoint) -> None:
+        for attempt in range(_RETRIES):
+            table = self._load(name) or self._create(name, rows)
+            try:
+                self._commit_once(table, rows, entry)
+                break
+            except CommitFailedException:
+                if attempt == _RETRIES - 1:
+                    raise
+                log.info("lake table %s changed under flow %s; retrying", name, self.ctx.flow)
+                self._load(name, refresh=True)
+                time.sleep(0.05 * (attempt + 1))
+        try:
+            self.maintainer.after_commit(self._tables[name])
+        except Exception:  # the data is committed; maintenance is retried at the next schedule
+            self.ctx.metrics.errors += 1
+            log.exception("flow %s: maintenance of lake table %s failed", self.ctx.flow, name)
+
+    def _commit_once(self, table: Table, rows: pa.Table, entry: StoredCheckpoint) -> None:
+        flow = self.ctx.flow
+        with Transaction(table) as tx:
+            meta = tx.table_metadata
+            held = checkpoints.stored(meta, flow)
+            if held is not None:
+                behind = sorted(
+                    k for k, v in held.positions.items() if entry.positions.get(k, -1) < v
+                )
+                if behind:
+                    raise ConnectorError(
+                        f"flow {flow}: lake table {table.name()[-1]} already holds positions past "
+                        f"this write for {', '.join(behind)}; another instance of the flow is "
+                        "writing — stop it (this one stops rather than move the checkpoint back)"
+                    )
+            rows = fence(rows, held)
+            batch_schema = schema.normalize_schema(rows.schema)
+            changes = schema.evolution(batch_schema, meta.schema())
+            if changes is not None:
+                with tx.update_schema() as update:
+                    update.union_by_name(changes)
+            fitted = schema.conform(rows, tx.table_metadata.schema())
+            for rejected, reason in fitted.rejected:
+                self.ctx.dead_letter(rejected, reason)
+            props = checkpoints.carried(meta) | {
+                checkpoints.PREFIX + flow: entry.to_json(),
+                checkpoints.WRITER: flow,
+            }
+            tx.append(fitted.table, snapshot_properties=props)
+
+    # -- tables -------------------------------------------------------------------
+
+    def _load(self, name: str, refresh: bool = False) -> Table | None:
+        table = self._tables.get(name)
+        if table is not None:
+            return table.refresh() if refresh else table
+        try:
+            table = self.catalog.load_table((self.namespace, name))
+        except NoSuchTableError:
+            return None
+        self._tables[name] = guard(table)
+        return table
+
+    def _create(self, name: str, rows: pa.Table) -> Table:
+        arrow = schema.normalize_schema(rows.schema)
+        if not len(arrow):
+            raise ConfigError(
+                f"flow {self.ctx.flow}: cannot create lake table {name!r} from a batch without "
+                "typed columns (every column is empty/null); add columns or create the table first"
+            )
+        properties = self.config.maintenance.table_properties() | self.config.properties
+        try:
+            created = self.catalog.create_table(
+                (self.namespace, name), schema=arrow, properties=properties
+            )
+            specs = self._partition_specs(arrow)
+            if specs:
+                with created.update_spec() as update:
+                    for transform, column in specs:
+                        update.add_field(column, transform)
+        except TableAlreadyExistsError:
+            created = self.catalog.load_table((self.namespace, name))
+        self._tables[name] = created = guard(created)
+        return created
+
+    def _partition_specs(self, arrow: pa.Schema) -> list[tuple[Transform[Any, Any], str]]:
+        by = self.config.partition_by
+        if by == "none":
+            return []
+        if by == "auto":
+            column = _ts_column(arrow)
+            return [(parse_transform("day"), column)] if column else []
+        specs = []
+        for spec in by:
+            match = _SPEC.match(spec)
+            assert match is not None  # validated with the config
+            fn, arg, column = match.groups()
+            if column is None:
+                fn, column = "identity", fn
+            if column not in arrow.names:
+                raise ConfigError(
+                    f"flow {self.ctx.flow}: partition_by {spec!r}: no column {column!r} in the "
+                    f"data (columns: {', '.join(arrow.names)})"
+                )
+            specs.append((parse_transform(f"{fn}[{arg}]" if arg else fn), column))
+        return specs
+
+
+def _ts_column(arrow: pa.Schema) -> str | None:
+    """The event-time column to partition by day: a timestamp/date with a conventional name."""
+    temporal = [
+        f.name for f in arrow if pa.types.is_timestamp(f.type) or pa.types.is_date32(f.type)
+    ]
+    for name in _TS_NAMES:
+        if name in temporal:
+            return name
+    return next((n for n in temporal if n.endswith(("_ts", "_time", "_at"))), None)
+
+
+def fence(rows: pa.Table, entry: StoredCheckpoint | None) -> pa.Table:
+    """Drop rows whose ``_offset`` is below the position stored for their topic/partition."""
+    if entry is None or not entry.positions or not rows.num_rows:
+        return rows
+    if not all(c in rows.column_names for c in PROVENANCE):
+        return rows
+    keys = pc.binary_join_element_wise(
+        pc.cast(rows.column("_topic"), pa.string()),
+        pc.cast(rows.column("_partition"), pa.string()),
+        "/",
+    )
+    encoded = pc.dictionary_encode(keys).combine_chunks()
+    keyed = encoded.dictionary.to_pylist()
+    floors = pa.array([entry.positions.get(k, -1) for k in keyed], pa.int64())
+    floor = pc.take(floors, encoded.indices)
+    keep = pc.fill_null(pc.greater_equal(pc.cast(rows.column("_offset"), pa.int64()), floor), True)
+    kept = rows.filter(keep)
+    if kept.num_rows < rows.num_rows:
+        log.info("fenced %d already-landed rows", rows.num_rows - kept.num_rows)
+    return kept
+
+
+__all__ = ["LakeSink", "LakeSinkConfig", "fence"]

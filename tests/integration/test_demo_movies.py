@@ -1,0 +1,74 @@
+"""`tidelake demo movies` reaches "ratings flowing into the lake" within 60 s, the lake answers
+queries, and Ctrl-C stops the whole process tree cleanly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.integration
+def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
+    scenarios = tmp_path / "scenarios"
+    shutil.copytree(ROOT / "scenarios" / "movies", scenarios / "movies",
+                    ignore=shutil.ignore_patterns(".tidelake"))
+    env = os.environ | {"TIDELAKE_SCENARIOS": str(scenarios), "PYTHONUNBUFFERED": "1"}
+    env.pop("RATINGS_API", None)
+    ports = [str(_free_port()) for _ in range(2)]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidelake.cli", "demo", "movies", "--no-dashboard",
+         "--api-port", ports[0], "--ratings-port", ports[1]],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    out: list[str] = []
+    try:
+        assert proc.stdout is not None
+        while time.monotonic() - started < 60:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out.append(line)
+            if "ratings flowing into the lake" in line:
+                break
+        else:
+            pytest.fail("no 'ratings flowing into the lake' within 60 s:\n" + "".join(out))
+        assert any("ratings flowing into the lake" in line for line in out), "".join(out)
+        elapsed = time.monotonic() - started
+        assert elapsed < 60
+
+        result = subprocess.run(
+            [sys.executable, "-m", "tidelake.cli", "query",
+             str(scenarios / "movies" / "pipeline.yaml"),
+             "SELECT count(*) AS n, min(rating) >= 0.5 AND max(rating) <= 5 AS valid FROM ratings",
+             "--format", "csv"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        n, valid = result.stdout.strip().splitlines()[1].split(",")
+        assert int(n) > 0 and valid == "true"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rest, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, "".join(out) + rest
+    assert "demo stopped" in rest
