@@ -20,9 +20,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-lake_app = typer.Typer(help="Inspect and maintain the pipeline's Iceberg tables.", no_args_is_help=True)
+lake_app = typer.Typer(
+    help="Inspect and maintain the pipeline's Iceberg tables.", no_args_is_help=True
+)
 topics_app = typer.Typer(help="Inspect and manage the pipeline's log.", no_args_is_help=True)
-infra_app = typer.Typer(help="Start and stop local services (Kafka, PostgreSQL, ...).", no_args_is_help=True)
+infra_app = typer.Typer(
+    help="Start and stop local services (Kafka, PostgreSQL, ...).", no_args_is_help=True
+)
 app.add_typer(topics_app, name="topics")
 app.add_typer(infra_app, name="infra")
 app.add_typer(lake_app, name="lake")
@@ -66,7 +70,9 @@ def validate(pipeline: PipelineArg) -> None:
 @app.command()
 def run(
     pipeline: PipelineArg,
-    flow: Annotated[list[str] | None, typer.Option("--flow", "-f", help="run only this flow (repeatable)")] = None,
+    flow: Annotated[
+        list[str] | None, typer.Option("--flow", "-f", help="run only this flow (repeatable)")
+    ] = None,
 ) -> None:
     """Run the flows of a pipeline until their sources end or Ctrl-C (the batch in flight finishes).
 
@@ -130,7 +136,10 @@ def topics_create(
     topic: Annotated[str, typer.Argument(help="topic name")],
     partitions: Annotated[int, typer.Option(help="partition count")] = 1,
 ) -> None:
-    """Create a topic (no-op if it exists).  Example: tidelake topics create p.yaml ratings --partitions 4"""
+    """Create a topic (no-op if it exists).
+
+    Example: tidelake topics create p.yaml ratings --partitions 4
+    """
     from tidelake.broker import connect
 
     try:
@@ -147,7 +156,9 @@ def topics_create(
 def topics_tail(
     pipeline: PipelineArg,
     topic: Annotated[str, typer.Argument(help="topic name")],
-    count: Annotated[int, typer.Option("-n", help="stop after this many records (0 = follow)")] = 10,
+    count: Annotated[
+        int, typer.Option("-n", help="stop after this many records (0 = follow)")
+    ] = 10,
 ) -> None:
     """Print records of a topic from the beginning, without committing offsets.
 
@@ -182,8 +193,12 @@ def topics_tail(
 
 @infra_app.command("up")
 def infra_up(
-    services: Annotated[list[str] | None, typer.Argument(help="kafka, postgres, connect, s3")] = None,
-    with_: Annotated[list[str] | None, typer.Option("--with", help="add a service (e.g. connect)")] = None,
+    services: Annotated[
+        list[str] | None, typer.Argument(help="kafka, postgres, connect, s3")
+    ] = None,
+    with_: Annotated[
+        list[str] | None, typer.Option("--with", help="add a service (e.g. connect)")
+    ] = None,
 ) -> None:
     """Start local services natively on loopback (default: kafka and postgres).
 
@@ -202,7 +217,9 @@ def infra_up(
 
 @infra_app.command("down")
 def infra_down(
-    services: Annotated[list[str] | None, typer.Argument(help="services to stop (default: all)")] = None,
+    services: Annotated[
+        list[str] | None, typer.Argument(help="services to stop (default: all)")
+    ] = None,
 ) -> None:
     """Stop local services started by `infra up`.  Example: tidelake infra down"""
     from tidelake import infra
@@ -236,8 +253,13 @@ def infra_status() -> None:
 
     t = Table("service", "running", "pid", "url", "log")
     for name, s in infra.status().items():
-        t.add_row(name, "yes" if s.get("running") else "no", str(s.get("pid") or ""),
-                  str(s.get("url") or ""), str(s.get("log") or ""))
+        t.add_row(
+            name,
+            "yes" if s.get("running") else "no",
+            str(s.get("pid") or ""),
+            str(s.get("url") or ""),
+            str(s.get("log") or ""),
+        )
     console.print(t)
 
 
@@ -246,12 +268,16 @@ def query(
     pipeline: PipelineArg,
     sql: Annotated[str, typer.Argument(help="one read-only SELECT over lake and database tables")],
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
-    as_of: Annotated[str | None, typer.Option(help="snapshot id or ISO timestamp (time travel)")] = None,
-    output: Annotated[Path | None, typer.Option("-o", help="write to this file (parquet needs it)")] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="snapshot id or ISO timestamp (time travel)")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", help="write to this file (parquet needs it)")
+    ] = None,
 ) -> None:
     """Run read-only SQL (DuckDB) over the pipeline's lake and database tables.
 
-    Example: tidelake query scenarios/movies/pipeline.yaml "SELECT count(*) FROM ratings" --format csv
+    Example: tidelake query pipeline.yaml "SELECT count(*) FROM ratings" --format csv
     """
     from tidelake.query_output import render
 
@@ -288,8 +314,14 @@ def lake_tables(pipeline: PipelineArg) -> None:
         _fail(e)
     t = Table("table", "rows", "files", "partitions", "snapshots", "last updated")
     for i in infos:
-        t.add_row(i.name, f"{i.rows or 0:,}", str(i.files), str(i.partitions), str(i.snapshots),
-                  f"{i.last_updated:%Y-%m-%d %H:%M:%S}" if i.last_updated else "")
+        t.add_row(
+            i.name,
+            f"{i.rows or 0:,}",
+            str(i.files),
+            str(i.partitions),
+            str(i.snapshots),
+            f"{i.last_updated:%Y-%m-%d %H:%M:%S}" if i.last_updated else "",
+        )
     console.print(t)
 
 
@@ -311,16 +343,24 @@ def lake_describe(
         _fail(e)
     i = d.info
     console.print(f"[bold]{i.name}[/bold]  {d.location}")
-    console.print(f"rows {i.rows or 0:,} · files {i.files} · partitions {i.partitions} "
-                  f"({i.partition_spec or 'unpartitioned'}) · snapshots {i.snapshots}")
+    console.print(
+        f"rows {i.rows or 0:,} · files {i.files} · partitions {i.partitions} "
+        f"({i.partition_spec or 'unpartitioned'}) · snapshots {i.snapshots}"
+    )
     cols = Table("column", "type", "nullable")
     for c in i.columns:
         cols.add_row(c.name, c.type, "yes" if c.nullable else "no")
     console.print(cols)
     hist = Table("snapshot", "committed", "operation", "added rows", "total rows", "flow")
     for s in d.history[:10]:
-        hist.add_row(str(s.snapshot_id), f"{s.committed_at:%Y-%m-%d %H:%M:%S}", s.operation,
-                     f"{s.added_rows:,}", f"{s.total_rows:,}", s.flow or "")
+        hist.add_row(
+            str(s.snapshot_id),
+            f"{s.committed_at:%Y-%m-%d %H:%M:%S}",
+            s.operation,
+            f"{s.added_rows:,}",
+            f"{s.total_rows:,}",
+            s.flow or "",
+        )
     console.print(hist)
     for flow, cp in d.checkpoints.items():
         console.print(f"checkpoint {flow}: {cp}")
@@ -363,7 +403,9 @@ def lake_expire(
 @app.command()
 def serve(
     pipeline: PipelineArg,
-    host: Annotated[str, typer.Option(help="bind address; beyond loopback needs TIDELAKE_API_TOKEN")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="bind address; beyond loopback needs TIDELAKE_API_TOKEN")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
 ) -> None:
     """Serve the SQL, table, ingest and flow API (OpenAPI docs at /docs) and /metrics.
@@ -399,11 +441,15 @@ def dashboard(
 
 @app.command()
 def demo(
-    scenario: Annotated[str, typer.Argument(help="scenario under scenarios/ (movies, datalake)")] = "movies",
+    scenario: Annotated[
+        str, typer.Argument(help="scenario under scenarios/ (movies, datalake)")
+    ] = "movies",
     api_port: Annotated[int, typer.Option(help="REST API port")] = 8000,
     dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,
     ratings_port: Annotated[int, typer.Option(help="movies: the demo ratings API's port")] = 8800,
-    no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="skip the dashboard")] = False,
+    no_dashboard: Annotated[
+        bool, typer.Option("--no-dashboard", help="skip the dashboard")
+    ] = False,
 ) -> None:
     """Run a scenario end to end on embedded defaults: flows, REST API and live dashboard.
 
@@ -413,8 +459,14 @@ def demo(
     from tidelake.demo import run_demo
 
     try:
-        run_demo(scenario, api_port=api_port, dashboard_port=dashboard_port,
-                 ratings_port=ratings_port, dashboard=not no_dashboard, console=err)
+        run_demo(
+            scenario,
+            api_port=api_port,
+            dashboard_port=dashboard_port,
+            ratings_port=ratings_port,
+            dashboard=not no_dashboard,
+            console=err,
+        )
     except TidelakeError as e:
         _fail(e)
 

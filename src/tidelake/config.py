@@ -1,4 +1,4 @@
-"""Pipeline files: YAML -> validated pydantic models, with ``file:line: key: problem (hint)`` errors.
+"""Pipeline files: YAML -> validated pydantic models; errors: ``file:line: key: problem (hint)``.
 
 This is the only module that reads pipeline YAML or interpolates environment
 variables; everything else receives typed models.
@@ -31,7 +31,6 @@ class BatchSettings(_Model):
 
     size: int = Field(10_000, gt=0, description="rows per batch at most")
     max_latency: float = Field(1.0, gt=0, description="seconds before a partial batch is written")
-    max_in_flight: int = Field(200_000, gt=0, description="rows buffered before the source pauses")
 
 
 class Flow(_Model):
@@ -61,7 +60,9 @@ class Pipeline(_Model):
     broker: str = "embedded"
     database: str = "sqlite:///.tidelake/pipeline.db"
     lake: str = "file://.tidelake/lake"
-    lake_catalog: str | None = Field(None, description="catalog URL (default: SQLite beside the lake)")
+    lake_catalog: str | None = Field(
+        None, description="catalog URL (default: SQLite beside the lake)"
+    )
     init_sql: list[str] = Field(
         [], description="SQL files run against the database before flows start (idempotent DDL)"
     )
@@ -83,7 +84,7 @@ class Pipeline(_Model):
         return p if p.is_absolute() else self.base_dir / p
 
     def url(self, url: str) -> str:
-        """``sqlite:///rel``, ``file://rel`` and ``embedded:///rel`` resolved against the file's dir."""
+        """Resolve relative ``sqlite:///``, ``file://``, ``embedded:///`` URLs against the file."""
         for scheme in ("sqlite:///", "file://", "embedded:///"):
             if url.startswith(scheme):
                 rest = url[len(scheme) :]
@@ -131,7 +132,9 @@ def _walk_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...
             _walk_lines(item, path + (i,), out)
 
 
-def _interpolate_tree(obj: Any, path: tuple[Any, ...], problems: list[tuple[tuple[Any, ...], str]]) -> Any:
+def _interpolate_tree(
+    obj: Any, path: tuple[Any, ...], problems: list[tuple[tuple[Any, ...], str]]
+) -> Any:
     if isinstance(obj, dict):
         return {k: _interpolate_tree(v, path + (k,), problems) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -140,10 +143,17 @@ def _interpolate_tree(obj: Any, path: tuple[Any, ...], problems: list[tuple[tupl
         try:
             value = interpolate(obj)
         except KeyError as e:
-            problems.append((path, f"environment variable {e.args[0]} is not set "
-                             f"(set it, or give a default: ${{{e.args[0]}:-value}})"))
+            problems.append(
+                (
+                    path,
+                    f"environment variable {e.args[0]} is not set "
+                    f"(set it, or give a default: ${{{e.args[0]}:-value}})",
+                )
+            )
             return obj
-        if _VAR.fullmatch(obj):  # a whole-value variable is typed like YAML: 200 -> int, null -> None
+        if _VAR.fullmatch(
+            obj
+        ):  # a whole-value variable is typed like YAML: 200 -> int, null -> None
             typed = yaml.safe_load(value) if value.strip() else None
             return typed if not isinstance(typed, dict | list) else value
         return value
@@ -163,7 +173,7 @@ def _validate_connector(
         errors.append((loc, f"a {kind} needs a 'type' (one of: {', '.join(registry.names(kind))})"))
         return None
     try:
-        cls = registry.lookup(kind, str(raw["type"]))
+        cls: Any = registry.lookup(kind, str(raw["type"]))
     except ConfigError as e:
         errors.append((loc + ("type",), str(e)))
         return None
@@ -202,7 +212,9 @@ def loads(text: str, path: Path = Path("<pipeline>")) -> Pipeline:
         line = mark.line + 1 if mark else 1
         raise ConfigError(f"{path}:{line}: invalid YAML: {getattr(e, 'problem', e)}") from e
     if node is None or not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"{path}:1: a pipeline file is a mapping with at least 'name' and 'flows'")
+        raise ConfigError(
+            f"{path}:1: a pipeline file is a mapping with at least 'name' and 'flows'"
+        )
     lines: dict[tuple[Any, ...], int] = {}
     _walk_lines(node, (), lines)
     raw = yaml.load(text, Loader=yaml.SafeLoader)

@@ -172,7 +172,9 @@ class SqliteDatabase(Database):
         if key:
             updates = ", ".join(f"{ident(c)} = excluded.{ident(c)}" for c in names if c not in key)
             conflict = ", ".join(map(ident, key))
-            sql += f" ON CONFLICT ({conflict}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING")
+            sql += f" ON CONFLICT ({conflict}) DO " + (
+                f"UPDATE SET {updates}" if updates else "NOTHING"
+            )
         self.conn.executemany(sql, zip(*(c.to_pylist() for c in data.columns), strict=True))
 
     def delete(self, table: str, keys: pa.Table) -> None:
@@ -199,7 +201,11 @@ class SqliteDatabase(Database):
         cur = self.conn.execute(f"SELECT * FROM {ident(table)}")
         names = [d[0] for d in cur.description]
         rows = cur.fetchall()
-        return pa.table({n: list(c) for n, c in zip(names, zip(*rows, strict=True), strict=True)}) if rows else pa.table({n: [] for n in names})
+        return (
+            pa.table({n: list(c) for n, c in zip(names, zip(*rows, strict=True), strict=True)})
+            if rows
+            else pa.table({n: [] for n in names})
+        )
 
     def tables(self) -> list[str]:
         rows = self.conn.execute(

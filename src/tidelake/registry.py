@@ -49,7 +49,9 @@ def lookup(kind: Kind, name: str) -> type:
     """The connector class for ``name``; a ConfigError listing the valid names otherwise."""
     table = _TABLES[kind]
     if name not in table:
-        raise ConfigError(f"unknown {kind} type {name!r} (choose one of: {', '.join(sorted(table))})")
+        raise ConfigError(
+            f"unknown {kind} type {name!r} (choose one of: {', '.join(sorted(table))})"
+        )
     module, _, attr = table[name].partition(":")
     cls: type = getattr(importlib.import_module(module), attr)
     return cls

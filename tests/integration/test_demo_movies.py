@@ -26,16 +26,32 @@ def _free_port() -> int:
 @pytest.mark.integration
 def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
     scenarios = tmp_path / "scenarios"
-    shutil.copytree(ROOT / "scenarios" / "movies", scenarios / "movies",
-                    ignore=shutil.ignore_patterns(".tidelake"))
+    shutil.copytree(
+        ROOT / "scenarios" / "movies",
+        scenarios / "movies",
+        ignore=shutil.ignore_patterns(".tidelake"),
+    )
     env = os.environ | {"TIDELAKE_SCENARIOS": str(scenarios), "PYTHONUNBUFFERED": "1"}
     env.pop("RATINGS_API", None)
     ports = [str(_free_port()) for _ in range(2)]
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tidelake.cli", "demo", "movies", "--no-dashboard",
-         "--api-port", ports[0], "--ratings-port", ports[1]],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tidelake.cli",
+            "demo",
+            "movies",
+            "--no-dashboard",
+            "--api-port",
+            ports[0],
+            "--ratings-port",
+            ports[1],
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     out: list[str] = []
     try:
@@ -54,11 +70,21 @@ def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
         assert elapsed < 60
 
         result = subprocess.run(
-            [sys.executable, "-m", "tidelake.cli", "query",
-             str(scenarios / "movies" / "pipeline.yaml"),
-             "SELECT count(*) AS n, min(rating) >= 0.5 AND max(rating) <= 5 AS valid FROM ratings",
-             "--format", "csv"],
-            env=env, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "tidelake.cli",
+                "query",
+                str(scenarios / "movies" / "pipeline.yaml"),
+                "SELECT count(*) AS n, min(rating) >= 0.5 AND max(rating) <= 5 AS valid"
+                " FROM ratings",
+                "--format",
+                "csv",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert result.returncode == 0, result.stderr
         n, valid = result.stdout.strip().splitlines()[1].split(",")

@@ -95,7 +95,9 @@ def _wait_for_progress(database: str, table: str, above: int, proc: subprocess.P
 def kill_and_restart(broker_url: str, database: str, tmp_path: Path, unique: str) -> None:
     topic, table = f"in_{unique}", f"out_{unique}"
     pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(PIPELINE.format(broker=broker_url, database=database, topic=topic, table=table))
+    pipeline.write_text(
+        PIPELINE.format(broker=broker_url, database=database, topic=topic, table=table)
+    )
     _produce(broker_url, topic)
     rng = random.Random(unique)
     landed = 0
@@ -133,7 +135,9 @@ def kill_and_restart(broker_url: str, database: str, tmp_path: Path, unique: str
 
 @pytest.mark.integration
 def test_embedded_log_into_sqlite(tmp_path: Path, unique: str) -> None:
-    kill_and_restart(f"embedded:///{tmp_path}/log.db", f"sqlite:///{tmp_path}/out.db", tmp_path, unique)
+    kill_and_restart(
+        f"embedded:///{tmp_path}/log.db", f"sqlite:///{tmp_path}/out.db", tmp_path, unique
+    )
 
 
 @pytest.mark.integration
@@ -147,5 +151,7 @@ def test_kafka_into_sqlite(tmp_path: Path, unique: str, kafka_url: str) -> None:
 
 
 @pytest.mark.integration
-def test_kafka_into_postgres(tmp_path: Path, unique: str, kafka_url: str, postgres_url: str) -> None:
+def test_kafka_into_postgres(
+    tmp_path: Path, unique: str, kafka_url: str, postgres_url: str
+) -> None:
     kill_and_restart(kafka_url, postgres_url, tmp_path, unique)

@@ -55,8 +55,13 @@ def _processes_mentioning(text: str) -> list[int]:
 def ports() -> Iterator[None]:
     """Free ports for every service, exported through the TIDELAKE_*_PORT variables."""
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "POSTGRES_PORT", "CONNECT_PORT",
-                    "S3_PORT"):
+        for var in (
+            "KAFKA_PORT",
+            "KAFKA_CONTROLLER_PORT",
+            "POSTGRES_PORT",
+            "CONNECT_PORT",
+            "S3_PORT",
+        ):
             mp.setenv(f"TIDELAKE_{var}", str(_free_port()))
         yield
 
@@ -93,7 +98,8 @@ def test_up_returns_urls_and_second_up_is_a_fast_noop(stack: tuple[Path, dict]) 
     state, urls = stack
     assert urls["kafka"] == f"kafka://127.0.0.1:{os.environ['TIDELAKE_KAFKA_PORT']}"
     assert urls["postgres"] == (
-        f"postgresql://postgres@127.0.0.1:{os.environ['TIDELAKE_POSTGRES_PORT']}/tidelake")
+        f"postgresql://postgres@127.0.0.1:{os.environ['TIDELAKE_POSTGRES_PORT']}/tidelake"
+    )
     pids = {name: s["pid"] for name, s in infra.status(state).items() if s["running"]}
     started = time.monotonic()
     assert infra.up(["postgres", "kafka"], state_dir=state) == urls
@@ -109,8 +115,9 @@ def test_kafka_produce_and_consume(stack: tuple[Path, dict]) -> None:
     producer = Producer({"bootstrap.servers": bootstrap})
     producer.produce(topic, key=b"k", value=b"hello tidelake")
     assert producer.flush(30) == 0
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "infra-test",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "infra-test", "auto.offset.reset": "earliest"}
+    )
     consumer.subscribe([topic])
     try:
         deadline = time.monotonic() + 30
@@ -158,8 +165,9 @@ def test_down_stops_everything(stack: tuple[Path, dict]) -> None:
     assert infra.down(state_dir=state) == []
 
 
-@pytest.mark.skipif(os.environ.get("TIDELAKE_SKIP_CONNECT") == "1",
-                    reason="TIDELAKE_SKIP_CONNECT=1")
+@pytest.mark.skipif(
+    os.environ.get("TIDELAKE_SKIP_CONNECT") == "1", reason="TIDELAKE_SKIP_CONNECT=1"
+)
 def test_connect_lists_debezium_postgres(ports: None, state: Path) -> None:
     try:
         urls = infra.up(["connect"], state_dir=state)

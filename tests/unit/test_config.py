@@ -47,7 +47,9 @@ def test_unknown_key_names_file_line_and_key(tmp_path: Path) -> None:
 
 
 def test_unknown_connector_lists_choices(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r":5: flows.land.source.type: unknown source type 'kafkaa'"):
+    with pytest.raises(
+        ConfigError, match=r":5: flows.land.source.type: unknown source type 'kafkaa'"
+    ):
         loads(GOOD.replace("type: topic", "type: kafkaa"), tmp_path / "p.yaml")
 
 
@@ -72,10 +74,13 @@ def test_whole_value_variables_are_typed_like_yaml(tmp_path: Path) -> None:
     text = GOOD.replace("size: 500", "size: ${TL_SIZE:-250}").replace(
         "topic: events}", "topic: events, group: ${TL_GROUP:-null}}"
     )
-    text = text.replace("source: {type: topic, topic: events, group: ${TL_GROUP:-null}}",
-                        "source:\n      type: topic\n      topic: events\n      group: ${TL_GROUP:-null}")
-    text = text.replace("batch: {size: ${TL_SIZE:-250}, max_latency: 0.5}",
-                        "batch:\n      size: ${TL_SIZE:-250}")
+    text = text.replace(
+        "source: {type: topic, topic: events, group: ${TL_GROUP:-null}}",
+        "source:\n      type: topic\n      topic: events\n      group: ${TL_GROUP:-null}",
+    )
+    text = text.replace(
+        "batch: {size: ${TL_SIZE:-250}, max_latency: 0.5}", "batch:\n      size: ${TL_SIZE:-250}"
+    )
     p = loads(text, tmp_path / "p.yaml")
     assert p.flows["land"].batch.size == 250
     assert p.flows["land"].source.group is None  # type: ignore[attr-defined]

@@ -58,8 +58,13 @@ def test_lands_rows_with_provenance_and_resumes(tmp_path: Path) -> None:
     _produce(tmp_path, 2000, start=3000)
     _run_until(tmp_path, 5000)
     with sqlite3.connect(tmp_path / "out.db") as c:
-        assert c.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone() == (5000, 5000)
-        parts = c.execute("SELECT _partition, min(_offset), max(_offset), count(*) FROM events GROUP BY 1")
+        assert c.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone() == (
+            5000,
+            5000,
+        )
+        parts = c.execute(
+            "SELECT _partition, min(_offset), max(_offset), count(*) FROM events GROUP BY 1"
+        )
         for _, lo, hi, n in parts:
             assert lo == 0 and hi == n - 1
         stored = dict(c.execute("SELECT position, next_offset FROM _tidelake_checkpoints"))

@@ -35,7 +35,9 @@ def scenario_file(name: str) -> Path:
     path = scenarios_dir() / name / "pipeline.yaml"
     if not path.exists():
         have = sorted(p.parent.name for p in scenarios_dir().glob("*/pipeline.yaml"))
-        raise ConfigError(f"no scenario {name!r} in {scenarios_dir()} (choose one of: {', '.join(have)})")
+        raise ConfigError(
+            f"no scenario {name!r} in {scenarios_dir()} (choose one of: {', '.join(have)})"
+        )
     return path
 
 
@@ -60,13 +62,17 @@ class _Server(threading.Thread):
         self.join(5)
 
 
-def _announce_when_flowing(runners: list[FlowRunner], flow: str, say: Callable[[str], None],
-                           stop: threading.Event) -> None:
+def _announce_when_flowing(
+    runners: list[FlowRunner], flow: str, say: Callable[[str], None], stop: threading.Event
+) -> None:
     target = next((r for r in runners if r.name == flow), None)
     while target is not None and not stop.wait(0.2):
         if target.metrics.records_out > 0:
-            say(f"[green]✓ {target.name}: data flowing into the lake[/green]"
-                if flow != "ratings_lake" else "[green]✓ ratings flowing into the lake[/green]")
+            say(
+                f"[green]✓ {target.name}: data flowing into the lake[/green]"
+                if flow != "ratings_lake"
+                else "[green]✓ ratings flowing into the lake[/green]"
+            )
             return
 
 
@@ -108,7 +114,7 @@ def run_demo(
     console.print(f"  REST API     http://127.0.0.1:{api_port}/docs")
     if dashboard:
         console.print(f"  dashboard    http://127.0.0.1:{dashboard_port}")
-    console.print(f"  query        tidelake query {path} \"SELECT count(*) FROM ratings\"")
+    console.print(f'  query        tidelake query {path} "SELECT count(*) FROM ratings"')
     console.print("  Ctrl-C stops everything.\n")
 
     stop, done = threading.Event(), threading.Event()
@@ -116,12 +122,15 @@ def run_demo(
         signal.signal(sig, lambda *_: stop.set())
 
     def started(runners: list[FlowRunner]) -> None:
-        threading.Thread(target=show_live, args=([r.metrics for r in runners], done, console),
-                         daemon=True).start()
+        threading.Thread(
+            target=show_live, args=([r.metrics for r in runners], done, console), daemon=True
+        ).start()
         if name in LAKE_FLOW:
-            threading.Thread(target=_announce_when_flowing,
-                             args=(runners, LAKE_FLOW[name], console.print, stop),
-                             daemon=True).start()
+            threading.Thread(
+                target=_announce_when_flowing,
+                args=(runners, LAKE_FLOW[name], console.print, stop),
+                daemon=True,
+            ).start()
 
     try:
         run_flows(pipeline, list(pipeline.flows), stop, on_start=started)

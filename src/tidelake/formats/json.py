@@ -73,8 +73,12 @@ def _stringify_conflicts(rows: list[dict[str, object]]) -> list[dict[str, object
     if not mixed:
         return rows
     return [
-        {k: (orjson.dumps(v).decode() if isinstance(v, dict | list) else str(v))
-         if k in mixed and v is not None else v for k, v in r.items()}
+        {
+            k: (orjson.dumps(v).decode() if isinstance(v, dict | list) else str(v))
+            if k in mixed and v is not None
+            else v
+            for k, v in r.items()
+        }
         for r in rows
     ]
 

@@ -25,8 +25,16 @@ from tidelake.errors import InfraError
 from tidelake.infra import connect, kafka, postgres, s3
 from tidelake.infra._process import Daemon, cache_root, dir_lock, say
 
-__all__ = ["SERVICES", "Service", "cache_root", "down", "ensure_cached", "state_dir", "status",
-           "up"]
+__all__ = [
+    "SERVICES",
+    "Service",
+    "cache_root",
+    "down",
+    "ensure_cached",
+    "state_dir",
+    "status",
+    "up",
+]
 
 
 @dataclass(frozen=True)
@@ -43,10 +51,17 @@ class Service:
 
 SERVICES: dict[str, Service] = {
     "kafka": Service("kafka", kafka.ensure_cached, kafka.start, kafka.ready, kafka.stop),
-    "postgres": Service("postgres", postgres.ensure_cached, postgres.start, postgres.ready,
-                        postgres.stop),
-    "connect": Service("connect", connect.ensure_cached, connect.start, connect.ready,
-                       connect.stop, requires=("kafka",)),
+    "postgres": Service(
+        "postgres", postgres.ensure_cached, postgres.start, postgres.ready, postgres.stop
+    ),
+    "connect": Service(
+        "connect",
+        connect.ensure_cached,
+        connect.start,
+        connect.ready,
+        connect.stop,
+        requires=("kafka",),
+    ),
     "s3": Service("s3", s3.ensure_cached, s3.start, s3.ready, s3.stop),
 }
 
@@ -146,9 +161,13 @@ def status(state_dir: Path | None = None) -> dict[str, dict[str, Any]]:
         daemon = _daemon(name, root)
         pid = daemon.pid()
         info = daemon.info() if pid is not None else {}
-        result[name] = {"running": pid is not None, "pid": pid, "url": info.get("url"),
-                        "log": str(daemon.log_file), **{k: v for k, v in info.items()
-                                                          if k != "url"}}
+        result[name] = {
+            "running": pid is not None,
+            "pid": pid,
+            "url": info.get("url"),
+            "log": str(daemon.log_file),
+            **{k: v for k, v in info.items() if k != "url"},
+        }
     return result
 
 

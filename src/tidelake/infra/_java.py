@@ -8,8 +8,13 @@ from pathlib import Path
 from tidelake.errors import InfraError
 from tidelake.infra._process import require_tool
 
-JVM_FLAGS = ["-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-             "-Djava.awt.headless=true"]
+JVM_FLAGS = [
+    "-Xms128m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-Djava.awt.headless=true",
+]
 
 
 def java() -> str:
@@ -20,8 +25,11 @@ def java() -> str:
         if not path.is_file():
             raise InfraError(f"JAVA_HOME={home} has no bin/java; fix JAVA_HOME or unset it")
         return str(path)
-    return require_tool("java", "install a Java 17+ JDK (Debian: apt-get install -y "
-                                "openjdk-17-jdk-headless) or set JAVA_HOME")
+    return require_tool(
+        "java",
+        "install a Java 17+ JDK (Debian: apt-get install -y "
+        "openjdk-17-jdk-headless) or set JAVA_HOME",
+    )
 
 
 def write_log4j2(path: Path, *, info_loggers: list[str]) -> Path:

@@ -18,14 +18,19 @@ def _pom(coords: Sequence[str]) -> str:
     deps = []
     for coord in coords:
         group, artifact, version = coord.split(":")
-        deps.append(f"    <dependency><groupId>{escape(group)}</groupId>"
-                    f"<artifactId>{escape(artifact)}</artifactId>"
-                    f"<version>{escape(version)}</version></dependency>")
-    return ("<project xmlns=\"http://maven.apache.org/POM/4.0.0\">\n"
-            "  <modelVersion>4.0.0</modelVersion>\n"
-            "  <groupId>tidelake.local</groupId><artifactId>tools</artifactId>"
-            "<version>1</version>\n  <packaging>pom</packaging>\n  <dependencies>\n"
-            + "\n".join(deps) + "\n  </dependencies>\n</project>\n")
+        deps.append(
+            f"    <dependency><groupId>{escape(group)}</groupId>"
+            f"<artifactId>{escape(artifact)}</artifactId>"
+            f"<version>{escape(version)}</version></dependency>"
+        )
+    return (
+        '<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
+        "  <modelVersion>4.0.0</modelVersion>\n"
+        "  <groupId>tidelake.local</groupId><artifactId>tools</artifactId>"
+        "<version>1</version>\n  <packaging>pom</packaging>\n  <dependencies>\n"
+        + "\n".join(deps)
+        + "\n  </dependencies>\n</project>\n"
+    )
 
 
 def copy_dependencies(dest: Path, coords: Sequence[str], *, what: str) -> Path:
@@ -45,9 +50,20 @@ def copy_dependencies(dest: Path, coords: Sequence[str], *, what: str) -> Path:
         (dest / "pom.xml").write_text(_pom(coords))
         partial = dest / "lib.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        run_checked([mvn, "-B", "-q", "-f", str(dest / "pom.xml"),
-                     f"{DEPENDENCY_PLUGIN}:copy-dependencies", "-DincludeScope=runtime",
-                     f"-DoutputDirectory={partial}"], what=f"mvn resolving {what}", cwd=dest)
+        run_checked(
+            [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(dest / "pom.xml"),
+                f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={partial}",
+            ],
+            what=f"mvn resolving {what}",
+            cwd=dest,
+        )
         partial.rename(lib)
         say(f"{what} jars ready ({time.monotonic() - started:.0f}s)")
         return lib
@@ -70,10 +86,18 @@ def unpack(dest: Path, artifact: str, *, what: str) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         group, art, version, kind, classifier = artifact.split(":")
-        run_checked([mvn, "-B", "-q", f"{DEPENDENCY_PLUGIN}:unpack",
-                     f"-Dartifact={group}:{art}:{version}:{kind}:{classifier}",
-                     f"-DoutputDirectory={partial}"], what=f"mvn fetching {what}",
-                    cwd=scratch)  # the plugin leaves marker files under the project dir
+        run_checked(
+            [
+                mvn,
+                "-B",
+                "-q",
+                f"{DEPENDENCY_PLUGIN}:unpack",
+                f"-Dartifact={group}:{art}:{version}:{kind}:{classifier}",
+                f"-DoutputDirectory={partial}",
+            ],
+            what=f"mvn fetching {what}",
+            cwd=scratch,
+        )  # the plugin leaves marker files under the project dir
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(dest, ignore_errors=True)
         partial.rename(dest)

@@ -83,17 +83,30 @@ def as_user(user: str | None) -> dict[str, Any]:
     try:
         entry = pwd.getpwnam(user)
     except KeyError as exc:
-        raise InfraError(f"OS user {user!r} does not exist; install the package that creates it")\
-            from exc
+        raise InfraError(
+            f"OS user {user!r} does not exist; install the package that creates it"
+        ) from exc
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
-def run_checked(argv: Sequence[str], *, what: str, cwd: Path | None = None,
-                env: Mapping[str, str] | None = None, user: str | None = None) -> str:
+def run_checked(
+    argv: Sequence[str],
+    *,
+    what: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    user: str | None = None,
+) -> str:
     """Run a short command to completion; return stdout or raise InfraError with its output."""
-    proc = subprocess.run(list(argv), cwd=cwd, env=dict(env) if env else None,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          **as_user(user))
+    proc = subprocess.run(
+        list(argv),
+        cwd=cwd,
+        env=dict(env) if env else None,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        **as_user(user),
+    )
     if proc.returncode != 0:
         out = (proc.stdout + proc.stderr).strip().splitlines()[-30:]
         raise InfraError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(out))
@@ -106,7 +119,7 @@ def _start_ticks(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
@@ -176,8 +189,14 @@ class Daemon:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-              cwd: Path | None = None, user: str | None = None) -> int:
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        user: str | None = None,
+    ) -> int:
         """Spawn ``argv`` in a new session with output appended to the log; return its pid.
 
         The daemon survives the calling Python process. Raises InfraError if one is running.
@@ -186,19 +205,26 @@ class Daemon:
             raise InfraError(f"{self.name} is already running (pid file {self.pid_file})")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n"
-                      .encode())
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=cwd or self.run_dir, env=dict(env) if env is not None else None,
-                start_new_session=True, close_fds=True, **as_user(user),
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd or self.run_dir,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+                close_fds=True,
+                **as_user(user),
             )
         ticks = _start_ticks(proc.pid)
         if ticks is None:
             proc.wait()
-            raise InfraError(f"{self.name} exited immediately (exit {proc.returncode}); "
-                             f"log {self.log_file}:\n{self.log_tail()}")
+            raise InfraError(
+                f"{self.name} exited immediately (exit {proc.returncode}); "
+                f"log {self.log_file}:\n{self.log_tail()}"
+            )
         self.pid_file.write_text(f"{proc.pid} {ticks}\n")
         return proc.pid
 
@@ -208,8 +234,9 @@ class Daemon:
         delay = 0.2
         while True:
             if not self.running():
-                raise InfraError(f"{self.name} exited while starting; log {self.log_file}:\n"
-                                 f"{self.log_tail()}")
+                raise InfraError(
+                    f"{self.name} exited while starting; log {self.log_file}:\n{self.log_tail()}"
+                )
             try:
                 if check():
                     return
@@ -219,7 +246,8 @@ class Daemon:
                 raise InfraError(
                     f"{self.name} not ready after {timeout:.0f}s ({what or 'readiness check'}); "
                     f"it is still running, see {self.log_file} or run `tidelake infra down`."
-                    f"\nlast log lines:\n{self.log_tail()}")
+                    f"\nlast log lines:\n{self.log_tail()}"
+                )
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
 

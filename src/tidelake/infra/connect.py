@@ -28,14 +28,20 @@ def plugin_path() -> Path:
 
 def ensure_cached() -> tuple[Path, Path]:
     """Return (worker lib dir, plugin.path), downloading both on first use."""
-    lib = _maven.copy_dependencies(cache_dir(), [
-        f"org.apache.kafka:connect-runtime:{VERSION}",
-        f"org.apache.logging.log4j:log4j-core:{kafka.LOG4J_VERSION}",
-        f"org.apache.logging.log4j:log4j-slf4j-impl:{kafka.LOG4J_VERSION}",
-    ], what=f"Kafka Connect {VERSION}")
+    lib = _maven.copy_dependencies(
+        cache_dir(),
+        [
+            f"org.apache.kafka:connect-runtime:{VERSION}",
+            f"org.apache.logging.log4j:log4j-core:{kafka.LOG4J_VERSION}",
+            f"org.apache.logging.log4j:log4j-slf4j-impl:{kafka.LOG4J_VERSION}",
+        ],
+        what=f"Kafka Connect {VERSION}",
+    )
     plugins = _maven.unpack(
-        plugin_path(), f"io.debezium:debezium-connector-postgres:{DEBEZIUM_VERSION}:tar.gz:plugin",
-        what=f"Debezium PostgreSQL connector {DEBEZIUM_VERSION}")
+        plugin_path(),
+        f"io.debezium:debezium-connector-postgres:{DEBEZIUM_VERSION}:tar.gz:plugin",
+        what=f"Debezium PostgreSQL connector {DEBEZIUM_VERSION}",
+    )
     return lib, plugins
 
 
@@ -57,7 +63,8 @@ def ready(daemon: Daemon) -> bool:
     _get(f"{base}/")
     plugins = _get(f"{base}/connector-plugins")
     return isinstance(plugins, list) and any(
-        p.get("class") == POSTGRES_CONNECTOR for p in plugins if isinstance(p, dict))
+        p.get("class") == POSTGRES_CONNECTOR for p in plugins if isinstance(p, dict)
+    )
 
 
 def _worker_properties(bootstrap: str, rest_port: int, plugins: Path) -> str:
@@ -95,23 +102,47 @@ def start(daemon: Daemon) -> str:
         raise InfraError("Kafka Connect needs Kafka: run `tidelake infra up kafka connect`")
     rest = port()
     if port_open(rest):
-        raise InfraError(f"port {rest} is already in use by another process; stop it or set "
-                         "TIDELAKE_CONNECT_PORT to a free port")
+        raise InfraError(
+            f"port {rest} is already in use by another process; stop it or set "
+            "TIDELAKE_CONNECT_PORT to a free port"
+        )
     run = daemon.run_dir
     run.mkdir(parents=True, exist_ok=True)
     props = run / "worker.properties"
     props.write_text(_worker_properties(str(bootstrap), rest, plugins))
-    log4j = _java.write_log4j2(run / "log4j2.properties", info_loggers=[
-        "org.apache.kafka.connect.runtime.Connect", "org.apache.kafka.connect.runtime.Worker",
-        "io.debezium"])
+    log4j = _java.write_log4j2(
+        run / "log4j2.properties",
+        info_loggers=[
+            "org.apache.kafka.connect.runtime.Connect",
+            "org.apache.kafka.connect.runtime.Worker",
+            "io.debezium",
+        ],
+    )
     url = f"http://127.0.0.1:{rest}"
-    daemon.start([_java.java(), *_java.JVM_FLAGS, f"-Dlog4j2.configurationFile={log4j}",
-                  "-cp", f"{lib}/*", "org.apache.kafka.connect.cli.ConnectDistributed",
-                  str(props)])
-    daemon.write_info(url=url, port=rest, bootstrap_servers=bootstrap, version=VERSION,
-                      debezium_version=DEBEZIUM_VERSION, plugin_path=str(plugins))
-    daemon.wait_ready(lambda: ready(daemon), timeout=READY_TIMEOUT,
-                      what="REST API listing the PostgreSQL connector")
+    daemon.start(
+        [
+            _java.java(),
+            *_java.JVM_FLAGS,
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{lib}/*",
+            "org.apache.kafka.connect.cli.ConnectDistributed",
+            str(props),
+        ]
+    )
+    daemon.write_info(
+        url=url,
+        port=rest,
+        bootstrap_servers=bootstrap,
+        version=VERSION,
+        debezium_version=DEBEZIUM_VERSION,
+        plugin_path=str(plugins),
+    )
+    daemon.wait_ready(
+        lambda: ready(daemon),
+        timeout=READY_TIMEOUT,
+        what="REST API listing the PostgreSQL connector",
+    )
     return url
 
 

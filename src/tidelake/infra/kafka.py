@@ -22,10 +22,14 @@ def cache_dir() -> Path:
 
 def ensure_cached() -> Path:
     """Return the directory of broker jars, downloading them on first use."""
-    return _maven.copy_dependencies(cache_dir(), [
-        f"org.apache.kafka:kafka_2.13:{VERSION}",
-        f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}",
-    ], what=f"Kafka {VERSION}")
+    return _maven.copy_dependencies(
+        cache_dir(),
+        [
+            f"org.apache.kafka:kafka_2.13:{VERSION}",
+            f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}",
+        ],
+        what=f"Kafka {VERSION}",
+    )
 
 
 def ports() -> tuple[int, int]:
@@ -96,28 +100,58 @@ def start(daemon: Daemon) -> str:
     port, controller = ports()
     for p, var in ((port, "TIDELAKE_KAFKA_PORT"), (controller, "TIDELAKE_KAFKA_CONTROLLER_PORT")):
         if port_open(p):
-            raise InfraError(f"port {p} is already in use by another process; "
-                             f"stop it or set {var} to a free port")
+            raise InfraError(
+                f"port {p} is already in use by another process; "
+                f"stop it or set {var} to a free port"
+            )
     run = daemon.run_dir
     run.mkdir(parents=True, exist_ok=True)
     data = run / "data"
     props = run / "server.properties"
     props.write_text(_server_properties(data, port, controller))
-    log4j = _java.write_log4j2(run / "log4j2.properties",
-                               info_loggers=["kafka.server.KafkaRaftServer", "kafka.Kafka"])
+    log4j = _java.write_log4j2(
+        run / "log4j2.properties", info_loggers=["kafka.server.KafkaRaftServer", "kafka.Kafka"]
+    )
     java = _java.java()
     classpath = f"{lib}/*"
     if _cluster_id(data) is None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        run_checked([java, "-Xmx256m", f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath,
-                     "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-                    what="formatting Kafka storage")
+        run_checked(
+            [
+                java,
+                "-Xmx256m",
+                f"-Dlog4j2.configurationFile={log4j}",
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+            ],
+            what="formatting Kafka storage",
+        )
     url = f"kafka://127.0.0.1:{port}"
-    daemon.start([java, *_java.JVM_FLAGS, f"-Dlog4j2.configurationFile={log4j}",
-                  "-cp", classpath, "kafka.Kafka", str(props)])
-    daemon.write_info(url=url, port=port, controller_port=controller,
-                      bootstrap_servers=f"127.0.0.1:{port}", cluster_id=_cluster_id(data),
-                      version=VERSION)
+    daemon.start(
+        [
+            java,
+            *_java.JVM_FLAGS,
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(props),
+        ]
+    )
+    daemon.write_info(
+        url=url,
+        port=port,
+        controller_port=controller,
+        bootstrap_servers=f"127.0.0.1:{port}",
+        cluster_id=_cluster_id(data),
+        version=VERSION,
+    )
     daemon.wait_ready(lambda: ready(daemon), timeout=READY_TIMEOUT, what="listing topics")
     return url
 

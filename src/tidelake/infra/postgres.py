@@ -38,16 +38,23 @@ def ensure_installed() -> Path:
     if (BIN / "postgres").is_file():
         return BIN
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise InfraError(f"PostgreSQL {MAJOR} not found in {BIN}; install it "
-                         "(Debian/Ubuntu: sudo apt-get install -y postgresql)")
+        raise InfraError(
+            f"PostgreSQL {MAJOR} not found in {BIN}; install it "
+            "(Debian/Ubuntu: sudo apt-get install -y postgresql)"
+        )
     say("installing PostgreSQL with apt-get (first run only)…")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run_checked(["apt-get", "update"], what="apt-get update", env=env)
-    run_checked(["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
-                what="apt-get install postgresql", env=env)
+    run_checked(
+        ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
+        what="apt-get install postgresql",
+        env=env,
+    )
     if not (BIN / "postgres").is_file():
-        raise InfraError(f"apt installed a PostgreSQL without {BIN}/postgres; this release "
-                         f"needs PostgreSQL {MAJOR}")
+        raise InfraError(
+            f"apt installed a PostgreSQL without {BIN}/postgres; this release "
+            f"needs PostgreSQL {MAJOR}"
+        )
     return BIN
 
 
@@ -91,8 +98,22 @@ def _prepare(run_dir: Path) -> tuple[Path, Path]:
     data.chmod(0o700)
     if not (data / "PG_VERSION").is_file():
         say(f"initializing a PostgreSQL cluster in {data}…")
-        run_checked([str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                     "-E", "UTF8", "--locale=C"], what="initdb", user=user, cwd=data)
+        run_checked(
+            [
+                str(BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            what="initdb",
+            user=user,
+            cwd=data,
+        )
     return data, sock
 
 
@@ -106,16 +127,29 @@ def ready(daemon: Daemon) -> bool:
     p = daemon.info().get("port")
     if not p:
         return False
-    probe = subprocess.run([str(BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(p),
-                            "-U", "postgres", "-d", "postgres", "-t", "2"])
+    probe = subprocess.run(
+        [
+            str(BIN / "pg_isready"),
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(p),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-t",
+            "2",
+        ]
+    )
     return probe.returncode == 0
 
 
 def _create_database(p: int) -> None:
     import psycopg
 
-    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{p}/postgres",
-                         autocommit=True) as conn:
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{p}/postgres", autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
             return
         conn.execute(f'CREATE DATABASE "{DATABASE}"')
@@ -127,20 +161,25 @@ def start(daemon: Daemon) -> str:
     ensure_installed()
     p = port()
     if port_open(p):
-        raise InfraError(f"port {p} is already in use by another process; stop it or set "
-                         "TIDELAKE_POSTGRES_PORT to a free port")
+        raise InfraError(
+            f"port {p} is already in use by another process; stop it or set "
+            "TIDELAKE_POSTGRES_PORT to a free port"
+        )
     daemon.run_dir.mkdir(parents=True, exist_ok=True)
     data, sock = _prepare(daemon.run_dir)
     settings = {
-        "listen_addresses": "127.0.0.1", "port": str(p), "unix_socket_directories": str(sock),
-        "wal_level": "logical", "max_replication_slots": "16", "max_wal_senders": "16",
+        "listen_addresses": "127.0.0.1",
+        "port": str(p),
+        "unix_socket_directories": str(sock),
+        "wal_level": "logical",
+        "max_replication_slots": "16",
+        "max_wal_senders": "16",
     }
     argv = [str(BIN / "postgres"), "-D", str(data)]
     for key, value in settings.items():
         argv += ["-c", f"{key}={value}"]
     daemon.start(argv, user=_os_user(), cwd=data)
-    daemon.write_info(url=url(p), port=p, data_dir=str(data), socket_dir=str(sock),
-                      version=MAJOR)
+    daemon.write_info(url=url(p), port=p, data_dir=str(data), socket_dir=str(sock), version=MAJOR)
     daemon.wait_ready(lambda: ready(daemon), timeout=READY_TIMEOUT, what="pg_isready")
     _create_database(p)
     return url(p)

@@ -43,8 +43,10 @@ def port() -> int:
 
 def credentials() -> tuple[str, str]:
     """(access key, secret key) for the local server."""
-    return (os.environ.get("TIDELAKE_S3_ACCESS_KEY") or DEFAULT_ACCESS_KEY,
-            os.environ.get("TIDELAKE_S3_SECRET_KEY") or DEFAULT_SECRET_KEY)
+    return (
+        os.environ.get("TIDELAKE_S3_ACCESS_KEY") or DEFAULT_ACCESS_KEY,
+        os.environ.get("TIDELAKE_S3_SECRET_KEY") or DEFAULT_SECRET_KEY,
+    )
 
 
 def binary() -> Path:
@@ -61,15 +63,20 @@ def ensure_cached() -> Path:
     with dir_lock(home):
         if exe.is_file():
             return exe
-        go = require_tool("go", "install Go 1.24+ to build versitygw (or put a versitygw "
-                                f"binary at {exe})")
+        go = require_tool(
+            "go", f"install Go 1.24+ to build versitygw (or put a versitygw binary at {exe})"
+        )
         say(f"building versitygw {VERSION} with go install (first run only, ~1-2 min)…")
         started = time.monotonic()
         partial = home / "bin.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        run_checked([go, "install", f"{MODULE}@{VERSION}"], what="go install versitygw",
-                    cwd=home, env={**os.environ, "GOBIN": str(partial), "GOFLAGS": "-mod=mod"})
+        run_checked(
+            [go, "install", f"{MODULE}@{VERSION}"],
+            what="go install versitygw",
+            cwd=home,
+            env={**os.environ, "GOBIN": str(partial), "GOFLAGS": "-mod=mod"},
+        )
         shutil.rmtree(exe.parent, ignore_errors=True)
         partial.rename(exe.parent)
         say(f"versitygw ready ({time.monotonic() - started:.0f}s)")
@@ -94,18 +101,41 @@ def start(daemon: Daemon) -> str:
     exe = ensure_cached()
     p = port()
     if port_open(p):
-        raise InfraError(f"port {p} is already in use by another process; stop it or set "
-                         "TIDELAKE_S3_PORT to a free port")
+        raise InfraError(
+            f"port {p} is already in use by another process; stop it or set "
+            "TIDELAKE_S3_PORT to a free port"
+        )
     data, meta = daemon.run_dir / "data", daemon.run_dir / "meta"
     data.mkdir(parents=True, exist_ok=True)
     meta.mkdir(parents=True, exist_ok=True)
     access, secret = credentials()
     env = {**os.environ, "ROOT_ACCESS_KEY_ID": access, "ROOT_SECRET_ACCESS_KEY": secret}
     url = f"http://127.0.0.1:{p}"
-    daemon.start([str(exe), "--port", f"127.0.0.1:{p}", "--region", REGION, "--quiet",
-                  "--health", "/health", "posix", "--sidecar", str(meta), str(data)], env=env)
-    daemon.write_info(url=url, port=p, data_dir=str(data), region=REGION, access_key=access,
-                      server=f"versitygw {VERSION}")
+    daemon.start(
+        [
+            str(exe),
+            "--port",
+            f"127.0.0.1:{p}",
+            "--region",
+            REGION,
+            "--quiet",
+            "--health",
+            "/health",
+            "posix",
+            "--sidecar",
+            str(meta),
+            str(data),
+        ],
+        env=env,
+    )
+    daemon.write_info(
+        url=url,
+        port=p,
+        data_dir=str(data),
+        region=REGION,
+        access_key=access,
+        server=f"versitygw {VERSION}",
+    )
     daemon.wait_ready(lambda: ready(daemon), timeout=READY_TIMEOUT, what="HTTP health")
     return url
 
@@ -122,9 +152,15 @@ def filesystem(endpoint: str | None = None) -> Any:
     access, secret = credentials()
     endpoint = endpoint or f"http://127.0.0.1:{port()}"
     scheme, _, host = endpoint.partition("://")
-    return fs.S3FileSystem(access_key=access, secret_key=secret, region=REGION,
-                           endpoint_override=host, scheme=scheme,
-                           allow_bucket_creation=True, allow_bucket_deletion=True)
+    return fs.S3FileSystem(
+        access_key=access,
+        secret_key=secret,
+        region=REGION,
+        endpoint_override=host,
+        scheme=scheme,
+        allow_bucket_creation=True,
+        allow_bucket_deletion=True,
+    )
 
 
 def create_bucket(name: str, endpoint: str | None = None) -> None:

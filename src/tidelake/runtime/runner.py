@@ -84,8 +84,10 @@ class FlowRunner:
             self.metrics.state = "running"
             first_at: float | None = None
             while not self.stop.is_set():
-                wait = settings.max_latency if first_at is None else max(
-                    0.0, settings.max_latency - (time.monotonic() - first_at)
+                wait = (
+                    settings.max_latency
+                    if first_at is None
+                    else max(0.0, settings.max_latency - (time.monotonic() - first_at))
                 )
                 batch = self.source.read(settings.size - self._pending_rows, wait)
                 if batch is None:
