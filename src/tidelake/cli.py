@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+cdc_app = typer.Typer(help="Change data capture housekeeping.", no_args_is_help=True)
 lake_app = typer.Typer(
     help="Inspect and maintain the pipeline's Iceberg tables.", no_args_is_help=True
 )
@@ -30,6 +31,7 @@ infra_app = typer.Typer(
 app.add_typer(topics_app, name="topics")
 app.add_typer(infra_app, name="infra")
 app.add_typer(lake_app, name="lake")
+app.add_typer(cdc_app, name="cdc")
 
 console = Console()
 err = Console(stderr=True)
@@ -398,6 +400,35 @@ def lake_expire(
         console.print(lake.expire(_load(pipeline), table, keep=keep))
     except TidelakeError as e:
         _fail(e)
+
+
+@cdc_app.command("drop-slot")
+def cdc_drop_slot(
+    pipeline: PipelineArg,
+    flow: Annotated[str, typer.Option("--flow", "-f", help="the native cdc flow stopped for good")],
+) -> None:
+    """Drop a native CDC flow's replication slot and publication so PostgreSQL frees its WAL.
+
+    Run it when a flow is retired: a slot nobody reads keeps every WAL segment since its position.
+    Example: tidelake cdc drop-slot scenarios/movies/pipeline.yaml --flow capture
+    """
+    from tidelake.sources.cdc import CdcConfig, drop_slot
+    from tidelake.sources.cdc.envelope import default_name
+
+    try:
+        p = _load(pipeline)
+        if flow not in p.flows or not isinstance(p.flows[flow].source, CdcConfig):
+            raise TidelakeError(f"flow {flow!r} is not a cdc flow of {pipeline}")
+        cfg = p.flows[flow].source
+        if cfg.engine != "native":
+            raise TidelakeError(
+                f"flow {flow!r} uses engine {cfg.engine!r}; only 'native' has a slot"
+            )
+        slot = cfg.slot or default_name(p.name, flow)
+        existed = drop_slot(p.url(cfg.database or p.database), slot, cfg.publication or slot)
+    except TidelakeError as e:
+        _fail(e)
+    console.print(f"slot {slot} " + ("dropped" if existed else "did not exist"))
 
 
 @app.command()
