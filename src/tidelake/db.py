@@ -115,7 +115,12 @@ class Database(ABC):
             " next_offset BIGINT NOT NULL, PRIMARY KEY (flow, position))"
         )
 
+    _checkpoints_ready = False
+
     def load_checkpoint(self, flow: str) -> Checkpoint:
+        if not self._checkpoints_ready:
+            self.create_checkpoints_table()
+            self._checkpoints_ready = True
         rows = self.execute(
             f"SELECT position, next_offset FROM {CHECKPOINTS} WHERE flow = {self.param}", (flow,)
         )

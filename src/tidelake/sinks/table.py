@@ -62,7 +62,7 @@ class TableSink(Sink):
             raise ConfigError(f"flow {ctx.flow}: sink mode 'upsert' needs 'key: [column, ...]'")
         self.flow = ctx.flow
         self.db: Database = connect_db(ctx.pipeline.url(cfg.database or ctx.pipeline.database))
-        self.db.create_checkpoints_table()
+        self.db.load_checkpoint(self.flow)  # creates the checkpoint table if missing
 
     def checkpoint(self) -> Checkpoint:
         return self.db.load_checkpoint(self.flow)
