@@ -15,8 +15,10 @@ from tidelake.runtime.metrics import FlowMetrics
 
 def render(metrics: Sequence[FlowMetrics]) -> Table:
     t = Table(title="tidelake flows", expand=False)
-    for col in ("flow", "state", "in", "out", "rows/s", "lag", "batch ms", "dead", "errors"):
-        t.add_column(col, justify="left" if col in ("flow", "state") else "right")
+    t.add_column("flow", no_wrap=True)
+    t.add_column("state", no_wrap=True)
+    for col in ("in", "out", "rows/s", "lag", "batch ms", "dead", "errors"):
+        t.add_column(col, justify="right", no_wrap=col != "errors")
     for m in metrics:
         t.add_row(
             m.flow,
