@@ -4,6 +4,11 @@ Runs a real uvicorn server (loopback, random port, token set) on a fresh lake in
 temp dir and drives it with httpx from this process::
 
     .venv/bin/python bench/api_load.py [--rows 1000000] [--queries 50] [--ingest 200000]
+
+Besides client-side p50/p95 it prints the server-side p50 (``elapsed_ms`` in the responses)
+and the server process's CPU time per query, which stays comparable when other work shares
+the machine (the load average is printed too: wall-clock latencies are only comparable at
+similar load).
 """
 
 from __future__ import annotations
@@ -71,6 +76,12 @@ def build(root: Path, rows: int) -> Path:
     return path
 
 
+def cpu_ms(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``), in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,19 +118,23 @@ def main() -> None:
                 r.raise_for_status()
                 cold = (time.perf_counter() - first) * 1000
                 print(f"first query (cold: plan + bind): {cold:.1f} ms")
-                latencies = []
+                latencies, server = [], []
+                cpu0 = cpu_ms(proc.pid)
                 for _ in range(args.queries):
                     t = time.perf_counter()
                     r = c.post("/api/query", json={"sql": GROUP_BY})
                     r.raise_for_status()
                     latencies.append((time.perf_counter() - t) * 1000)
+                    server.append(r.json()["elapsed_ms"])
+                cpu = (cpu_ms(proc.pid) - cpu0) / args.queries
                 latencies.sort()
                 p95 = latencies[int(len(latencies) * 0.95) - 1]
                 p50 = statistics.median(latencies)
                 print(
                     f"/api/query GROUP BY over {args.rows:,} rows: p50 {p50:.1f} ms, "
-                    f"p95 {p95:.1f} ms, server-side {r.json()['elapsed_ms']:.1f} ms "
-                    f"(n={args.queries})"
+                    f"p95 {p95:.1f} ms, server-side p50 {statistics.median(server):.1f} ms, "
+                    f"server CPU {cpu:.1f} ms/query (n={args.queries}, "
+                    f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
                 )
 
                 line = (

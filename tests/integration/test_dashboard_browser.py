@@ -8,26 +8,18 @@ the test fails if the page stops refreshing or stops seeing new lake snapshots.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import io
-import itertools
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from PIL import Image, ImageChops
-from websockets.sync.client import ClientConnection, connect
+from browser import Browser, find_chromium, free_port, wait_for
+from PIL import ImageChops
 
 from tidelake import config
 from tidelake.runtime.runner import FlowRunner
@@ -35,7 +27,6 @@ from tidelake.serve.dashboard.launch import launch, stop
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
 PIPELINE = """\
 name: ticks-live
 flows:
@@ -60,93 +51,7 @@ CHART = ".st-key-panel-0 [data-testid=stVegaLiteChart]"
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("TIDELAKE_BROWSER_TESTS") == "0":
-            pytest.skip(f"{CHROMIUM} is absent and TIDELAKE_BROWSER_TESTS=0")
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"],
-            check=True,
-            env=os.environ | {"DEBIAN_FRONTEND": "noninteractive"},
-        )
-    return CHROMIUM
-
-
-class Browser:
-    """Headless Chromium on one page, driven through the DevTools Protocol."""
-
-    def __init__(self, binary: str, profile: Path) -> None:
-        self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--window-size=1400,1600", "about:blank"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        port_file = profile / "DevToolsActivePort"
-        wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 30, "chromium")
-        port = port_file.read_text().split()[0]
-        pages = httpx.get(f"http://127.0.0.1:{port}/json/list").json()
-        page = next(p for p in pages if p["type"] == "page")
-        self._close = contextlib.ExitStack()
-        self.ws: ClientConnection = self._close.enter_context(
-            connect(page["webSocketDebuggerUrl"], max_size=None)
-        )
-        self.ids = itertools.count(1)
-
-    def send(self, method: str, **params: Any) -> dict[str, Any]:
-        id_ = next(self.ids)
-        self.ws.send(json.dumps({"id": id_, "method": method, "params": params}))
-        while True:  # skip events until our answer
-            msg = json.loads(self.ws.recv(timeout=30))
-            if msg.get("id") == id_:
-                assert "error" not in msg, msg["error"]
-                result: dict[str, Any] = msg["result"]
-                return result
-
-    def js(self, expression: str) -> Any:
-        r = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
-        assert "exceptionDetails" not in r, r["exceptionDetails"]
-        return r["result"].get("value")
-
-    def screenshot(self, selector: str) -> Image.Image:
-        """The pixels of one element, from a settled page (no fragment re-running)."""
-        wait_for(lambda: self.js("document.querySelectorAll('[data-stale=true]').length") == 0,
-                 10, "the page to settle")  # fmt: skip
-        box = self.js(
-            f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
-            ".getBoundingClientRect(); return {x: r.x + scrollX, y: r.y + scrollY, "
-            "width: r.width, height: r.height, scale: 1}; })()"
-        )
-        shot = self.send(
-            "Page.captureScreenshot", format="png", clip=box, captureBeyondViewport=True
-        )
-        return Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")
-
-    def close(self) -> None:
-        self._close.close()
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if value := check():
-                print(f"waited {timeout - deadline + time.monotonic():.1f}s for {what}")
-                return value
-        except (AssertionError, httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return find_chromium()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ is a child process. Ctrl-C stops everything after the batches in flight land.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -39,6 +40,52 @@ def scenario_file(name: str) -> Path:
             f"no scenario {name!r} in {scenarios_dir()} (choose one of: {', '.join(have)})"
         )
     return path
+
+
+def _where(pipeline: Pipeline) -> dict[str, str]:
+    """The infrastructure a run of ``pipeline`` uses (resolved URLs, no secrets kept)."""
+    from tidelake.lake.catalog import catalog_url, warehouse
+
+    def bare(url: str) -> str:  # user:password@host -> host
+        scheme, sep, rest = url.partition("://")
+        return scheme + sep + rest.rpartition("@")[2] if sep else url
+
+    return {
+        "broker": bare(pipeline.url(pipeline.broker)),
+        "database": bare(pipeline.url(pipeline.database)),
+        "lake": warehouse(pipeline),
+        "lake_catalog": bare(catalog_url(pipeline)),
+    }
+
+
+def check_state(pipeline: Pipeline) -> None:
+    """Refuse to reuse a state folder written by a run on other infrastructure.
+
+    ``.tidelake/`` beside the pipeline holds checkpoints and (for an S3 lake) the lake
+    catalog; a run on Kafka/PostgreSQL/S3 that found an embedded run's state there would
+    resume from positions of another log and append to the other lake's tables.
+    """
+    marker = pipeline.state_dir / "demo-infrastructure.json"
+    now = _where(pipeline)
+    if marker.exists():
+        try:
+            before = json.loads(marker.read_text())
+        except ValueError:
+            before = None
+        if before != now:
+            changed = ", ".join(
+                f"{k} {before.get(k) if isinstance(before, dict) else '?'} -> {v}"
+                for k, v in now.items()
+                if not isinstance(before, dict) or before.get(k) != v
+            )
+            raise ConfigError(
+                f"{pipeline.state_dir} holds the state of a run on other infrastructure "
+                f"({changed}); its checkpoints and lake catalog do not apply to this one. "
+                f"Move it away or delete it (rm -rf {pipeline.state_dir}), then run again"
+            )
+    else:
+        pipeline.state_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(now, indent=2) + "\n")
 
 
 class _Server(threading.Thread):
@@ -94,6 +141,7 @@ def run_demo(
         servers.append(_Server(ratings_app(), ratings_port))
         os.environ["RATINGS_API"] = f"http://127.0.0.1:{ratings_port}"
     pipeline: Pipeline = load(path)
+    check_state(pipeline)
 
     from tidelake.serve.api import create_app
 

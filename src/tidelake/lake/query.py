@@ -20,6 +20,7 @@ every lake table in the query.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import duckdb
 import pyarrow as pa
 import sqlglot
 import sqlglot.errors
+from pyiceberg.catalog.sql import IcebergTables
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import (
@@ -53,12 +55,13 @@ from pyiceberg.types import (
     TimeType,
     UUIDType,
 )
+from sqlalchemy import select
 from sqlglot import exp
 
 from tidelake.config import Pipeline
 from tidelake.errors import QueryError
 from tidelake.lake import checkpoints
-from tidelake.lake.catalog import load_table, table_names, warehouse
+from tidelake.lake.catalog import load_table, namespace, open_catalog, table_names, warehouse
 from tidelake.runtime.base import Checkpoint
 
 _PLAN_CACHE = 256
@@ -182,14 +185,18 @@ def _plan(table: Table, snapshot: Snapshot) -> _Plan:
     )
 
 
-def _referenced_tables(query: str) -> set[str]:
-    """Table names a query reads (CTE names excluded); DuckDB alone would need them bound first."""
+@functools.lru_cache(maxsize=_PLAN_CACHE)
+def _referenced_tables(query: str) -> frozenset[str]:
+    """Table names a query reads (CTE names excluded); DuckDB alone would need them bound first.
+
+    Cached per query text: dashboards and API clients repeat the same few queries, and the
+    sqlglot parse is the costliest step of a query over a warm, unchanged lake."""
     try:
         tree = sqlglot.parse_one(query, read="duckdb")
     except sqlglot.errors.ParseError as e:
         raise QueryError(f"SQL syntax error: {str(e).splitlines()[0]}") from None
     ctes = {cte.alias for cte in tree.find_all(exp.CTE)}
-    return {t.name for t in tree.find_all(exp.Table) if t.name and t.name not in ctes}
+    return frozenset(t.name for t in tree.find_all(exp.Table) if t.name and t.name not in ctes)
 
 
 def _snapshot_info(s: Snapshot) -> SnapshotInfo:
@@ -231,6 +238,7 @@ class _Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self._cache: dict[str, tuple[object, pa.Table]] = {}
+        self._names: tuple[object, list[str]] | None = None
 
     @property
     def _sqlite_path(self) -> Path | None:
@@ -265,6 +273,9 @@ class _Database:
         return [], []
 
     def names(self) -> list[str]:
+        version = self._version()
+        if version is not None and self._names is not None and self._names[0] == version:
+            return list(self._names[1])
         if self._sqlite_path is not None:
             sql = (
                 "SELECT name FROM sqlite_master "
@@ -272,7 +283,9 @@ class _Database:
             )
         else:
             sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
-        return sorted(str(r[0]) for r in self._rows(sql)[1])
+        names = sorted(str(r[0]) for r in self._rows(sql)[1])
+        self._names = (version, names)
+        return list(names)
 
     def read(self, name: str) -> pa.Table:
         version = self._version()
@@ -303,6 +316,9 @@ class QueryEngine:
         self._plans: dict[tuple[str, int], _Plan] = {}
         self._arrow: dict[str, tuple[int, pa.Table]] = {}
         self._bound: dict[str, object] = {}
+        self._tables: dict[str, Table] = {}
+        self._catalog = open_catalog(pipeline)
+        self._namespace = namespace(pipeline)
         self._con = duckdb.connect()
         self._con.execute("CREATE SCHEMA lake; CREATE SCHEMA db; SET TimeZone = 'UTC'")
         if self.warehouse.startswith("file://"):
@@ -373,8 +389,8 @@ class QueryEngine:
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
             raise QueryError("only a single read-only SELECT statement is allowed")
         with self._lock:
-            lake = set(table_names(self.pipeline))
-            self._bind(_referenced_tables(query), lake, as_of)
+            lake = self._lake_pointers()
+            self._bind(set(_referenced_tables(query)), lake, as_of)
             try:
                 return self._con.sql(query).to_arrow_table()
             except duckdb.CatalogException as e:
@@ -382,21 +398,53 @@ class QueryEngine:
             except duckdb.Error as e:
                 raise QueryError(str(e)) from None
 
-    def _bind(self, names: set[str], lake: set[str], as_of: AsOf) -> None:
-        db = set(self.db.names()) if names - lake else set()
+    def lake_names(self) -> list[str]:
+        """The lake tables that exist now (one catalog query, no metadata read)."""
+        with self._lock:
+            return sorted(self._lake_pointers())
+
+    def _lake_pointers(self) -> dict[str, str]:
+        """Every lake table's current metadata location, in one catalog query.
+
+        ``table_names`` + ``load_table`` per query cost a namespace check, a listing, and a
+        metadata-file read and parse per table (~10 ms, growing with the snapshot history);
+        metadata files are immutable, so a table is re-read only when its pointer moved.
+        """
+        stmt = select(IcebergTables.table_name, IcebergTables.metadata_location).where(
+            IcebergTables.catalog_name == self._catalog.name,
+            IcebergTables.table_namespace == self._namespace,
+        )
+        type_filter = getattr(self._catalog, "_iceberg_type_filter", None)
+        kind = type_filter() if type_filter is not None else None  # skips views
+        if kind is not None:
+            stmt = stmt.where(kind)
+        with self._catalog.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return {str(name): str(location) for name, location in rows if location}
+
+    def _table(self, name: str, location: str | None) -> Table:
+        """Lake table ``name``, reloaded only when its metadata location is not ``location``."""
+        table = self._tables.get(name)
+        if table is None or location is None or table.metadata_location != location:
+            table = self._tables[name] = load_table(self.pipeline, name)
+        return table
+
+    def _bind(self, names: set[str], lake: dict[str, str], as_of: AsOf) -> None:
+        db = set(self.db.names()) if names - lake.keys() else set()
         matched = False
         for name in names:
             if name in lake:
-                table = load_table(self.pipeline, name)
+                table = self._table(name, lake[name])
                 snapshot = self._resolve(table, as_of)
                 if isinstance(as_of, int) and table.snapshot_by_id(as_of) is not None:
                     matched = True
                 self._bind_lake(name, table, snapshot)
             elif name in db:
                 self._bind_arrow("db", name, self.db.read(name), bind_main=True)
-        if isinstance(as_of, int) and not matched and names & lake:
+        read = sorted(names & lake.keys())
+        if isinstance(as_of, int) and not matched and read:
             raise QueryError(
-                f"snapshot {as_of} is not in the history of {', '.join(sorted(names & lake))} "
+                f"snapshot {as_of} is not in the history of {', '.join(read)} "
                 "(expired, or from another table; see `tidelake lake describe`)"
             )
 
@@ -454,6 +502,9 @@ class QueryEngine:
         self._bound[name] = key
 
     def _bind_arrow(self, schema: str, name: str, data: pa.Table, bind_main: bool) -> None:
+        bound = self._bound.get(name)
+        if bind_main and isinstance(bound, tuple) and bound[0] == "db" and bound[1] is data:
+            return  # the same (cached, unchanged) database table is bound already
         internal = f"__{schema}_{name}"
         self._con.register(internal, data)
         q = _ident(name)
@@ -461,7 +512,7 @@ class QueryEngine:
         self._con.execute(f"CREATE OR REPLACE VIEW {schema}.{q} AS SELECT * FROM {source}")
         if bind_main:
             self._con.execute(f"CREATE OR REPLACE VIEW main.{q} AS SELECT * FROM {schema}.{q}")
-            self._bound.pop(name, None)
+            self._bound[name] = ("db", data)
 
 
 def tables(pipeline: Pipeline) -> list[TableInfo]:

@@ -35,7 +35,6 @@ import pyarrow as pa
 
 from tidelake.config import Pipeline
 from tidelake.errors import QueryError
-from tidelake.lake.catalog import table_names
 from tidelake.lake.query import AsOf, QueryEngine
 from tidelake.serve.sql_guard import Catalog
 
@@ -171,8 +170,7 @@ class EnginePool:
     def catalog(self) -> Catalog:
         """The names user SQL may read right now."""
         with self.engine(self.limits.timeout) as engine:
-            db = engine.db.names()
-        return Catalog(frozenset(table_names(self.pipeline)), frozenset(db))
+            return Catalog(frozenset(engine.lake_names()), frozenset(engine.db.names()))
 
     def call(self, fn: Callable[[SandboxedEngine], T]) -> T:
         """Run a catalog call (no user SQL) on a pooled engine."""

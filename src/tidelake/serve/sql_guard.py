@@ -21,6 +21,7 @@ query is itself sandboxed (see ``tidelake.serve.engine``).
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterable, Iterator
@@ -186,7 +187,18 @@ def _duckdb_tree(sql: str) -> dict[str, Any]:
 
 
 def check(sql: str, catalog: Catalog) -> None:
-    """Raise ``SQLRefused`` unless ``sql`` is one read-only query of known tables."""
+    """Raise ``SQLRefused`` unless ``sql`` is one read-only query of known tables.
+
+    A verdict depends only on the text and the catalog, so accepted queries are remembered
+    (dashboards and API clients repeat the same few); a refusal is worked out again each time.
+    """
+    if len(sql) <= _CACHED_SQL_LENGTH:
+        _check_cached(sql, catalog)
+    else:
+        _check(sql, catalog)
+
+
+def _check(sql: str, catalog: Catalog) -> None:
     if len(sql) > MAX_SQL_LENGTH:
         raise SQLRefused(f"query is longer than {MAX_SQL_LENGTH} characters")
     if "\x00" in sql:
@@ -202,6 +214,10 @@ def check(sql: str, catalog: Catalog) -> None:
     if len(statements) != 1:
         raise SQLRefused("exactly one SELECT statement is allowed")
     _check_tree(statements[0], catalog, frozenset())
+
+
+_CACHED_SQL_LENGTH = 16_384
+_check_cached = functools.lru_cache(maxsize=512)(_check)
 
 
 def _check_shape(sql: str) -> None:

@@ -1,0 +1,177 @@
+"""`tidelake demo movies` with its dashboard, watched in headless Chromium.
+
+The whole demo runs as the user runs it (one ``tidelake demo movies`` process on free
+ports, in a copy of the scenario folder). Two looks at the dashboard a few seconds apart,
+without a reload, must show the "Ratings per minute" chart drawn and the "Ratings in the
+lake" metric grown, in its data and in its pixels; the REST API sees the same growth.
+Ctrl-C (SIGINT) then stops the process tree with exit code 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from browser import Browser, find_chromium, free_port, wait_for
+from PIL import ImageChops
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+PER_MINUTE = ".st-key-panel-0"  # the scenario's dashboard panels, in file order
+TOP_RATED = ".st-key-panel-1"
+IN_LAKE = ".st-key-panel-3"
+
+
+class Demo:
+    """``tidelake demo movies`` in the background; its output collected by a reader thread."""
+
+    def __init__(self, scenarios: Path, api: int, dashboard: int, ratings: int) -> None:
+        env = os.environ | {"TIDELAKE_SCENARIOS": str(scenarios), "PYTHONUNBUFFERED": "1"}
+        env.pop("RATINGS_API", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tidelake.cli", "demo", "movies",
+             "--api-port", str(api), "--dashboard-port", str(dashboard),
+             "--ratings-port", str(ratings)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def alive(self) -> bool:
+        """True while the demo runs; the test fails with its output once it has exited."""
+        if self.proc.poll() is not None:
+            self._reader.join(10)
+            pytest.fail(f"the demo exited with {self.proc.returncode}:\n{self.output}")
+        return True
+
+    def interrupt(self, timeout: float = 60) -> int:
+        """Ctrl-C, then the exit code (SIGKILL and an error if it hangs)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"demo ignored Ctrl-C for {timeout}s:\n{self.output}") from None
+        self._reader.join(10)
+        return code
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    return find_chromium()
+
+
+@pytest.fixture
+def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
+    b = Browser(chromium, tmp_path / "chromium")
+    yield b
+    b.close()
+    shutil.rmtree(tmp_path / "chromium", ignore_errors=True)
+
+
+def _number(text: str | None) -> int | None:
+    """The first integer in a metric's text (``ratings\\n1,234`` -> 1234)."""
+    match = re.search(r"\d[\d,]*", text or "")
+    return int(match.group().replace(",", "")) if match else None
+
+
+def test_demo_movies_dashboard_updates_live(tmp_path: Path, browser: Browser) -> None:
+    scenarios = tmp_path / "scenarios"
+    shutil.copytree(
+        ROOT / "scenarios" / "movies",
+        scenarios / "movies",
+        ignore=shutil.ignore_patterns(".tidelake"),
+    )
+    api, dashboard, ratings = free_port(), free_port(), free_port()
+    demo = Demo(scenarios, api, dashboard, ratings)
+    try:
+        url = f"http://127.0.0.1:{dashboard}"
+        wait_for(
+            lambda: demo.alive() and httpx.get(f"{url}/_stcore/health").text == "ok",
+            120,
+            "the dashboard",
+        )
+        browser.send("Page.navigate", url=url)
+        assert browser.js("document.title") is not None
+
+        bar = json.dumps(f"{PER_MINUTE} [data-testid=stVegaLiteChart] svg .mark-rect path")
+        wait_for(
+            lambda: browser.js(f"document.querySelector({bar})?.getAttribute('d')"),
+            120,
+            "the 'Ratings per minute' chart",
+        )
+        metric = f"{IN_LAKE} [data-testid=stMetricValue]"
+        first_count = wait_for(lambda: _number(browser.text(metric)), 60, "the lake count")
+        assert "Ratings per minute" in (browser.text(PER_MINUTE) or "")
+        assert "Ratings in the lake" in (browser.text(IN_LAKE) or "")
+        browser.js("window.__not_reloaded = true")
+        first = browser.screenshot(IN_LAKE)
+        first_chart = browser.screenshot(f"{PER_MINUTE} [data-testid=stVegaLiteChart]")
+
+        # the REST API reads the same lake, and sees new snapshots without a restart
+        query = {"sql": "SELECT count(*) AS n FROM ratings"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{api}", timeout=30) as client:
+            n0 = client.post("/api/query", json=query).json()["rows"][0][0]
+            wait_for(
+                lambda: client.post("/api/query", json=query).json()["rows"][0][0] > n0,
+                30,
+                "the API's count to grow",
+            )
+
+        time.sleep(4)  # two refreshes at the default 2 s
+        second_count = wait_for(
+            lambda: (n := _number(browser.text(metric))) is not None and n > first_count and n,
+            30,
+            "the metric to grow",
+        )
+        second = browser.screenshot(IN_LAKE)
+        second_chart = browser.screenshot(f"{PER_MINUTE} [data-testid=stVegaLiteChart]")
+        assert browser.js("window.__not_reloaded") is True, "updates must not reload the page"
+        assert second_count > first_count
+        assert first.size == second.size
+        assert ImageChops.difference(first, second).getbbox() is not None, (
+            f"the metric went {first_count} -> {second_count} but its pixels did not change"
+        )
+        assert first_chart.size == second_chart.size
+        assert first_chart.size[0] > 100 and first_chart.size[1] > 100, "chart drawn too small"
+        assert ImageChops.difference(first_chart, second_chart).getbbox() is not None, (
+            "the 'Ratings per minute' chart looks the same after the lake grew"
+        )
+        bars = f"{TOP_RATED} [data-testid=stVegaLiteChart] svg .mark-rect path"
+        wait_for(
+            lambda: browser.js(f"document.querySelectorAll({json.dumps(bars)}).length"),
+            60,
+            "the top-rated bar chart (ratings joined with the movies table)",
+        )
+        assert "ratings flowing into the lake" in demo.output, demo.output
+    finally:
+        code = demo.interrupt()
+    assert code == 0, demo.output
+    assert "demo stopped" in demo.output, demo.output
