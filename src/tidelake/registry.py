@@ -37,6 +37,7 @@ SINKS = {
     "topic": "tidelake.sinks.topic:TopicSink",
     "console": "tidelake.sinks.console:ConsoleSink",
     "lake": "tidelake.sinks.lake:LakeSink",
+    "s3": "tidelake.sinks.s3:S3Sink",
 }
 _TABLES: dict[str, dict[str, str]] = {"source": SOURCES, "transform": TRANSFORMS, "sink": SINKS}
 

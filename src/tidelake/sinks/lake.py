@@ -16,6 +16,13 @@ Guarantees:
 - **Schema on write.** Tables are created from the first batch, evolved on new
   columns and promotable types; rows that do not fit go to the dead-letter
   topic with the reason (``tidelake.lake.schema``).
+- **Current state** (``mode: upsert``). The batch is reduced to its last row per
+  ``key``; stored rows with those keys are deleted copy-on-write and the last
+  rows appended, except keys whose last row matches ``delete_when``, which are
+  only deleted — all in the same single commit as the checkpoint, so the table
+  holds one row per key and a replayed batch converges to the same state
+  (``tidelake.lake.upsert`` has the details and the cost). Rows with a null key
+  column go to the dead-letter topic.
 
 Config::
 
@@ -24,6 +31,9 @@ Config::
       table: events_{kind}          # or a plain name; {col} fans out by column value
       partition_by: auto            # auto (day of a ts-like column) | none | [day(ts), region]
       maintenance: {compact_every: 100, keep_snapshots: 100}
+      mode: append                  # append (history) | upsert (current state by key)
+      key: [id]                     # upsert: the key columns
+      delete_when: "_op = 'd'"      # upsert: SQL predicate; matching rows delete their key
 """
 
 from __future__ import annotations
@@ -32,18 +42,19 @@ import logging
 import re
 import string
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.table import Table
+from pyiceberg.table import Transaction as IcebergTransaction
 from pyiceberg.transforms import Transform, parse_transform
 
 from tidelake.errors import ConfigError, ConnectorError
-from tidelake.lake import checkpoints, schema
+from tidelake.lake import checkpoints, schema, upsert
 from tidelake.lake.catalog import Transaction, guard, identifier_part, namespace, open_catalog
 from tidelake.lake.checkpoints import StoredCheckpoint
 from tidelake.lake.maintenance import Maintainer, MaintenancePolicy
@@ -65,6 +76,13 @@ class LakeSinkConfig(ConnectorConfig):
     )
     maintenance: MaintenancePolicy = Field(default_factory=MaintenancePolicy)
     properties: dict[str, str] = Field({}, description="extra Iceberg table properties at creation")
+    mode: Literal["append", "upsert"] = Field(
+        "append", description="append: every row (history); upsert: one row per key"
+    )
+    key: list[str] = Field([], description="key columns (mode: upsert)")
+    delete_when: str | None = Field(
+        None, description="SQL predicate over the batch; matching rows delete their key (upsert)"
+    )
 
     @field_validator("table")
     @classmethod
@@ -85,6 +103,14 @@ class LakeSinkConfig(ConnectorConfig):
             if not _SPEC.match(spec):
                 raise ValueError(f"{spec!r}: use column, day(col), hour(col), bucket(N, col) ...")
         return v
+
+    @model_validator(mode="after")
+    def _upsert_ok(self) -> LakeSinkConfig:
+        if self.mode == "upsert" and not self.key:
+            raise ValueError("mode: upsert needs 'key: [column, ...]'")
+        if self.mode == "append" and (self.key or self.delete_when):
+            raise ValueError("'key' and 'delete_when' need mode: upsert")
+        return self
 
 
 def _template_fields(template: str) -> list[str]:
@@ -214,14 +240,41 @@ class LakeSink(Sink):
             if changes is not None:
                 with tx.update_schema() as update:
                     update.union_by_name(changes)
-            fitted = schema.conform(rows, tx.table_metadata.schema())
-            for rejected, reason in fitted.rejected:
-                self.ctx.dead_letter(rejected, reason)
             props = checkpoints.carried(meta) | {
                 checkpoints.PREFIX + flow: entry.to_json(),
                 checkpoints.WRITER: flow,
             }
+            if self.config.mode == "upsert":
+                self._upsert(tx, table, rows, props)
+                return
+            fitted = schema.conform(rows, tx.table_metadata.schema())
+            for rejected, reason in fitted.rejected:
+                self.ctx.dead_letter(rejected, reason)
             tx.append(fitted.table, snapshot_properties=props)
+
+    def _upsert(
+        self, tx: IcebergTransaction, table: Table, rows: pa.Table, props: dict[str, str]
+    ) -> None:
+        """Stage delete-by-key + append of the last row per key (``tidelake.lake.upsert``)."""
+        key = self.config.key
+        missing = [k for k in key if k not in tx.table_metadata.schema().column_names]
+        if missing and rows.num_rows:
+            raise ConfigError(
+                f"flow {self.ctx.flow}: lake sink key column(s) {', '.join(missing)} are not in "
+                f"lake table {table.name()[-1]} nor in the batch (columns: "
+                f"{', '.join(rows.column_names)}); fix 'key'"
+            )
+        changes = upsert.reduce_changes(rows, key, self.config.delete_when)
+        if changes.null_keys.num_rows:
+            self.ctx.dead_letter(
+                changes.null_keys, f"upsert key {', '.join(key)}: a key column is null"
+            )
+        target = tx.table_metadata.schema()
+        fitted = schema.conform(changes.upserts, target)
+        doomed = schema.conform(changes.deletes.select(key), target)  # only the key matters
+        for rejected, reason in fitted.rejected + doomed.rejected:
+            self.ctx.dead_letter(rejected, reason)
+        upsert.stage(tx, table.io, key, fitted.table, doomed.table, props)
 
     # -- tables -------------------------------------------------------------------
 
