@@ -140,3 +140,19 @@ def test_rate_limits_records_per_second(tmp_path: Path) -> None:
     assert 0.25 <= elapsed < 1.5
     ts = table.column("ts").to_pylist()
     assert abs(ts[0].timestamp() - time.time()) < 5  # wall-clock event time when rate is set
+
+
+def test_rates_that_do_not_divide_a_second_evenly() -> None:
+    from tidelake.config import loads
+    from tidelake.runtime.base import FlowContext
+    from tidelake.runtime.metrics import FlowMetrics
+    from tidelake.sources.generator import GeneratorSource
+
+    config = {"type": "generator", "kind": "transactions", "rate": 15_000, "limit": 300}
+    src = GeneratorSource(GeneratorSource.Config.model_validate(config))
+    ctx = FlowContext("f", loads("name: g\nflows: {}\n"), FlowMetrics("f"), broker_factory=dict)  # type: ignore[arg-type]
+    src.open(ctx, {})
+    rows = 0
+    while (batch := src.read(300, 1.0)) is not None and rows < 300:
+        rows += batch.table.num_rows
+    assert rows == 300

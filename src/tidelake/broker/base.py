@@ -1,19 +1,28 @@
 """The log contract shared by every backend.
 
 Guarantees every backend gives (the contract tests in tests/ check them):
-- offsets in a partition are dense, start at 0 and never change;
+- offsets in a partition start at 0, only grow and never change; records of plain
+  producers get dense offsets (Kafka's transaction markers and aborted records take
+  offsets of their own, so a partition written in transactions has gaps there);
 - records with the same key go to the same partition, so per-key order holds;
 - consumers of one group split the partitions of their topics between them;
 - a consumer resumes from its group's committed offset (or the start when none);
 - ``on_revoke`` runs before a partition is handed to another member, so a sink
-  can flush and checkpoint what it holds for that partition.
+  can flush and checkpoint what it holds for that partition;
+- transactions: what a :class:`TransactionalProducer` produces between ``begin`` and
+  ``commit`` becomes visible to consumers all at once, on every topic it touched, or
+  (``abort``, a crash) never; consumers only ever read committed records. Opening a
+  transactional producer fences every earlier one with the same transactional id: their
+  open transaction is aborted and their later ``commit`` raises;
+- compacted topics (``create_topic(..., config={"cleanup.policy": "compact"})``) keep at
+  least the last record of every key, and ``latest`` returns it.
 """
 
 from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 TopicPartition = tuple[str, int]
@@ -73,6 +82,42 @@ class Producer(ABC):
         self.flush()
 
 
+class TransactionalProducer(ABC):
+    """Produces in atomic transactions: ``begin``, ``produce`` ..., then ``commit`` or ``abort``.
+
+    Single-writer per ``transactional_id``: a newer producer with the same id fences this
+    one, whose ``commit`` then raises :class:`~tidelake.errors.ConnectorError`.
+    """
+
+    transactional_id: str
+
+    @abstractmethod
+    def begin(self) -> None:
+        """Start a transaction (none may be open)."""
+
+    @abstractmethod
+    def produce(
+        self, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None
+    ) -> None:
+        """Append records to ``topic`` inside the open transaction (as ``Producer.produce``)."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make everything produced since ``begin`` durable and visible, atomically.
+
+        Raises ``ConnectorError`` when the transaction could not commit (fenced by a newer
+        producer, timed out, a record was refused): then none of it is visible.
+        """
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop everything produced since ``begin``; nothing of it becomes visible."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Abort an open transaction and release the connection."""
+
+
 class Consumer(ABC):
     @abstractmethod
     def poll(self, max_records: int, timeout: float) -> MessageBatch:
@@ -111,8 +156,14 @@ class Broker(ABC):
     url: str
 
     @abstractmethod
-    def create_topic(self, name: str, partitions: int = 1) -> None:
-        """Create ``name`` if missing (idempotent)."""
+    def create_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> None:
+        """Create ``name`` if missing (idempotent; an existing topic is left as it is).
+
+        ``config``: Kafka topic settings. Every backend understands ``cleanup.policy``
+        (``delete`` or ``compact``) and ``retention.ms``; Kafka takes the others too.
+        """
 
     @abstractmethod
     def topics(self) -> dict[str, int]:
@@ -124,6 +175,18 @@ class Broker(ABC):
 
     @abstractmethod
     def producer(self) -> Producer: ...
+
+    @abstractmethod
+    def transactional_producer(self, transactional_id: str) -> TransactionalProducer:
+        """A producer of atomic transactions; fences earlier ones with the same id."""
+
+    @abstractmethod
+    def latest(self, topic: str, key: bytes, timeout: float = 120.0) -> bytes | None:
+        """The value of the last committed record with ``key`` in ``topic`` (None if none).
+
+        Meant for small compacted topics: Kafka reads the topic to its end (read_committed,
+        waiting for open transactions of other producers to finish, up to ``timeout`` s).
+        """
 
     @abstractmethod
     def consumer(

@@ -10,6 +10,17 @@ A partition has at most one owner at a time (the ``owners`` table): a member
 only takes a partition once its previous owner released it -- after that
 owner's ``on_revoke`` ran (and committed) -- or was evicted. Membership and
 rebalance callbacks happen inside ``poll`` (and ``close``), as with Kafka.
+
+Transactions: a :class:`EmbeddedTransactionalProducer` buffers what is produced between
+``begin`` and ``commit`` and writes it in ONE ``BEGIN IMMEDIATE`` transaction, so
+consumers see all of it or none of it, and offsets stay dense (aborted records never
+reach the file). Each transactional id has an epoch in the ``producers`` table; opening
+a producer bumps it, and ``commit`` checks it inside the write transaction, so a fenced
+(zombie) producer can never commit.
+
+Compacted topics: appending a keyed record deletes the older records with the same key
+in the same transaction (Kafka compacts later, in the background; readers only see
+fewer duplicates here). Retention never deletes from a compacted topic.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tidelake.broker.base import (
@@ -29,8 +40,10 @@ from tidelake.broker.base import (
     Producer,
     RebalanceCallback,
     TopicPartition,
+    TransactionalProducer,
     partition_for,
 )
+from tidelake.errors import ConfigError, ConnectorError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -48,6 +61,8 @@ CREATE TABLE IF NOT EXISTS members (
 CREATE TABLE IF NOT EXISTS owners (
   grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, member TEXT NOT NULL,
   PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS producers (
+  transactional_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
@@ -80,18 +95,37 @@ class EmbeddedBroker(Broker):
         self.url = f"embedded:///{Path(path).resolve()}"
         self.retention_ms = retention_ms
         conn = _open(self.path)
-        conn.executescript(_SCHEMA)
-        conn.close()
+        try:
+            conn.executescript(_SCHEMA)
+            _migrate(conn)
+        finally:
+            conn.close()
 
     def connection(self) -> sqlite3.Connection:
         return _open(self.path)
 
-    def create_topic(self, name: str, partitions: int = 1, retention_ms: int | None = None) -> None:
+    def create_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> None:
+        """``config``: ``cleanup.policy`` (delete|compact) and ``retention.ms``; other Kafka
+        topic settings have no meaning here and are ignored."""
+        config = dict(config or {})
+        policy = config.get("cleanup.policy", "delete")
+        if policy not in ("delete", "compact"):
+            raise ConfigError(
+                f"topic {name!r}: cleanup.policy {policy!r} is not supported by the embedded "
+                "log (use 'delete' or 'compact')"
+            )
+        try:
+            retention_ms = int(config.get("retention.ms", self.retention_ms))
+        except ValueError as e:
+            raise ConfigError(f"topic {name!r}: retention.ms must be an integer") from e
         conn = self.connection()
         try:
             conn.execute(
-                "INSERT OR IGNORE INTO topics VALUES (?, ?, ?)",
-                (name, partitions, retention_ms or self.retention_ms),
+                "INSERT OR IGNORE INTO topics (name, partitions, retention_ms, compact)"
+                " VALUES (?, ?, ?, ?)",
+                (name, partitions, retention_ms, int(policy == "compact")),
             )
         finally:
             conn.close()
@@ -113,6 +147,24 @@ class EmbeddedBroker(Broker):
     def producer(self) -> EmbeddedProducer:
         return EmbeddedProducer(self)
 
+    def transactional_producer(self, transactional_id: str) -> EmbeddedTransactionalProducer:
+        return EmbeddedTransactionalProducer(self, transactional_id)
+
+    def latest(self, topic: str, key: bytes, timeout: float = 120.0) -> bytes | None:
+        conn = self.connection()
+        try:
+            row = conn.execute("SELECT partitions FROM topics WHERE name = ?", (topic,)).fetchone()
+            if row is None:
+                return None
+            found = conn.execute(
+                "SELECT value FROM messages WHERE topic = ? AND partition = ? AND key = ?"
+                " ORDER BY offset DESC LIMIT 1",
+                (topic, partition_for(key, row[0], 0), key),
+            ).fetchone()
+            return None if found is None else found[0]  # type: ignore[no-any-return]
+        finally:
+            conn.close()
+
     def consumer(
         self,
         group: str,
@@ -121,6 +173,55 @@ class EmbeddedBroker(Broker):
         on_revoke: RebalanceCallback | None = None,
     ) -> EmbeddedConsumer:
         return EmbeddedConsumer(self, group, topics, on_assign, on_revoke)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add what logs written by older versions lack (safe when processes race)."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(topics)")}
+    if "compact" not in columns:
+        try:
+            conn.execute("ALTER TABLE topics ADD COLUMN compact INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e):
+                raise
+
+
+Records = list[tuple[bytes | None, bytes | None]]
+
+
+def _topic_info(conn: sqlite3.Connection, broker: EmbeddedBroker, topic: str) -> tuple[int, bool]:
+    """(partitions, compacted) of ``topic``, created with the defaults when missing."""
+    row = conn.execute("SELECT partitions, compact FROM topics WHERE name = ?", (topic,)).fetchone()
+    if row is None:
+        broker.create_topic(topic)
+        row = conn.execute(
+            "SELECT partitions, compact FROM topics WHERE name = ?", (topic,)
+        ).fetchone()
+    return int(row[0]), bool(row[1])
+
+
+def _append(
+    conn: sqlite3.Connection, topic: str, partition: int, records: Records, ts: int, compact: bool
+) -> None:
+    """Insert ``records`` at the end of the partition; inside the caller's write transaction."""
+    start = conn.execute(
+        "SELECT coalesce(max(offset) + 1, 0) FROM messages WHERE topic = ? AND partition = ?",
+        (topic, partition),
+    ).fetchone()[0]
+    conn.executemany(
+        "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+        ((topic, partition, start + i, ts, k, v) for i, (k, v) in enumerate(records)),
+    )
+    if compact:
+        last: dict[bytes, int] = {}
+        for i, (k, _) in enumerate(records):
+            if k is None:
+                raise ConnectorError(f"compacted topic {topic!r} only takes keyed records")
+            last[k] = start + i
+        conn.executemany(
+            "DELETE FROM messages WHERE topic = ? AND partition = ? AND key = ? AND offset < ?",
+            [(topic, partition, k, o) for k, o in last.items()],
+        )
 
 
 def _end_offsets(conn: sqlite3.Connection, topic: str) -> dict[int, int]:
@@ -145,14 +246,12 @@ class EmbeddedProducer(Producer):
         self.broker = broker
         self.conn = broker.connection()
         self._counter = 0
-        self._partitions: dict[str, int] = {}
+        self._partitions: dict[str, tuple[int, bool]] = {}
         self._last_retention = 0.0
 
-    def _partition_count(self, topic: str) -> int:
+    def _topic(self, topic: str) -> tuple[int, bool]:
         if topic not in self._partitions:
-            self.broker.create_topic(topic)
-            row = self.conn.execute("SELECT partitions FROM topics WHERE name = ?", (topic,))
-            self._partitions[topic] = row.fetchone()[0]
+            self._partitions[topic] = _topic_info(self.conn, self.broker, topic)
         return self._partitions[topic]
 
     def produce(
@@ -160,9 +259,9 @@ class EmbeddedProducer(Producer):
     ) -> None:
         if not values:
             return
-        n = self._partition_count(topic)
+        n, compact = self._topic(topic)
         keys = keys if keys is not None else [None] * len(values)
-        by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+        by_partition: dict[int, Records] = {}
         for k, v in zip(keys, values, strict=True):
             p = partition_for(k, n, self._counter) if n > 1 else 0
             self._counter += 1
@@ -172,15 +271,7 @@ class EmbeddedProducer(Producer):
         conn.execute("BEGIN IMMEDIATE")
         try:
             for p, records in by_partition.items():
-                start = conn.execute(
-                    "SELECT coalesce(max(offset) + 1, 0) FROM messages"
-                    " WHERE topic = ? AND partition = ?",
-                    (topic, p),
-                ).fetchone()[0]
-                conn.executemany(
-                    "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-                    ((topic, p, start + i, ts, k, v) for i, (k, v) in enumerate(records)),
-                )
+                _append(conn, topic, p, records, ts, compact)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -195,6 +286,7 @@ class EmbeddedProducer(Producer):
         self.conn.execute(
             "DELETE FROM messages"
             " WHERE ts < ? - (SELECT retention_ms FROM topics WHERE name = topic)"
+            " AND topic NOT IN (SELECT name FROM topics WHERE compact)"
             " AND offset < (SELECT max(m.offset) FROM messages m"
             " WHERE m.topic = messages.topic AND m.partition = messages.partition)",
             (now,),
@@ -204,6 +296,89 @@ class EmbeddedProducer(Producer):
         """Nothing to do: ``produce`` commits before returning."""
 
     def close(self) -> None:
+        self.conn.close()
+
+
+class EmbeddedTransactionalProducer(EmbeddedProducer, TransactionalProducer):
+    """Buffers a transaction in memory; ``commit`` writes it in one SQLite transaction."""
+
+    def __init__(self, broker: EmbeddedBroker, transactional_id: str) -> None:
+        super().__init__(broker)
+        self.transactional_id = transactional_id
+        self._buffer: dict[tuple[str, int], Records] | None = None
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO producers VALUES (?, 1) ON CONFLICT (transactional_id)"
+                " DO UPDATE SET epoch = epoch + 1",
+                (transactional_id,),
+            )
+            self.epoch = conn.execute(
+                "SELECT epoch FROM producers WHERE transactional_id = ?", (transactional_id,)
+            ).fetchone()[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def begin(self) -> None:
+        if self._buffer is not None:
+            raise ConnectorError(f"producer {self.transactional_id!r}: a transaction is open")
+        self._buffer = {}
+
+    def produce(
+        self, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None
+    ) -> None:
+        if self._buffer is None:
+            raise ConnectorError(f"producer {self.transactional_id!r}: produce outside begin()")
+        if not values:
+            return
+        n, _ = self._topic(topic)
+        keys = keys if keys is not None else [None] * len(values)
+        buffer = self._buffer
+        for k, v in zip(keys, values, strict=True):
+            p = partition_for(k, n, self._counter) if n > 1 else 0
+            self._counter += 1
+            records = buffer.get((topic, p))
+            if records is None:
+                records = buffer[(topic, p)] = []
+            records.append((k, v))
+
+    def commit(self) -> None:
+        if self._buffer is None:
+            raise ConnectorError(f"producer {self.transactional_id!r}: commit outside begin()")
+        buffer, self._buffer = self._buffer, None
+        ts = int(time.time() * 1000)
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT epoch FROM producers WHERE transactional_id = ?", (self.transactional_id,)
+            ).fetchone()
+            if row is None or row[0] != self.epoch:
+                raise ConnectorError(
+                    f"producer {self.transactional_id!r} was fenced: a newer producer with the "
+                    "same transactional id took over (is this flow running twice?); "
+                    "its transaction was not committed"
+                )
+            for (topic, p), records in buffer.items():
+                _append(conn, topic, p, records, ts, self._partitions[topic][1])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if time.monotonic() - self._last_retention > self._RETENTION_EVERY:
+            self._enforce_retention()
+
+    def abort(self) -> None:
+        self._buffer = None
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Nothing to do: ``commit`` is the durability point."""
+
+    def close(self) -> None:
+        self._buffer = None
         self.conn.close()
 
 

@@ -11,7 +11,16 @@ Choices (see ``tidelake.broker.base`` for the contract):
   where a key lives. Unkeyed records use sticky random partitioning. Delivery
   reports are requested for failures only (no Python callback per record);
   ``flush`` raises :class:`ConnectorError` when any record failed.
-- Consumer: manual commits only, ``auto.offset.reset=earliest``, the
+- Transactions: ``transactional_producer`` is a producer with ``transactional.id``;
+  ``init_transactions`` on creation fences older producers with the same id (and aborts
+  their open transaction). Fencing and fatal errors raise :class:`ConnectorError`; an
+  abortable error aborts the transaction, then raises. ``transaction.timeout.ms`` is 10 s
+  (Kafka Streams' choice): a transaction left open by a killed process blocks
+  read_committed consumers of its partitions until the restarted producer aborts it or
+  the coordinator times it out.
+- Consumer: ``isolation.level=read_committed`` (librdkafka's default, set explicitly:
+  records of open or aborted transactions are never returned), manual commits only,
+  ``auto.offset.reset=earliest``, the
   ``cooperative-sticky`` assignor: a rebalance only moves the partitions that
   change owner, the others keep flowing. ``on_revoke`` runs (inside ``poll``)
   for exactly the partitions about to move, before the new owner can get them,
@@ -32,11 +41,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_INVALID,
     KafkaError,
     KafkaException,
@@ -60,6 +71,7 @@ from tidelake.broker.base import (
     Producer,
     RebalanceCallback,
     TopicPartition,
+    TransactionalProducer,
 )
 from tidelake.errors import ConfigError, ConnectorError
 
@@ -79,7 +91,12 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "delivery.report.only.error": True,
 }
 
+TRANSACTIONAL_DEFAULTS: dict[str, Any] = {
+    "transaction.timeout.ms": 10_000,
+}
+
 CONSUMER_DEFAULTS: dict[str, Any] = {
+    "isolation.level": "read_committed",
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
@@ -157,9 +174,11 @@ class KafkaBroker(Broker):
         except KafkaException as e:
             raise _unreachable("answer a metadata request", self.servers, e) from e
 
-    def create_topic(self, name: str, partitions: int = 1, retention_ms: int | None = None) -> None:
+    def create_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> None:
         """Create ``name`` if missing and wait until every partition has a leader."""
-        self._create({name: partitions}, retention_ms)
+        self._create({name: partitions}, config)
 
     def ensure_topics(self, names: Iterable[str]) -> None:
         """Create the missing ones among ``names`` with the broker's default partition count."""
@@ -168,8 +187,8 @@ class KafkaBroker(Broker):
         if missing:
             self._create(dict.fromkeys(missing, -1), None)
 
-    def _create(self, wanted: dict[str, int], retention_ms: int | None) -> None:
-        config = {"retention.ms": str(retention_ms)} if retention_ms else {}
+    def _create(self, wanted: dict[str, int], topic_config: Mapping[str, str] | None) -> None:
+        config = {k: str(v) for k, v in (topic_config or {}).items()}
         new = [NewTopic(n, num_partitions=p, config=config) for n, p in wanted.items()]
         need = {name: max(n, 1) for name, n in wanted.items()}
         for name, fut in self.admin.create_topics(new, operation_timeout=_TIMEOUT).items():
@@ -239,6 +258,68 @@ class KafkaBroker(Broker):
 
     def producer(self) -> KafkaProducer:
         return KafkaProducer(self)
+
+    def transactional_producer(self, transactional_id: str) -> KafkaTransactionalProducer:
+        return KafkaTransactionalProducer(self, transactional_id)
+
+    def latest(self, topic: str, key: bytes, timeout: float = 120.0) -> bytes | None:
+        """Read ``topic`` from its start to the high watermark seen now, read_committed.
+
+        A read_committed consumer stops at the last stable offset: records after the first
+        still-open transaction (another producer's, or a killed one's not yet timed out) are
+        held back, though committed ones may follow. So the end is the high watermark taken
+        *before* reading, and it counts as reached only once the position (which moves past
+        transaction markers and aborted records) gets there.
+        """
+        t = self._metadata(topic).topics.get(topic)
+        if t is None or t.error is not None:
+            return None
+        ends = {p: o for p, o in self._list_offsets(topic, list(t.partitions)).items() if o > 0}
+        if not ends:
+            return None
+        c = _Consumer(
+            {
+                **CONSUMER_DEFAULTS,
+                **self.config,
+                "isolation.level": "read_committed",
+                "group.id": f"tidelake-latest-{uuid.uuid4().hex}",  # never joined nor committed
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "fetch.wait.max.ms": 10,  # the broker must not hold a fetch at the end
+                "error_cb": lambda e: log.debug("kafka latest: %s", e),
+                "logger": log,
+            }
+        )
+        found: list[bytes | None] = []  # the last value with ``key`` (one partition holds it)
+        try:
+            tps = [_TP(topic, p, OFFSET_BEGINNING) for p in sorted(ends)]
+            c.assign(tps)
+            deadline = time.monotonic() + timeout
+            left = dict(ends)
+            while left:
+                for m in c.consume(10_000, 0.05):
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise ConnectorError(f"Kafka read of {topic!r} failed: {err.str()}")
+                    if m.key() == key:
+                        found[:] = [m.value()]  # type: ignore[list-item]
+                for tp in c.position([_TP(topic, p) for p in left]):
+                    if tp.offset >= left[tp.partition]:
+                        del left[tp.partition]
+                if left and time.monotonic() > deadline:
+                    raise ConnectorError(
+                        f"Kafka topic {topic!r} not readable to its end within {timeout:.0f}s "
+                        f"under read_committed (partitions {sorted(left)}): a transaction of "
+                        "another producer stays open; it ends when that producer commits, "
+                        "restarts, or its transaction.timeout.ms passes"
+                    )
+        except KafkaException as e:
+            raise _unreachable(f"read topic {topic!r}", self.servers, e) from e
+        finally:
+            c.close()
+        return found[0] if found else None
 
     def consumer(
         self,
@@ -336,6 +417,101 @@ class KafkaProducer(Producer):
 
     def close(self) -> None:
         self.flush()
+
+
+class KafkaTransactionalProducer(TransactionalProducer):
+    """A ``transactional.id`` producer; ``commit`` is the durability and visibility point."""
+
+    def __init__(self, broker: KafkaBroker, transactional_id: str, **config: Any) -> None:
+        self.broker = broker
+        self.transactional_id = transactional_id
+        conf = {**TRANSACTIONAL_DEFAULTS, **broker.config, **config}
+        conf["transactional.id"] = transactional_id
+        self._inner = KafkaProducer(broker, **conf)
+        self._p = self._inner._p
+        self._open = False
+        self._timeout = max(_TIMEOUT, int(conf["transaction.timeout.ms"]) / 1000 + 5)
+        self._call("initialize transactions (fencing older producers)", self._p.init_transactions)
+
+    def _error(self, what: str, err: KafkaError) -> ConnectorError:
+        tid = self.transactional_id
+        if err.code() in (KafkaError._FENCED, KafkaError.INVALID_PRODUCER_EPOCH) or (
+            err.code() == getattr(KafkaError, "PRODUCER_FENCED", None)
+        ):
+            return ConnectorError(
+                f"Kafka producer {tid!r} was fenced: a newer producer with the same "
+                "transactional id took over (is this flow running twice?); "
+                f"its transaction was not committed ({err.str()})"
+            )
+        kind = "fatal error" if err.fatal() else "error"
+        return ConnectorError(
+            f"Kafka producer {tid!r} at {self.broker.servers} failed to {what}: {kind}: {err.str()}"
+        )
+
+    def _call(self, what: str, fn: Any) -> None:
+        """Run a transactional call, retrying retriable errors until the timeout."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                fn(max(1.0, deadline - time.monotonic()))
+                return
+            except KafkaException as e:
+                err: KafkaError = e.args[0]
+                if err.retriable() and not err.fatal() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                if err.txn_requires_abort() and self._open:
+                    self._abort_quietly()
+                elif err.fatal():
+                    self._open = False  # nothing more can be done with this producer
+                raise self._error(what, err) from e
+
+    def _abort_quietly(self) -> None:
+        self._open = False
+        try:
+            self._p.abort_transaction(self._timeout)
+        except KafkaException as e:
+            log.debug("kafka: abort of %s failed: %s", self.transactional_id, e)
+
+    def begin(self) -> None:
+        try:
+            self._p.begin_transaction()
+        except KafkaException as e:
+            raise self._error("begin a transaction", e.args[0]) from e
+        self._open = True
+        self._inner._errors.clear()
+
+    def produce(
+        self, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None
+    ) -> None:
+        if not self._open:
+            raise ConnectorError(f"producer {self.transactional_id!r}: produce outside begin()")
+        try:
+            self._inner.produce(topic, values, keys)
+        except ConnectorError:
+            self._abort_quietly()
+            raise
+
+    def commit(self) -> None:
+        if not self._open:
+            raise ConnectorError(f"producer {self.transactional_id!r}: commit outside begin()")
+        self._call("commit a transaction", self._p.commit_transaction)
+        self._open = False
+        if self._inner._errors:  # delivery failed yet commit succeeded: cannot happen, be loud
+            self._inner._raise_errors()
+
+    def abort(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            self._p.abort_transaction(self._timeout)
+        except KafkaException as e:
+            raise self._error("abort a transaction", e.args[0]) from e
+
+    def close(self) -> None:
+        if self._open:
+            self._abort_quietly()
 
 
 class KafkaConsumer(Consumer):

@@ -1,8 +1,17 @@
-"""Write batches to a topic of the pipeline's log as JSON records.
+"""Write batches to a topic of the pipeline's log as JSON records, exactly once.
 
-Delivery is at-least-once: records are flushed to the log before the position is
-stored, so a crash in between re-sends the last batch. Downstream table and lake
-sinks de-duplicate by provenance, so end-to-end results stay exactly-once.
+Each ``write`` is ONE log transaction (DESIGN principle 1): the batch's records and the
+flow's checkpoint -- a JSON record keyed ``<pipeline>/<flow>`` in the compacted topic
+``_tidelake_checkpoints`` of the same log -- become visible together or not at all. A
+flow killed mid-batch leaves an open (Kafka) or unwritten (embedded) transaction that
+read_committed consumers never see; on restart the sink's transactional producer
+(id ``tidelake/<pipeline>/<flow>``) fences the dead one, aborting that transaction,
+and the flow resumes from the checkpoint committed with the last visible batch.
+
+One writer per flow: a second process running the same flow fences the first, whose
+next commit fails with a ``ConnectorError``. The checkpoint belongs to the log, not to the
+state dir: two deployments of one pipeline on one Kafka cluster share it unless their
+sinks set distinct ``transactional_id``s.
 
 ``topic`` may be a template over columns (``"{topic}"``, ``"cdc.{_table}"``): each row
 goes to the topic it names (order kept within a topic). ``value: envelope`` writes CDC
@@ -12,19 +21,31 @@ rows as Debezium's JSON payload ``{"before", "after", "source", "op", "ts_ms"}``
 
 from __future__ import annotations
 
+import logging
 import string
 from typing import Literal
 
 import duckdb
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from tidelake.broker import Producer
+from tidelake.broker.base import TransactionalProducer
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.formats import encode_json
 from tidelake.runtime.base import Checkpoint, ConnectorConfig, FlowContext, Sink
 from tidelake.sinks.checkpoints import CheckpointStore
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_TOPIC = "_tidelake_checkpoints"
+CHECKPOINT_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    # keep the topic short for Kafka's read-to-the-end on start: roll and compact often
+    "segment.ms": str(3_600_000),
+    "min.cleanable.dirty.ratio": "0.1",
+}
 
 
 class TopicSinkConfig(ConnectorConfig):
@@ -38,6 +59,11 @@ class TopicSinkConfig(ConnectorConfig):
     value: Literal["row", "envelope"] = Field(
         "row", description="row: all columns as JSON; envelope: Debezium payload of CDC rows"
     )
+    transactional_id: str | None = Field(
+        None,
+        description="this flow's writer and checkpoint in the log (default: "
+        "'<pipeline>/<flow>'); deployments sharing one log need distinct ids",
+    )
 
 
 class TopicSink(Sink):
@@ -48,28 +74,65 @@ class TopicSink(Sink):
         self.fields = [f for _, f, _, _ in string.Formatter().parse(self.config.topic) if f]
         self.created: set[str] = set()
         self.broker = ctx.broker
+        self.ctx = ctx
         if not self.fields:
             self._create(self.config.topic)
-        self.producer: Producer = ctx.broker.producer()
-        self.store = CheckpointStore(ctx.pipeline.state_dir / "checkpoints.db", ctx.flow)
+        self.broker.create_topic(CHECKPOINT_TOPIC, 1, CHECKPOINT_TOPIC_CONFIG)
+        writer = self.config.transactional_id or f"{ctx.pipeline.name}/{ctx.flow}"
+        self.key = writer.encode()
+        # fences a previous instance of this flow (a killed one's open transaction is aborted)
+        # before the checkpoint is read, so what is read is final
+        self.producer: TransactionalProducer = self.broker.transactional_producer(
+            f"tidelake/{writer}"
+        )
+        self._committed: Checkpoint | None = None
 
     def checkpoint(self) -> Checkpoint:
-        return self.store.load()
+        """The checkpoint of the last committed transaction; read once, then kept (this sink
+        is the flow's only writer: another one would have fenced it)."""
+        if self._committed is None:
+            raw = self.broker.latest(CHECKPOINT_TOPIC, self.key)
+            self._committed = orjson.loads(raw) if raw else self._legacy()
+        return dict(self._committed)
+
+    def _legacy(self) -> Checkpoint:
+        """A checkpoint left by versions that kept it in the state dir (at-least-once)."""
+        path = self.ctx.pipeline.state_dir / "checkpoints.db"
+        if not path.exists():
+            return {}
+        store = CheckpointStore(path, self.ctx.flow)
+        try:
+            return store.load()
+        finally:
+            store.close()
 
     def write(self, table: pa.Table, checkpoint: Checkpoint) -> None:
-        if table.num_rows:
-            if not self.config.keep_provenance:
-                drop = [c for c in ("_topic", "_partition", "_offset") if c in table.column_names]
-                table = table.drop_columns(drop)
-            if not self.fields:
-                self._produce(self.config.topic, table)
-            else:
-                topics = self._topics(table)
-                for topic in pc.unique(topics).to_pylist():
-                    self._create(topic)
-                    self._produce(topic, table.filter(pc.equal(topics, topic)))
-            self.producer.flush()
-        self.store.save(checkpoint)
+        if not table.num_rows and checkpoint == self._committed:
+            return
+        self.producer.begin()
+        try:
+            if table.num_rows:
+                if not self.config.keep_provenance:
+                    drop = [
+                        c for c in ("_topic", "_partition", "_offset") if c in table.column_names
+                    ]
+                    table = table.drop_columns(drop)
+                if not self.fields:
+                    self._produce(self.config.topic, table)
+                else:
+                    topics = self._topics(table)
+                    for topic in pc.unique(topics).to_pylist():
+                        self._create(topic)
+                        self._produce(topic, table.filter(pc.equal(topics, topic)))
+            self.producer.produce(CHECKPOINT_TOPIC, [orjson.dumps(checkpoint)], [self.key])
+            self.producer.commit()
+        except BaseException:
+            try:
+                self.producer.abort()
+            except Exception:  # the error that stopped the transaction is the one to report
+                log.debug("topic sink: abort failed", exc_info=True)
+            raise
+        self._committed = dict(checkpoint)
 
     def _create(self, topic: str) -> None:
         if topic not in self.created:
@@ -103,8 +166,8 @@ class TopicSink(Sink):
         self.producer.produce(topic, values, keys)
 
     def close(self) -> None:
-        self.producer.close()
-        self.store.close()
+        if hasattr(self, "producer"):  # open() may have failed before connecting
+            self.producer.close()
 
 
 def encode_envelopes(table: pa.Table) -> list[bytes]:

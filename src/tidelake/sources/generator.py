@@ -105,5 +105,6 @@ class GeneratorSource(Source):
         step_us = 1_000_000 / self.config.rate
         offsets = pc.multiply(pc.cast(pa.array(range(n), pa.int64()), pa.float64()), step_us)
         first = self._wall0_us + self._emitted * step_us
-        ts = pc.cast(pc.cast(pc.add(offsets, first), pa.int64()), TS_TYPE)
+        micros = pc.floor(pc.add(offsets, first))  # whole microseconds: the cast is exact
+        ts = pc.cast(pc.cast(micros, pa.int64()), TS_TYPE)
         return table.set_column(table.column_names.index("ts"), "ts", ts)
