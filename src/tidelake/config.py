@@ -40,7 +40,9 @@ class Flow(_Model):
     transforms: list[ConnectorConfig] = []
     sink: ConnectorConfig
     batch: BatchSettings = BatchSettings()
-    dead_letter: str | None = Field(None, description="dead-letter topic (default: <flow>.dlq)")
+    dead_letter: str | None = Field(
+        None, description="dead-letter topic (default: <pipeline>.<flow>.dlq)"
+    )
 
 
 class Panel(_Model):

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
+import killing
 import orjson
 import pytest
 
@@ -71,25 +69,7 @@ def _count(database: str, table: str) -> int:
 
 
 def _start(pipeline: Path) -> subprocess.Popen[bytes]:
-    env = os.environ | {"TIDELAKE_PSEUDONYMIZE_KEY": "test-key-not-secret"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tidelake.cli", "run", str(pipeline)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def _wait_for_progress(database: str, table: str, above: int, proc: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        n = _count(database, table)
-        if n > above or n >= RECORDS:
-            return n
-        if proc.poll() is not None:
-            raise AssertionError(f"flow exited early: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        time.sleep(0.05)
-    raise AssertionError(f"no progress past {above} rows in 60 s")
+    return killing.start(pipeline, env={"TIDELAKE_PSEUDONYMIZE_KEY": "test-key-not-secret"})
 
 
 def kill_and_restart(broker_url: str, database: str, tmp_path: Path, unique: str) -> None:
@@ -100,23 +80,10 @@ def kill_and_restart(broker_url: str, database: str, tmp_path: Path, unique: str
     )
     _produce(broker_url, topic)
     rng = random.Random(unique)
-    landed = 0
-    for _ in range(KILLS):
-        proc = _start(pipeline)
-        landed = _wait_for_progress(database, table, landed, proc)
-        time.sleep(rng.uniform(0.0, 0.4))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if landed >= RECORDS:
-            break
-    proc = _start(pipeline)
-    deadline = time.monotonic() + 180
-    while _count(database, table) < RECORDS and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-        time.sleep(0.2)
-    time.sleep(1.0)  # a duplicate would land after the count first reached RECORDS
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    killing.kill_repeatedly(
+        lambda: _start(pipeline), lambda: _count(database, table), RECORDS, KILLS, rng
+    )
+    killing.run_to_target(lambda: _start(pipeline), lambda: _count(database, table), RECORDS)
 
     db = connect_db(database)
     try:

@@ -79,7 +79,7 @@ def test_malformed_records_go_to_dead_letter_topic(tmp_path: Path) -> None:
     _run_until(tmp_path, 2)
     with sqlite3.connect(tmp_path / "out.db") as c:
         assert c.execute("SELECT id FROM events ORDER BY id").fetchall() == [(1,), (2,)]
-    dlq = broker.consumer("check", ["land.dlq"]).poll(10, 2.0)
+    dlq = broker.consumer("check", ["t.land.dlq"]).poll(10, 2.0)
     reasons = [orjson.loads(v)["reason"] for v in dlq.values]
     assert len(reasons) == 2
     assert reasons[0].startswith("invalid JSON") and "expected a JSON object" in reasons[1]

@@ -2,7 +2,8 @@
 
 Commit order for every micro-batch (why exactly-once holds):
 1. rows read since the last write are concatenated and transformed;
-2. rejected rows go to the dead-letter topic (flushed before step 3, at-least-once);
+2. rejected rows go to the dead-letter topic, durable before anything is committed
+   (at-least-once: a crash may repeat them, never lose them);
 3. the sink writes the rows *and* the source positions in one atomic commit;
 4. only then is the source told (Kafka offsets, replication LSN), which is advisory:
    on restart the source resumes from the sink's checkpoint, not from step 4.
@@ -28,6 +29,9 @@ from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Sink, Source, 
 from tidelake.runtime.metrics import FlowMetrics
 
 log = logging.getLogger(__name__)
+
+READ_CHUNK = 50_000
+"""Rows asked of a source per read: big batches still check their deadline between chunks."""
 
 
 def build(kind: registry.Kind, config: object) -> object:
@@ -56,7 +60,7 @@ class FlowRunner:
         self._pending_rows = 0
         self._positions: Checkpoint = {}
         self._dirty = False
-        self._dlq_topic = self.spec.dead_letter or f"{name}.dlq"
+        self._dlq_topic = self.spec.dead_letter or f"{pipeline.name}.{name}.dlq"
         self._metrics_dir = pipeline.state_dir / "metrics"
         self._last_publish = 0.0
 
@@ -89,7 +93,8 @@ class FlowRunner:
                     if first_at is None
                     else max(0.0, settings.max_latency - (time.monotonic() - first_at))
                 )
-                batch = self.source.read(settings.size - self._pending_rows, wait)
+                want = min(settings.size - self._pending_rows, READ_CHUNK)
+                batch = self.source.read(want, wait)
                 if batch is None:
                     break
                 if (self._add(batch) or batch.positions) and first_at is None:
@@ -146,10 +151,8 @@ class FlowRunner:
         for t in self.transforms:
             if table.num_rows:
                 table = t(table)
-        self._flush_dead_letters()
         checkpoint = dict(self._positions)
         self.sink.write(table, checkpoint)
-        self._flush_dead_letters()  # the sink may reject rows too (e.g. lake type conflicts)
         self._dirty = False
         self.source.committed(checkpoint)
         m = self.metrics
@@ -159,10 +162,6 @@ class FlowRunner:
         m.last_checkpoint = time.time()
 
     _dlq_producer: Producer | None = None
-
-    def _flush_dead_letters(self) -> None:
-        if self._dlq_producer is not None:
-            self._dlq_producer.flush()
 
     def _dead_letter(self, rows: pa.Table, reason: str) -> None:
         if not rows.num_rows:
@@ -176,6 +175,9 @@ class FlowRunner:
             for row in rows.to_pylist()  # the slow path: only rejected rows reach it
         ]
         self._dlq_producer.produce(self._dlq_topic, payloads)
+        # Durable before the caller goes on: a sink may reject rows inside its own commit,
+        # and a crash right after that commit must not lose them.
+        self._dlq_producer.flush()
         self.metrics.dead_letters += rows.num_rows
 
     def _publish(self, force: bool = False) -> None:
