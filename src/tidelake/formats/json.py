@@ -8,6 +8,7 @@ does the slow path parse record by record, so the bad ones can be named.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Sequence
 
 import duckdb
@@ -83,14 +84,25 @@ def _stringify_conflicts(rows: list[dict[str, object]]) -> list[dict[str, object
     ]
 
 
+_local = threading.local()
+
+
+def _duckdb() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per thread: connecting costs more than encoding a small batch."""
+    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
+    if con is None:
+        con = _local.con = duckdb.connect()
+    return con
+
+
 def encode_json(table: pa.Table) -> list[bytes]:
     """One compact JSON object per row (DuckDB's ``to_json``, vectorized)."""
     if table.num_rows == 0:
         return []
-    con = duckdb.connect()
+    con = _duckdb()
+    con.register("batch", table)
     try:
-        con.register("batch", table)
         out = con.sql("SELECT CAST(to_json(b) AS BLOB) FROM batch b").to_arrow_table()
     finally:
-        con.close()
+        con.unregister("batch")
     return out.column(0).to_pylist()  # type: ignore[no-any-return]

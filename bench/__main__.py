@@ -1,0 +1,63 @@
+"""python -m bench run --all | --workload W1 --system bytewax [--records N] [--runs 3]
+
+python -m bench report [--since RUN_ID_PREFIX] prints the results table (median per system).
+python -m bench prepare --records N  produces the input topic only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bench import harness
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run workloads on systems")
+    r.add_argument("--all", action="store_true", help="every workload on every system")
+    r.add_argument("--workload", action="append", choices=harness.WORKLOADS)
+    r.add_argument("--system", action="append", choices=harness.SYSTEMS)
+    r.add_argument("--records", type=int, default=5_000_000)
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--runs", type=int, default=3, help="repetitions (the table shows the median)")
+    r.add_argument("--timeout", type=float, default=None, help="seconds per run before kill")
+    pr = sub.add_parser("prepare", help="produce the input topic (cached) and its reference")
+    pr.add_argument("--records", type=int, default=5_000_000)
+    pr.add_argument("--seed", type=int, default=42)
+    rep = sub.add_parser("report", help="results table from the recorded runs")
+    rep.add_argument("--records", type=int, default=None, help="only runs with this input size")
+    rep.add_argument(
+        "--after", default=None, help="only runs whose run_id timestamp >= this (YYYYmmdd_HHMMSS)"
+    )
+    rep.add_argument("--before", default=None, help="only runs whose run_id timestamp < this")
+    rep.add_argument("--workload", action="append", choices=harness.WORKLOADS)
+    a = p.parse_args(argv)
+    if a.cmd == "prepare":
+        harness.prepare(harness.kafka_up(), a.records, a.seed)
+        return 0
+    if a.cmd == "report":
+        rows = [json.loads(line) for line in harness.RESULTS.read_text().splitlines() if line]
+        if a.records:
+            rows = [r for r in rows if r.get("records") == a.records or "pending" in r]
+        if a.after:
+            rows = [r for r in rows if "pending" in r or r["run_id"].split("_", 2)[2] >= a.after]
+        if a.before:
+            rows = [r for r in rows if "pending" in r or r["run_id"].split("_", 2)[2] < a.before]
+        if a.workload:
+            rows = [r for r in rows if r["workload"] in a.workload]
+        print(harness.summarize(rows))
+        return 0
+    if not a.all and not a.system and not a.workload:
+        p.error("give --all, or --workload and/or --system")
+    systems = harness.DEFAULT_SYSTEMS if a.all or not a.system else a.system
+    workloads = harness.WORKLOADS if a.all or not a.workload else a.workload
+    rows = harness.run(systems, workloads, a.records, a.seed, a.runs, a.timeout)
+    print(harness.summarize(rows))
+    return 0 if all(r.get("ok") or "pending" in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""What every system computes, in plain Python (stdlib + orjson): the canonical record.
+
+Imported by the peer workers (each in its own venv, without tidelake) and by the harness
+for the reference result. Keep it dependency-free.
+
+Canonical output record (W1/W2), one per input record whose age > 13:
+
+    id            input id
+    full_name     name.last + ' ' + name.first
+    email_domain  the part of email after the first '@'
+    email_hmac    hex HMAC-SHA256(key, email as UTF-8)
+    phone_hmac    hex HMAC-SHA256(key, phone as UTF-8)
+    age           whole years from the calendar date of dob.date (first 10 chars, UTC)
+                  to REF_DATE
+    country       location.country
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import resource
+import time
+
+REF_DATE = (2024, 6, 15)
+"""Ages are computed as of this fixed date, so every run gives the same result."""
+REF_SQL = "DATE '2024-06-15'"
+DEFAULT_KEY = "tidelake-bench-hmac-key-0123456789abcdef"
+KEY_ENV = "BENCH_HMAC_KEY"
+FIELDS = ("id", "full_name", "email_domain", "email_hmac", "phone_hmac", "age", "country")
+MIN_AGE_EXCLUSIVE = 13
+
+
+def hmac_key() -> bytes:
+    return os.environ.get(KEY_ENV, DEFAULT_KEY).encode()
+
+
+class Hasher:
+    """hex HMAC-SHA256 with the keyed state computed once (what a careful user writes)."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._base = hmac.new(key if key is not None else hmac_key(), digestmod=hashlib.sha256)
+
+    def __call__(self, value: str) -> str:
+        h = self._base.copy()
+        h.update(value.encode())
+        return h.hexdigest()
+
+
+def age_of(date_text: str) -> int:
+    y, m, d = int(date_text[0:4]), int(date_text[5:7]), int(date_text[8:10])
+    ry, rm, rd = REF_DATE
+    return ry - y - ((m, d) > (rm, rd))
+
+
+def make_transform(key: bytes | None = None):
+    """record dict (parsed input JSON) -> canonical dict, or None when filtered out."""
+    hasher = Hasher(key)
+
+    def transform(r: dict) -> dict | None:
+        age = age_of(r["dob"]["date"])
+        if age <= MIN_AGE_EXCLUSIVE:
+            return None
+        name = r["name"]
+        email = r["email"]
+        return {
+            "id": r["id"],
+            "full_name": name["last"] + " " + name["first"],
+            "email_domain": email.split("@", 1)[1],
+            "email_hmac": hasher(email),
+            "phone_hmac": hasher(r["phone"]),
+            "age": age,
+            "country": r["location"]["country"],
+        }
+
+    return transform
+
+
+_MASK = (1 << 64) - 1
+
+
+def record_hash(id_, full_name, email_domain, email_hmac, phone_hmac, age, country) -> int:
+    text = f"{id_}|{full_name}|{email_domain}|{email_hmac}|{phone_hmac}|{int(age)}|{country}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class Checksum:
+    """Order-independent: count and the sum (mod 2**64) of a 64-bit hash of each record."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0
+
+    def add(self, rec: dict) -> None:
+        if "id" not in rec and "uid" in rec:  # pathway reserves the column name 'id'
+            rec["id"] = rec["uid"]
+        self.count += 1
+        self.total = (self.total + record_hash(*(rec[f] for f in FIELDS))) & _MASK
+
+    def add_raw(self, value: bytes) -> None:
+        """The ceiling copies input bytes unchanged: checked against the input's raw checksum."""
+        self.count += 1
+        h = int.from_bytes(hashlib.blake2b(value, digest_size=8).digest(), "little")
+        self.total = (self.total + h) & _MASK
+
+    def add_columns(self, cols: dict) -> None:
+        if "id" not in cols and "uid" in cols:
+            cols = {**cols, "id": cols["uid"]}
+        for row in zip(*(cols[f] for f in FIELDS), strict=True):
+            self.count += 1
+            self.total = (self.total + record_hash(*row)) & _MASK
+
+    def result(self) -> dict:
+        return {"count": self.count, "checksum": f"{self.total:016x}"}
+
+
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set (VmHWM). Unlike the ru_maxrss that wait4 reports, it
+    is not inflated by the parent's RSS at fork time (Linux carries that across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+class Meter:
+    """Marks when the first input record is seen and when the last output is durable.
+
+    The measured window excludes interpreter start, imports and the consumer-group join,
+    which differ by system and are not throughput.
+    """
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.n = 0
+        self.t_first: float | None = None
+        self.cpu_first: float | None = None
+
+    def seen(self, n: int = 1) -> None:
+        if self.t_first is None:
+            self.t_first = time.time()
+            self.cpu_first = cpu_seconds()
+        self.n += n
+
+    @property
+    def done_reading(self) -> bool:
+        return self.n >= self.expected
+
+    def report(self, path: str, **extra) -> None:
+        import json
+
+        out = {
+            "vm_hwm_mb": peak_rss_mb(),
+            "t_first": self.t_first,
+            "t_end": time.time(),
+            "cpu_first": self.cpu_first,
+            "cpu_end": cpu_seconds(),
+            "records_in": self.n,
+            **extra,
+        }
+        with open(path, "w") as f:
+            json.dump(out, f)
+
+
+# -- what every worker shares ------------------------------------------------------------------
+
+PRODUCER_CONFIG = {
+    # tidelake's producer defaults (tidelake.broker.kafka.PRODUCER_DEFAULTS), given to every
+    # system that lets us configure its producer, so all pay the same broker-side costs
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    "batch.size": 1_000_000,
+    "batch.num.messages": 100_000,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 500_000,
+    "queue.buffering.max.kbytes": 262_144,
+}
+CONSUMER_CONFIG = {
+    "auto.offset.reset": "earliest",
+    "enable.auto.commit": False,
+    "fetch.max.bytes": 16 * 1024 * 1024,
+    "max.partition.fetch.bytes": 4 * 1024 * 1024,
+    "queued.max.messages.kbytes": 32_768,
+}
+
+
+def worker_args(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--workload", required=True, choices=["W1", "W2", "W3"])
+    p.add_argument("--brokers", required=True, help="host:port")
+    p.add_argument("--input", required=True, help="input topic")
+    p.add_argument("--output", required=True, help="output topic (W1) or directory (W2)")
+    p.add_argument("--records", type=int, required=True, help="input records to consume")
+    p.add_argument("--group", required=True)
+    p.add_argument("--stats", required=True, help="where to write the measured window (JSON)")
+    p.add_argument("--workdir", required=True, help="scratch directory of this run")
+    return p.parse_args(argv)
