@@ -81,10 +81,12 @@ def kill_repeatedly(
     landed, seen = 0, []
     for _ in range(kills):
         proc = launch()
-        landed = wait_for_progress(count, landed, target, proc, timeout, poll)
-        time.sleep(rng.uniform(*pause))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            landed = wait_for_progress(count, landed, target, proc, timeout, poll)
+            time.sleep(rng.uniform(*pause))
+        finally:  # never leave a flow running behind a failed assertion
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         seen.append(landed)
         if landed >= target:
             break
@@ -107,16 +109,21 @@ def run_to_target(
     reached the target must still be running (signal handlers installed) when it is stopped.
     """
     proc = launch()
-    deadline = time.monotonic() + timeout
-    while ready is not None and not ready(proc) and time.monotonic() < deadline:
-        assert proc.poll() is None, stderr_tail(proc)
-        time.sleep(poll)
-    while count() < target and time.monotonic() < deadline:
-        assert proc.poll() is None, stderr_tail(proc)
-        time.sleep(poll)
-    time.sleep(settle)  # a duplicate would land after the count first reached the target
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0, stderr_tail(proc)
+    try:
+        deadline = time.monotonic() + timeout
+        while ready is not None and not ready(proc) and time.monotonic() < deadline:
+            assert proc.poll() is None, stderr_tail(proc)
+            time.sleep(poll)
+        while count() < target and time.monotonic() < deadline:
+            assert proc.poll() is None, stderr_tail(proc)
+            time.sleep(poll)
+        time.sleep(settle)  # a duplicate would land after the count first reached the target
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, stderr_tail(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def run_to_exit(launch: Callable[[], Proc], timeout: float = 180) -> None:
