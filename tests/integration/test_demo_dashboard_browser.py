@@ -159,11 +159,11 @@ def test_demo_movies_dashboard_updates_live(tmp_path: Path, browser: Browser) ->
         assert first.size != second.size or ImageChops.difference(first, second).getbbox(), (
             f"the metric went {first_count} -> {second_count} but its pixels did not change"
         )
-        assert first_chart.size == second_chart.size
         assert first_chart.size[0] > 100 and first_chart.size[1] > 100, "chart drawn too small"
-        assert ImageChops.difference(first_chart, second_chart).getbbox() is not None, (
-            "the 'Ratings per minute' chart looks the same after the lake grew"
-        )
+        assert (
+            first_chart.size != second_chart.size
+            or ImageChops.difference(first_chart, second_chart).getbbox()
+        ), "the 'Ratings per minute' chart looks the same after the lake grew"
         bars = f"{TOP_RATED} [data-testid=stVegaLiteChart] svg .mark-rect path"
         wait_for(
             lambda: browser.js(f"document.querySelectorAll({json.dumps(bars)}).length"),
