@@ -84,3 +84,16 @@ def test_malformed_records_go_to_dead_letter_topic(tmp_path: Path) -> None:
     assert len(reasons) == 2
     assert reasons[0].startswith("invalid JSON") and "expected a JSON object" in reasons[1]
     assert orjson.loads(dlq.values[0])["payload"]["value"] == "not json"
+
+
+def test_reads_with_conflicting_types_concatenate_as_text() -> None:
+    import datetime
+
+    import pyarrow as pa
+
+    from tidelake.runtime.runner import _concat
+
+    first = pa.table({"ts": pa.array([datetime.datetime(2024, 1, 1)], pa.timestamp("s"))})
+    second = pa.table({"ts": ["not a time"]})
+    out = _concat([first, second])
+    assert out.column("ts").to_pylist() == ["2024-01-01 00:00:00", "not a time"]

@@ -142,11 +142,7 @@ class FlowRunner:
         if not self._pending and not self._dirty:
             return
         started = time.perf_counter()
-        table = (
-            pa.concat_tables(self._pending, promote_options="permissive")
-            if self._pending
-            else pa.table({})
-        )
+        table = _concat(self._pending) if self._pending else pa.table({})
         self._pending, self._pending_rows = [], 0
         for t in self.transforms:
             if table.num_rows:
@@ -185,6 +181,29 @@ class FlowRunner:
         if force or now - self._last_publish >= 1.0:
             self._last_publish = now
             self.metrics.save(self._metrics_dir)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """One table from several reads; a column whose type differs between reads becomes text,
+    so the sink decides per value what still casts (and dead-letters the rest)."""
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        types: dict[str, set[pa.DataType]] = {}
+        for t in tables:
+            for f in t.schema:
+                types.setdefault(f.name, set()).add(f.type)
+        mixed = {name for name, ts in types.items() if len(ts - {pa.null()}) > 1}
+        from tidelake.db import nested_to_json
+
+        def as_text(t: pa.Table) -> pa.Table:
+            for i, f in enumerate(t.schema):
+                if f.name in mixed and not pa.types.is_string(f.type):
+                    col = nested_to_json(t.select([f.name])).column(0)
+                    t = t.set_column(i, f.name, col.cast(pa.string()))
+            return t
+
+        return pa.concat_tables([as_text(t) for t in tables], promote_options="permissive")
 
 
 def prepare_database(pipeline: Pipeline) -> None:
