@@ -3,10 +3,50 @@ the same code users run (`tidelake infra up`)."""
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+
+def _blocking_threads() -> list[threading.Thread]:
+    """Threads that would keep the interpreter from exiting (idle executor workers do not)."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread()
+        and not t.daemon
+        and not t.name.startswith("ThreadPoolExecutor")
+    ]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail the test that leaves a non-daemon thread running: one would keep the test
+    process alive after the last test, hanging CI instead of failing it."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in _blocking_threads() if t not in before]
+    for t in leaked:
+        t.join(10)
+    assert not [t for t in leaked if t.is_alive()], f"threads left running: {leaked}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Last resort: exit even if some library left a non-daemon thread behind."""
+    alive = _blocking_threads()
+    if alive:
+        print(f"\nexiting past non-daemon threads: {alive}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(getattr(config, "_tidelake_exitstatus", 1))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._tidelake_exitstatus = int(exitstatus)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
