@@ -30,7 +30,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from tidelake.broker.base import (
@@ -257,21 +257,39 @@ class EmbeddedProducer(Producer):
     def produce(
         self, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None
     ) -> None:
-        if not values:
-            return
-        n, compact = self._topic(topic)
+        if values:
+            self._write(self._partitioned(topic, values, keys, {}))
+
+    def _partitioned(
+        self,
+        topic: str,
+        values: Sequence[bytes | None],
+        keys: Sequence[bytes | None] | None,
+        into: dict[tuple[str, int], Records],
+    ) -> dict[tuple[str, int], Records]:
+        """Add records to ``into`` under (topic, partition): keyed hash or round-robin."""
+        n, _ = self._topic(topic)
         keys = keys if keys is not None else [None] * len(values)
-        by_partition: dict[int, Records] = {}
         for k, v in zip(keys, values, strict=True):
             p = partition_for(k, n, self._counter) if n > 1 else 0
             self._counter += 1
-            by_partition.setdefault(p, []).append((k, v))
+            records = into.get((topic, p))
+            if records is None:
+                records = into[(topic, p)] = []
+            records.append((k, v))
+        return into
+
+    def _write(
+        self, records: dict[tuple[str, int], Records], check: Callable[[], None] = lambda: None
+    ) -> None:
+        """Append ``records`` in one SQLite transaction, after ``check`` (which may refuse)."""
         ts = int(time.time() * 1000)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for p, records in by_partition.items():
-                _append(conn, topic, p, records, ts, compact)
+            check()
+            for (topic, p), rows in records.items():
+                _append(conn, topic, p, rows, ts, self._topic(topic)[1])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -332,44 +350,25 @@ class EmbeddedTransactionalProducer(EmbeddedProducer, TransactionalProducer):
     ) -> None:
         if self._buffer is None:
             raise ConnectorError(f"producer {self.transactional_id!r}: produce outside begin()")
-        if not values:
-            return
-        n, _ = self._topic(topic)
-        keys = keys if keys is not None else [None] * len(values)
-        buffer = self._buffer
-        for k, v in zip(keys, values, strict=True):
-            p = partition_for(k, n, self._counter) if n > 1 else 0
-            self._counter += 1
-            records = buffer.get((topic, p))
-            if records is None:
-                records = buffer[(topic, p)] = []
-            records.append((k, v))
+        if values:
+            self._partitioned(topic, values, keys, self._buffer)
 
     def commit(self) -> None:
         if self._buffer is None:
             raise ConnectorError(f"producer {self.transactional_id!r}: commit outside begin()")
         buffer, self._buffer = self._buffer, None
-        ts = int(time.time() * 1000)
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(
-                "SELECT epoch FROM producers WHERE transactional_id = ?", (self.transactional_id,)
-            ).fetchone()
-            if row is None or row[0] != self.epoch:
-                raise ConnectorError(
-                    f"producer {self.transactional_id!r} was fenced: a newer producer with the "
-                    "same transactional id took over (is this flow running twice?); "
-                    "its transaction was not committed"
-                )
-            for (topic, p), records in buffer.items():
-                _append(conn, topic, p, records, ts, self._partitions[topic][1])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        if time.monotonic() - self._last_retention > self._RETENTION_EVERY:
-            self._enforce_retention()
+        self._write(buffer, check=self._not_fenced)
+
+    def _not_fenced(self) -> None:
+        row = self.conn.execute(
+            "SELECT epoch FROM producers WHERE transactional_id = ?", (self.transactional_id,)
+        ).fetchone()
+        if row is None or row[0] != self.epoch:
+            raise ConnectorError(
+                f"producer {self.transactional_id!r} was fenced: a newer producer with the "
+                "same transactional id took over (is this flow running twice?); "
+                "its transaction was not committed"
+            )
 
     def abort(self) -> None:
         self._buffer = None
