@@ -2,7 +2,8 @@
 
 Each service owns a run directory ``<state_dir>/<name>/`` holding ``pid`` (``"<pid> <start
 ticks>"`` so a recycled pid is never mistaken for our process), ``service.log`` (the daemon's
-stdout and stderr) and ``service.json`` (what ``status`` reports, e.g. the URL).
+stdout and stderr, rotated to ``service.log.1`` at start once past 50 MiB) and
+``service.json`` (what ``status`` reports, e.g. the URL).
 """
 
 from __future__ import annotations
@@ -189,6 +190,15 @@ class Daemon:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    LOG_KEEP_BYTES = 50 << 20
+
+    def _rotate_log(self) -> None:
+        """Keep logs bounded across restarts: a log past ``LOG_KEEP_BYTES`` becomes
+        ``service.log.1`` (replacing the previous one) before the service starts again."""
+        with contextlib.suppress(OSError):
+            if self.log_file.stat().st_size > self.LOG_KEEP_BYTES:
+                self.log_file.replace(self.log_file.with_name("service.log.1"))
+
     def start(
         self,
         argv: Sequence[str],
@@ -204,6 +214,7 @@ class Daemon:
         if self.running():
             raise InfraError(f"{self.name} is already running (pid file {self.pid_file})")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._rotate_log()
         with self.log_file.open("ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
             log.flush()
