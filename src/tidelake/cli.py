@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 
 from tidelake import __version__
-from tidelake.errors import TidelakeError
+from tidelake.errors import ConnectorError, TidelakeError
 
 app = typer.Typer(
     help="Real-time data pipelines: ingest, log, transform, land exactly once, serve.",
@@ -405,11 +406,12 @@ def lake_expire(
 @cdc_app.command("drop-slot")
 def cdc_drop_slot(
     pipeline: PipelineArg,
-    flow: Annotated[str, typer.Option("--flow", "-f", help="the native cdc flow stopped for good")],
+    flow: Annotated[str, typer.Option("--flow", "-f", help="the cdc flow stopped for good")],
 ) -> None:
-    """Drop a native CDC flow's replication slot and publication so PostgreSQL frees its WAL.
+    """Retire a CDC flow: drop its replication slot and publication so PostgreSQL frees its WAL.
 
-    Run it when a flow is retired: a slot nobody reads keeps every WAL segment since its position.
+    A slot nobody reads keeps every WAL segment since its position. For engine 'debezium' the
+    connector is stopped, its offsets reset and it is deleted first (it holds the slot).
     Example: tidelake cdc drop-slot scenarios/movies/pipeline.yaml --flow capture
     """
     from tidelake.sources.cdc import CdcConfig, drop_slot
@@ -420,15 +422,39 @@ def cdc_drop_slot(
         if flow not in p.flows or not isinstance(p.flows[flow].source, CdcConfig):
             raise TidelakeError(f"flow {flow!r} is not a cdc flow of {pipeline}")
         cfg = p.flows[flow].source
-        if cfg.engine != "native":
-            raise TidelakeError(
-                f"flow {flow!r} uses engine {cfg.engine!r}; only 'native' has a slot"
-            )
+        if cfg.engine == "sqlite":
+            raise TidelakeError(f"flow {flow!r} uses engine 'sqlite', which has no slot")
         slot = cfg.slot or default_name(p.name, flow)
-        existed = drop_slot(p.url(cfg.database or p.database), slot, cfg.publication or slot)
+        if cfg.engine == "debezium":
+            from tidelake.sources.cdc.debezium import ConnectClient
+
+            name = cfg.connector or slot.replace("_", "-")
+            client = ConnectClient(cfg.connect_url)
+            try:
+                retired = client.retire(name)
+            finally:
+                client.close()
+            gone = "stopped, offsets reset, deleted" if retired else "did not exist"
+            console.print(f"connector {name} {gone}")
+        existed = _drop_when_released(
+            lambda: drop_slot(p.url(cfg.database or p.database), slot, cfg.publication or slot),
+            timeout=30.0 if cfg.engine == "debezium" else 0.0,
+        )
     except TidelakeError as e:
         _fail(e)
     console.print(f"slot {slot} " + ("dropped" if existed else "did not exist"))
+
+
+def _drop_when_released(drop: Callable[[], bool], timeout: float) -> bool:
+    """A stopped connector's task lets go of its slot a moment later: retry while in use."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return drop()
+        except ConnectorError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 @app.command()

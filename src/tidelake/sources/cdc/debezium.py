@@ -107,6 +107,33 @@ class ConnectClient:
     def delete(self, name: str) -> None:
         self._call("DELETE", f"/connectors/{name}")
 
+    def retire(self, name: str, timeout: float = 60.0) -> bool:
+        """Stop ``name``, reset its source offsets and delete it; False if it did not exist.
+
+        Deleting alone would keep the offsets in Connect's offsets topic, and a connector
+        registered later under the same name would resume there instead of snapshotting.
+        """
+        stop = self._call("PUT", f"/connectors/{name}/stop")
+        if stop.status_code == 404:
+            return False
+        stop.raise_for_status()
+        deadline = time.monotonic() + timeout
+        while True:
+            state = (self.status(name) or {}).get("connector", {}).get("state")
+            resp = self._call("DELETE", f"/connectors/{name}/offsets")
+            if state == "STOPPED" and resp.status_code < 400:
+                break
+            if time.monotonic() > deadline:
+                raise ConnectorError(
+                    f"cdc: could not reset connector {name!r}'s offsets within {timeout:g}s "
+                    f"(state {state}): {resp.status_code} {resp.text}"
+                )
+            time.sleep(0.5)
+        self._call("DELETE", f"/connectors/{name}").raise_for_status()
+        while self.status(name) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)  # the worker applies the deletion asynchronously
+        return True
+
     def wait_running(self, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         last: dict[str, Any] | None = None
