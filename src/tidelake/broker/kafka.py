@@ -427,17 +427,26 @@ class KafkaTransactionalProducer(TransactionalProducer):
         self.transactional_id = transactional_id
         conf = {**TRANSACTIONAL_DEFAULTS, **broker.config, **config}
         conf["transactional.id"] = transactional_id
-        self._inner = KafkaProducer(broker, **conf)
-        self._p = self._inner._p
+        self._conf = conf
         self._open = False
         self._timeout = max(_TIMEOUT, int(conf["transaction.timeout.ms"]) / 1000 + 5)
+        self._init()
+
+    def _init(self) -> None:
+        """A fresh client; initializing it aborts whatever transaction this id left open."""
+        self._inner = KafkaProducer(self.broker, **self._conf)
+        self._p = self._inner._p
         self._call("initialize transactions (fencing older producers)", self._p.init_transactions)
+
+    @staticmethod
+    def _fenced(err: KafkaError) -> bool:
+        return err.code() in (KafkaError._FENCED, KafkaError.INVALID_PRODUCER_EPOCH) or (
+            err.code() == getattr(KafkaError, "PRODUCER_FENCED", None)
+        )
 
     def _error(self, what: str, err: KafkaError) -> ConnectorError:
         tid = self.transactional_id
-        if err.code() in (KafkaError._FENCED, KafkaError.INVALID_PRODUCER_EPOCH) or (
-            err.code() == getattr(KafkaError, "PRODUCER_FENCED", None)
-        ):
+        if self._fenced(err):
             return ConnectorError(
                 f"Kafka producer {tid!r} was fenced: a newer producer with the same "
                 "transactional id took over (is this flow running twice?); "
@@ -505,9 +514,16 @@ class KafkaTransactionalProducer(TransactionalProducer):
             return
         self._open = False
         try:
+            # deliver first: an abort racing the partitions' registration in the transaction
+            # can be refused with a fatal INVALID_TXN_STATE (librdkafka issue 4849)
+            self._p.flush(self._timeout)
             self._p.abort_transaction(self._timeout)
         except KafkaException as e:
-            raise self._error("abort a transaction", e.args[0]) from e
+            err: KafkaError = e.args[0]
+            if not err.fatal() or self._fenced(err):
+                raise self._error("abort a transaction", err) from e
+            log.warning("kafka: %s: abort refused (%s), re-init", self.transactional_id, err)
+            self._init()  # the coordinator aborts the open transaction for the new epoch
 
     def close(self) -> None:
         if self._open:
