@@ -13,6 +13,25 @@ Canonical output record (W1/W2), one per input record whose age > 13:
     age           whole years from the calendar date of dob.date (first 10 chars, UTC)
                   to REF_DATE
     country       location.country
+
+W3 (windowed), over the same input, every record (no age filter):
+
+    age           as in W1: age_of(dob.date)
+    event time    ts ("2024-01-01T00:00:00Z", +1 s per record, in order in its 1 partition)
+    window        1-minute tumbling event-time windows aligned to 2024-01-01T00:00Z
+                  (= minute aligned), zero allowed lateness, grouped by location.country
+    output        one JSON record per closed (window, country) to an output topic:
+                  {"window_start": epoch seconds (int, minute aligned), "country": str,
+                   "count": int, "avg_age": float}
+
+A window [s, s+60) is closed by the input when s + 60 <= the input's max ts (a record at or
+after its end exists). The canonical result has only those windows: a system that flushes its
+open windows at the end of the input emits extra rows for the last, partial minute, which the
+verifier drops; a system that never emits that last window is equally right. Checksum: count
+and the order-independent sum of a 64-bit hash of (window_start, country, count,
+round(avg_age, 3)) (`WindowChecksum`), where avg_age is first snapped to the nearest
+sum/count with an integer sum (ages are whole years), so float noise from how a system
+accumulates its mean cannot flip the third decimal.
 """
 
 from __future__ import annotations
@@ -22,6 +41,7 @@ import hmac
 import os
 import resource
 import time
+from datetime import datetime
 
 REF_DATE = (2024, 6, 15)
 """Ages are computed as of this fixed date, so every run gives the same result."""
@@ -78,6 +98,89 @@ def make_transform(key: bytes | None = None):
 
 
 _MASK = (1 << 64) - 1
+
+# -- W3 -------------------------------------------------------------------------------------------
+
+W3_WINDOW_S = 60
+W3_ORIGIN = "2024-01-01T00:00:00Z"
+"""Windows are aligned to this instant (a minute boundary, so: to the minute)."""
+W3_ORIGIN_S = 1_704_067_200
+W3_FIELDS = ("window_start", "country", "count", "avg_age")
+
+
+def ts_seconds(text: str) -> int:
+    """'2024-01-01T00:00:00Z' -> epoch seconds."""
+    return int(datetime.fromisoformat(text).timestamp())
+
+
+def window_start_of(ts: int) -> int:
+    return ts - (ts - W3_ORIGIN_S) % W3_WINDOW_S
+
+
+def canonical_avg(count: int, avg: float) -> float:
+    """round(avg, 3), after snapping avg to sum/count for the nearest integer sum."""
+    total = round(avg * count)
+    if abs(avg * count - total) < 1e-6 * max(1, count):
+        avg = total / count
+    return round(avg, 3)
+
+
+def window_hash(window_start: int, country: str, count: int, avg_age: float) -> int:
+    text = f"{int(window_start)}|{country}|{int(count)}|{canonical_avg(int(count), avg_age):.3f}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class WindowAggregate:
+    """The W3 reference in plain Python: (window_start, country) -> [count, sum of ages]."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[int, str], list[int]] = {}
+        self.max_ts: int | None = None
+        self.records = 0
+
+    def add(self, r: dict) -> None:
+        ts = ts_seconds(r["ts"])
+        if self.max_ts is None or ts > self.max_ts:
+            self.max_ts = ts
+        g = self.groups.setdefault((window_start_of(ts), r["location"]["country"]), [0, 0])
+        g[0] += 1
+        g[1] += age_of(r["dob"]["date"])
+        self.records += 1
+
+    def result(self) -> dict:
+        assert self.max_ts is not None
+        cs = WindowChecksum(self.max_ts)
+        for (start, country), (n, total) in self.groups.items():
+            cs.add({"window_start": start, "country": country, "count": n, "avg_age": total / n})
+        return {**cs.result(), "max_ts": self.max_ts, "records_in": self.records}
+
+
+class WindowChecksum:
+    """W3 output: count and checksum of the rows of windows the input closes.
+
+    Rows of windows still open at the end of the input (window_start + 60 > max_ts) are
+    counted in `open_rows` and left out. A row with "diff": -1 (an update stream's
+    retraction) takes its row back out.
+    """
+
+    def __init__(self, max_ts: int) -> None:
+        self.max_ts = max_ts
+        self.count = 0
+        self.total = 0
+        self.open_rows = 0
+
+    def add(self, rec: dict) -> None:
+        start = int(rec["window_start"])
+        if start + W3_WINDOW_S > self.max_ts:
+            self.open_rows += 1
+            return
+        sign = -1 if rec.get("diff", 1) < 0 else 1
+        h = window_hash(start, rec["country"], rec["count"], float(rec["avg_age"]))
+        self.count += sign
+        self.total = (self.total + sign * h) & _MASK
+
+    def result(self) -> dict:
+        return {"count": self.count, "checksum": f"{self.total:016x}", "open_rows": self.open_rows}
 
 
 def record_hash(id_, full_name, email_domain, email_hmac, phone_hmac, age, country) -> int:

@@ -27,12 +27,16 @@ def main() -> None:
     import duckdb
 
     from bench.harness import ENCODE_SQL
-    from tidelake.config import loads
+    from bench.workers.tidelake import load_flow
     from tidelake.formats.json import decode_json, encode_json
     from tidelake.runtime.runner import build
     from tidelake.sources.generator import generate
 
-    pipeline = loads((Path(__file__).parent.parent / "pipelines/users_w1.yaml").read_text())
+    pipeline = load_flow(
+        (Path(__file__).parent.parent / "pipelines/users_w1.yaml").read_text(),
+        "w1",
+        Path("<pipeline>"),
+    )
     flow = pipeline.flows["w1"]
     transforms = [build("transform", t) for t in flow.transforms]
 
