@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import io
 import re
-import sqlite3
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -23,6 +21,7 @@ import pyarrow.csv as pcsv
 
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.runtime.base import Checkpoint
+from tidelake.sqlite_wal import open_wal
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CHECKPOINTS = "_tidelake_checkpoints"
@@ -134,11 +133,7 @@ class Database(ABC):
 
 class SqliteDatabase(Database):
     def __init__(self, path: str) -> None:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA busy_timeout=60000")
+        self.conn = open_wal(path)
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:

@@ -44,6 +44,7 @@ from tidelake.broker.base import (
     partition_for,
 )
 from tidelake.errors import ConfigError, ConnectorError
+from tidelake.sqlite_wal import open_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -69,11 +70,8 @@ DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
 def _open(path: str) -> sqlite3.Connection:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn = open_wal(path)
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=60000")
     return conn
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from tidelake.runtime.base import Checkpoint
+from tidelake.sqlite_wal import open_wal
 
 
 class CheckpointStore:
     def __init__(self, path: Path, flow: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.flow = flow
-        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn = open_wal(path)
         self.conn.execute(
             "CREATE TABLE IF NOT EXISTS checkpoints (flow TEXT, position TEXT, offset INTEGER,"
             " PRIMARY KEY (flow, position))"

@@ -89,7 +89,8 @@ class TableSink(Sink):
             self.db.save_checkpoint(self.flow, merge(stored, checkpoint))
 
     def close(self) -> None:
-        self.db.close()
+        if hasattr(self, "db"):  # open() may have failed before connecting
+            self.db.close()
 
 
 def _split(table: pa.Table, predicate: str) -> tuple[pa.Table, pa.Table]:

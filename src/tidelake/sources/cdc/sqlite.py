@@ -30,6 +30,7 @@ import pyarrow as pa
 from tidelake.errors import ConfigError
 from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Source
 from tidelake.sources.cdc.envelope import SCHEMA, VERSION, default_name, empty, now_ms
+from tidelake.sqlite_wal import open_wal
 
 if TYPE_CHECKING:
     from tidelake.sources.cdc import CdcConfig
@@ -105,11 +106,7 @@ class SqliteCdc(Source):
         # part of the topic, so one pipeline file yields the same topics on PostgreSQL.
         self.schemas = {name: schema for schema, name in cfg.qualified_tables("main")}
         self.tables = list(self.schemas)
-        self.conn = sqlite3.connect(
-            self.path, timeout=60, isolation_level=None, check_same_thread=False
-        )
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA busy_timeout=60000")
+        self.conn = open_wal(self.path)
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS {CHANGES} (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
             " tbl TEXT NOT NULL, op TEXT NOT NULL, before JSON, after JSON, ts_ms INTEGER)"
