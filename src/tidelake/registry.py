@@ -31,6 +31,7 @@ TRANSFORMS = {
     "validate": "tidelake.transforms.validate:Validate",
     "python": "tidelake.transforms.python:PythonTransform",
     "unwrap": "tidelake.transforms.unwrap:Unwrap",
+    "window": "tidelake.transforms.window:Window",
 }
 SINKS = {
     "table": "tidelake.sinks.table:TableSink",

@@ -116,6 +116,18 @@ class Transform(ABC):
     def __call__(self, table: pa.Table) -> pa.Table:
         """Return the transformed batch; rows routed to ``ctx.dead_letter`` are left out."""
 
+    def checkpoint(self, positions: Checkpoint) -> Checkpoint:
+        """The checkpoint to store with what lands now, given the source positions after it.
+
+        A transform keeping rows in memory across batches (``window``) lowers the positions
+        of those rows, so a restarted flow re-reads them, and may add keys of its own
+        (read back through ``ctx.committed()`` in ``open``). Default: unchanged."""
+        return positions
+
+    def finish(self) -> pa.Table:
+        """The source ended: rows still held in memory, to land now (default: none)."""
+        return pa.table({})
+
 
 class Sink(ABC):
     """Lands batches and owns the flow's checkpoint."""

@@ -4,7 +4,8 @@ Commit order for every micro-batch (why exactly-once holds):
 1. rows read since the last write are concatenated and transformed;
 2. rejected rows go to the dead-letter topic, durable before anything is committed
    (at-least-once: a crash may repeat them, never lose them);
-3. the sink writes the rows *and* the source positions in one atomic commit;
+3. the sink writes the rows *and* the source positions in one atomic commit (positions of
+   rows a transform still holds in memory, a window's open windows, are held back);
 4. only then is the source told (Kafka offsets, replication LSN), which is advisory:
    on restart the source resumes from the sink's checkpoint, not from step 4.
 A crash between any two steps re-reads at most the uncommitted batch, and the
@@ -96,6 +97,7 @@ class FlowRunner:
                 want = min(settings.size - self._pending_rows, READ_CHUNK)
                 batch = self.source.read(want, wait)
                 if batch is None:
+                    self._finish()
                     break
                 if (self._add(batch) or batch.positions) and first_at is None:
                     first_at = time.monotonic()
@@ -147,7 +149,7 @@ class FlowRunner:
         for t in self.transforms:
             if table.num_rows:
                 table = t(table)
-        checkpoint = dict(self._positions)
+        checkpoint = self._checkpoint()
         self.sink.write(table, checkpoint)
         self._dirty = False
         self.source.committed(checkpoint)
@@ -156,6 +158,27 @@ class FlowRunner:
         m.batches += 1
         m.last_batch_seconds = time.perf_counter() - started
         m.last_checkpoint = time.time()
+
+    def _checkpoint(self) -> Checkpoint:
+        """The positions to store: transforms holding rows in memory (``window``) hold them
+        back and add their own keys (``Transform.checkpoint``)."""
+        checkpoint = dict(self._positions)
+        for t in self.transforms:
+            checkpoint = t.checkpoint(checkpoint)
+        return checkpoint
+
+    def _finish(self) -> None:
+        """The source ended: land what is buffered, then the rows transforms still hold
+        (a window's open windows), through the transforms after them."""
+        self.flush()
+        for i, t in enumerate(self.transforms):
+            table = t.finish()
+            for later in self.transforms[i + 1 :]:
+                if table.num_rows:
+                    table = later(table)
+            if table.num_rows:
+                self.sink.write(table, self._checkpoint())
+                self.metrics.records_out += table.num_rows
 
     _dlq_producer: Producer | None = None
 
