@@ -97,11 +97,14 @@ def high_watermark(brokers: str, topic: str) -> int | None:
         c.close()
 
 
-def create_topic(brokers: str, topic: str, partitions: int = 1) -> None:
+def create_topic(
+    brokers: str, topic: str, partitions: int = 1, config: dict[str, str] | None = None
+) -> None:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic
 
-    fut = admin(brokers).create_topics([NewTopic(topic, num_partitions=partitions)])[topic]
+    new = NewTopic(topic, num_partitions=partitions, config=config or {})
+    fut = admin(brokers).create_topics([new])[topic]
     try:
         fut.result(timeout=30)
     except KafkaException as e:
@@ -335,7 +338,10 @@ def run_once(
     workdir.mkdir(parents=True, exist_ok=True)
     if workload in TOPIC_OUTPUT:
         output = f"bench.out.{run_id}"
-        create_topic(brokers, output, 1)
+        # no time-based retention: a system may stamp its output with event time (quixstreams
+        # stamps each window result with its window start, in 2024), and the broker's
+        # retention check (every 5 min) would delete those records mid-run
+        create_topic(brokers, output, 1, {"retention.ms": "-1"})
     else:
         output = str(workdir / "out")
     stats = workdir / "stats.json"
