@@ -82,7 +82,8 @@ def admin(brokers: str):
     return _ADMINS[brokers]
 
 
-def high_watermark(brokers: str, topic: str) -> int | None:
+def high_watermark(brokers: str, topic: str, low: bool = False) -> int | None:
+    """Sum over partitions of the end offsets (``low``: of the first offsets still kept)."""
     from confluent_kafka import Consumer, TopicPartition
 
     md = admin(brokers).list_topics(topic=topic, timeout=10).topics.get(topic)
@@ -91,7 +92,8 @@ def high_watermark(brokers: str, topic: str) -> int | None:
     c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-probe"})
     try:
         return sum(
-            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0 if low else 1]
+            for p in md.partitions
         )
     finally:
         c.close()
@@ -150,10 +152,12 @@ def prepare(brokers: str, records: int, seed: int) -> tuple[str, dict]:
     topic = input_topic(records, seed)
     ref_path = CACHE / f"{topic}.reference.json"
     have = high_watermark(brokers, topic)
-    if have == records and ref_path.exists():
+    expired = have and high_watermark(brokers, topic, low=True)  # retention deleted the start
+    if have == records and not expired and ref_path.exists():
         say(f"input: {topic} already holds {records} records (reused)")
         return topic, json.loads(ref_path.read_text())
     if have:
+        say(f"input: {topic} is incomplete ({have} end offset, {expired} expired): re-producing")
         delete_topic(brokers, topic)
         while high_watermark(brokers, topic) is not None:
             time.sleep(0.5)
