@@ -163,7 +163,7 @@ def prepare(brokers: str, records: int, seed: int) -> tuple[str, dict]:
             time.sleep(0.5)
     (CACHE / f"{topic}.w3.reference.json").unlink(missing_ok=True)
     say(f"input: producing {records} user profiles (seed {seed}) to {topic} ...")
-    create_topic(brokers, topic, 1)
+    create_topic(brokers, topic, 1, {"retention.ms": "-1"})  # reused across days
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     p = Producer(
