@@ -105,7 +105,7 @@ def main() -> None:
         closing = "" if CLOSING == "partition" else f" (closing_strategy {CLOSING})"
         meter.report(a.stats, version=f"quixstreams {version('quixstreams')}{closing}")
         return
-    # bytes in, orjson parse in the step (quix's "json" deserializer uses stdlib-speed json)
+    # bytes in, orjson parse in the step, like the other workers (W3 uses quix's "json" deserializer)
     inp = app.topic(a.input, value_deserializer="bytes")
     transform = make_transform()
     sdf = app.dataframe(inp)
