@@ -269,7 +269,12 @@ def infra_status() -> None:
 @app.command()
 def query(
     pipeline: PipelineArg,
-    sql: Annotated[str, typer.Argument(help="one read-only SELECT over lake and database tables")],
+    sql: Annotated[
+        str,
+        typer.Argument(
+            help="one read-only SELECT over lake and database tables, or a saved query's name"
+        ),
+    ],
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
     as_of: Annotated[
         str | None, typer.Option(help="snapshot id or ISO timestamp (time travel)")
@@ -278,7 +283,8 @@ def query(
         Path | None, typer.Option("-o", help="write to this file (parquet needs it)")
     ] = None,
 ) -> None:
-    """Run read-only SQL (DuckDB) over the pipeline's lake and database tables.
+    """Run read-only SQL (DuckDB) over the pipeline's lake and database tables, or one of the
+    pipeline file's saved `queries:` by name.
 
     Example: tidelake query pipeline.yaml "SELECT count(*) FROM ratings" --format csv
     """
@@ -292,6 +298,7 @@ def query(
         from tidelake.serve.sql_guard import Catalog, check
 
         p = _load(pipeline)
+        sql = p.queries.get(sql.strip(), sql)
         with QueryEngine(p) as engine:
             check(sql, Catalog(frozenset(table_names(p)), frozenset(engine.db.names())))
             snapshot: int | str | None = int(as_of) if as_of and as_of.isdigit() else as_of
@@ -499,7 +506,7 @@ def dashboard(
 @app.command()
 def demo(
     scenario: Annotated[
-        str, typer.Argument(help="scenario under scenarios/ (movies, datalake)")
+        str, typer.Argument(help="scenario under scenarios/ (movies, datalake, stock)")
     ] = "movies",
     api_port: Annotated[int, typer.Option(help="REST API port")] = 8000,
     dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,

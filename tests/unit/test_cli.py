@@ -95,5 +95,9 @@ def test_run_lands_and_query_reads_back(tmp_path: Path) -> None:
     )
     assert out.exit_code == 0, out.output
     assert out.output.splitlines()[-1] == "500"
+    p.write_text(p.read_text() + "queries:\n  total: SELECT count(*) AS n FROM events\n")
+    saved = runner.invoke(app, ["query", str(p), "total", "--format", "csv"])
+    assert saved.exit_code == 0, saved.output
+    assert saved.output.splitlines()[-1] == "500"
     refused = runner.invoke(app, ["query", str(p), "DELETE FROM events"])
     assert refused.exit_code == 2

@@ -162,7 +162,8 @@ def run_demo(
     console.print(f"  REST API     http://127.0.0.1:{api_port}/docs")
     if dashboard:
         console.print(f"  dashboard    http://127.0.0.1:{dashboard_port}")
-    console.print(f'  query        tidelake query {path} "SELECT count(*) FROM ratings"')
+    example = next(iter(pipeline.queries), '"SELECT count(*) FROM ratings"')
+    console.print(f"  query        tidelake query {path} {example}")
     console.print("  Ctrl-C stops everything.\n")
 
     stop, done = threading.Event(), threading.Event()
