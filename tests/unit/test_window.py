@@ -96,13 +96,26 @@ AGGS = {
 }
 
 
-@pytest.mark.parametrize(("hop", "time_as"), [(None, "ms"), ("2s", "ms"), (None, "iso")])
+@pytest.mark.parametrize(
+    ("hop", "time_as"),
+    [
+        (None, "ms"),
+        ("2s", "ms"),
+        (None, "iso"),
+        (None, "timestamp[ms]"),
+        (None, "timestamp[ns, UTC]"),
+    ],
+)
 def test_matches_group_by_over_all_input_across_batches(hop: str | None, time_as: str) -> None:
     data = events(6000, jitter_ms=3000)
     fed = data
     if time_as == "iso":
         iso = [datetime.fromtimestamp(t / 1000, UTC).isoformat() for t in data["ts"].to_pylist()]
         fed = data.set_column(0, "ts", pa.array(iso))
+    elif time_as.startswith("timestamp"):  # every Arrow unit: JSON decode gives timestamp[s]
+        unit, _, tz = time_as.removeprefix("timestamp[").rstrip("]").partition(", ")
+        ms = pa.array(data["ts"].to_pylist(), pa.timestamp("ms"))
+        fed = data.set_column(0, "ts", ms.cast(pa.timestamp(unit, tz or None)))
     dead: list[tuple[pa.Table, str]] = []
     w = window(
         dead, time="ts", size="10s", hop=hop, by=["country"], aggregates=AGGS, allowed_lateness="3s"

@@ -282,7 +282,9 @@ class Window(Transform):
         c, t = quote(name), schema.field(name).type
         number = "CAST(CASE WHEN abs({x}) >= 1e11 THEN {x} ELSE {x} * 1000 END AS BIGINT)"
         if pa.types.is_timestamp(t) or pa.types.is_date(t):
-            return f"epoch_ms({c}::TIMESTAMP)" if pa.types.is_date(t) else f"epoch_ms({c})"
+            # via DuckDB's microsecond types: epoch_ms fails on TIMESTAMP_S/_MS/_NS
+            zoned = pa.types.is_timestamp(t) and t.tz is not None
+            return f"epoch_ms({c}::{'TIMESTAMPTZ' if zoned else 'TIMESTAMP'})"
         if pa.types.is_integer(t) or pa.types.is_floating(t):
             return number.format(x=c)  # epoch seconds below 1e11 (year 5138), else ms
         text = f"{c}::VARCHAR"  # ISO 8601, UTC unless it names an offset
