@@ -506,7 +506,7 @@ def dashboard(
 @app.command()
 def demo(
     scenario: Annotated[
-        str, typer.Argument(help="scenario under scenarios/ (movies, datalake, stock)")
+        str, typer.Argument(help="scenario under scenarios/ (movies, datalake, stock, users)")
     ] = "movies",
     api_port: Annotated[int, typer.Option(help="REST API port")] = 8000,
     dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,
