@@ -4,15 +4,13 @@ reference document's analyses as saved queries."""
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from scenario_run import run_until
 
 from tidelake.config import load
 from tidelake.lake import QueryEngine
-from tidelake.runtime.runner import run_flows
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("transactions", "web_logs", "social_posts", "ad_campaigns")
@@ -31,35 +29,21 @@ def test_datalake_lands_four_tables_and_answers_the_analyses(
     monkeypatch.setenv("DATALAKE_LIMIT", str(LIMIT))
     monkeypatch.setenv("DATALAKE_RATE", "0")
     pipeline = load(tmp_path / "datalake" / "pipeline.yaml")
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            run_flows(pipeline, list(pipeline.flows), stop)
-        except BaseException as e:  # surfaced by the assertion below
-            errors.append(e)
-
-    worker = threading.Thread(target=run)
-    worker.start()
     counts: dict[str, int] = {}
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not errors:
-            with QueryEngine(pipeline) as engine:
-                present = {t.name for t in engine.tables() if t.kind == "lake"}
-                counts = {
+
+    def landed() -> bool:
+        with QueryEngine(pipeline) as engine:
+            present = {t.name for t in engine.tables() if t.kind == "lake"}
+            counts.update(
+                {
                     t: engine.sql(f"SELECT count(*) AS n FROM {t}").column("n")[0].as_py()
                     for t in TABLES
                     if t in present
                 }
-            if len(counts) == 4 and all(n >= LIMIT for n in counts.values()):
-                break
-            time.sleep(1)
-    finally:
-        stop.set()
-        worker.join(60)
-    assert not errors, errors
+            )
+        return len(counts) == 4 and all(n >= LIMIT for n in counts.values())
+
+    run_until(pipeline, landed)
     assert counts == dict.fromkeys(TABLES, LIMIT)
 
     with QueryEngine(pipeline) as engine:

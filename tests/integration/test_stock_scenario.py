@@ -7,16 +7,14 @@ from __future__ import annotations
 import csv
 import shutil
 import sqlite3
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from scenario_run import run_until
 
 from tidelake.config import load
 from tidelake.lake import QueryEngine
-from tidelake.runtime.runner import run_flows
 from tidelake.sources.generator import generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,26 +51,8 @@ def test_stock_levels_follow_inventory_and_operations(
     monkeypatch.setenv("STOCK_RATE", "0")
     pipeline = load(scenario / "pipeline.yaml")
     want = _reference(scenario)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            run_flows(pipeline, list(pipeline.flows), stop)
-        except BaseException as e:  # surfaced by the assertion below
-            errors.append(e)
-
-    worker = threading.Thread(target=run)
-    worker.start()
     db = scenario / ".tidelake" / "stock.db"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not errors and _landed(db) < 500 + LIMIT:
-            time.sleep(0.5)
-    finally:
-        stop.set()
-        worker.join(60)
-    assert not errors, errors
+    run_until(pipeline, lambda: _landed(db) >= 500 + LIMIT)
     assert _landed(db) == 500 + LIMIT
 
     with QueryEngine(pipeline) as engine:

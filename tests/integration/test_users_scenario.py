@@ -8,16 +8,14 @@ import hashlib
 import hmac
 import shutil
 import sqlite3
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from scenario_run import run_until
 
 from tidelake.config import load
 from tidelake.lake import QueryEngine
-from tidelake.runtime.runner import run_flows
 from tidelake.sources.generator import generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,33 +49,14 @@ def test_profiles_land_pseudonymized_and_windows_count_signups(
         if p["ts"].timestamp() < last_minute  # only windows the input closes are emitted
     )
     pipeline = load(scenario / "pipeline.yaml")
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            run_flows(pipeline, list(pipeline.flows), stop)
-        except BaseException as e:  # surfaced by the assertion below
-            errors.append(e)
-
-    worker = threading.Thread(target=run)
-    worker.start()
     db = scenario / ".tidelake" / "users.db"
-    try:
-        deadline = time.monotonic() + 120
-        while (
-            time.monotonic() < deadline
-            and not errors
-            and not (
-                _count(db, "users_profiles") >= len(adults)
-                and _count(db, "signups_per_minute", "sum(users)") >= sum(windows.values())
-            )
-        ):
-            time.sleep(0.5)
-    finally:
-        stop.set()
-        worker.join(60)
-    assert not errors, errors
+    run_until(
+        pipeline,
+        lambda: (
+            _count(db, "users_profiles") >= len(adults)
+            and _count(db, "signups_per_minute", "sum(users)") >= sum(windows.values())
+        ),
+    )
 
     with QueryEngine(pipeline) as engine:
         users = engine.sql("SELECT * FROM users_profiles").to_pylist()
