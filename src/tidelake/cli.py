@@ -433,9 +433,9 @@ def cdc_drop_slot(
             raise TidelakeError(f"flow {flow!r} uses engine 'sqlite', which has no slot")
         slot = cfg.slot or default_name(p.name, flow)
         if cfg.engine == "debezium":
-            from tidelake.sources.cdc.debezium import ConnectClient
+            from tidelake.sources.cdc.debezium import ConnectClient, connector_name
 
-            name = cfg.connector or slot.replace("_", "-")
+            name = connector_name(cfg, slot)
             client = ConnectClient(cfg.connect_url)
             try:
                 retired = client.retire(name)

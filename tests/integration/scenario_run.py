@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tidelake.config import Pipeline
 from tidelake.runtime.runner import run_flows
@@ -32,3 +34,12 @@ def run_until(pipeline: Pipeline, done: Callable[[], bool], timeout: float = 120
         stop.set()
         worker.join(60)
     assert not errors, errors
+
+
+def sqlite_value(db: Path, table: str, what: str = "count(*)") -> int:
+    """``what`` over ``table`` in a SQLite file; 0 while the file or table does not exist."""
+    try:
+        with sqlite3.connect(db) as c:
+            return int(c.execute(f"SELECT coalesce({what}, 0) FROM {table}").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0

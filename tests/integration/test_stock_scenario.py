@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import csv
 import shutil
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from scenario_run import run_until
+from scenario_run import run_until, sqlite_value
 
 from tidelake.config import load
 from tidelake.lake import QueryEngine
@@ -33,14 +32,6 @@ def _reference(scenario: Path) -> dict[str, int]:
     return dict(stock)
 
 
-def _landed(db: Path) -> int:
-    try:
-        with sqlite3.connect(db) as c:
-            return int(c.execute("SELECT count(*) FROM operations").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-
-
 @pytest.mark.integration
 def test_stock_levels_follow_inventory_and_operations(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -52,8 +43,8 @@ def test_stock_levels_follow_inventory_and_operations(
     pipeline = load(scenario / "pipeline.yaml")
     want = _reference(scenario)
     db = scenario / ".tidelake" / "stock.db"
-    run_until(pipeline, lambda: _landed(db) >= 500 + LIMIT)
-    assert _landed(db) == 500 + LIMIT
+    run_until(pipeline, lambda: sqlite_value(db, "operations") >= 500 + LIMIT)
+    assert sqlite_value(db, "operations") == 500 + LIMIT
 
     with QueryEngine(pipeline) as engine:
         levels = engine.sql(pipeline.queries["stock_levels"]).to_pylist()

@@ -7,12 +7,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import shutil
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from scenario_run import run_until
+from scenario_run import run_until, sqlite_value
 
 from tidelake.config import load
 from tidelake.lake import QueryEngine
@@ -21,14 +20,6 @@ from tidelake.sources.generator import generate
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 2000
 KEY = "users-scenario-test-key-0123456789"
-
-
-def _count(db: Path, table: str, what: str = "count(*)") -> int:
-    try:
-        with sqlite3.connect(db) as c:
-            return int(c.execute(f"SELECT coalesce({what}, 0) FROM {table}").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
 
 
 @pytest.mark.integration
@@ -53,8 +44,8 @@ def test_profiles_land_pseudonymized_and_windows_count_signups(
     run_until(
         pipeline,
         lambda: (
-            _count(db, "users_profiles") >= len(adults)
-            and _count(db, "signups_per_minute", "sum(users)") >= sum(windows.values())
+            sqlite_value(db, "users_profiles") >= len(adults)
+            and sqlite_value(db, "signups_per_minute", "sum(users)") >= sum(windows.values())
         ),
     )
 

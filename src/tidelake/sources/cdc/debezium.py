@@ -36,6 +36,11 @@ CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"
 
 
+def connector_name(cfg: CdcConfig, slot: str) -> str:
+    """The connector's name in Kafka Connect: the configured one, else the slot's."""
+    return cfg.connector or slot.replace("_", "-")
+
+
 def connector_config(
     cfg: CdcConfig, database_url: str, slot: str, publication: str
 ) -> dict[str, str]:
@@ -242,7 +247,7 @@ class DebeziumCdc(Source):
                 "set the pipeline's 'broker: kafka://host:port' (the broker Connect uses)"
             )
         slot = cfg.slot or default_name(ctx.pipeline.name, ctx.flow)
-        self.name = cfg.connector or slot.replace("_", "-")
+        self.name = connector_name(cfg, slot)
         self.settings = connector_config(cfg, url, slot, cfg.publication or slot)
         self.client = ConnectClient(cfg.connect_url)
         self.client.put_config(self.name, self.settings)
@@ -280,4 +285,10 @@ class DebeziumCdc(Source):
             self.client.close()
 
 
-__all__ = ["ConnectClient", "DebeziumCdc", "connector_config", "decode_envelopes"]
+__all__ = [
+    "ConnectClient",
+    "DebeziumCdc",
+    "connector_config",
+    "connector_name",
+    "decode_envelopes",
+]
