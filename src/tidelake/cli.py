@@ -82,7 +82,7 @@ def run(
     Example: tidelake run scenarios/quickstart/pipeline.yaml --flow ingest
     """
     from tidelake.runtime.console import show_live
-    from tidelake.runtime.runner import FlowRunner, run_flows
+    from tidelake.runtime.runner import FlowRunner, failed, run_flows
 
     try:
         p = _load(pipeline)
@@ -111,6 +111,10 @@ def run(
         _fail(e)
     total = sum(r.metrics.records_out for r in runners)
     err.print(f"done: {total:,} rows landed in {time.monotonic() - t0:.1f}s")
+    for r in failed(runners):
+        err.print(f"error: flow {r.name} failed: {r.metrics.last_error}", markup=False)
+    if failed(runners):
+        raise typer.Exit(1)
 
 
 @topics_app.command("list")

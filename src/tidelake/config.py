@@ -43,6 +43,24 @@ class Flow(_Model):
     dead_letter: str | None = Field(
         None, description="dead-letter topic (default: <pipeline>.<flow>.dlq)"
     )
+    schema_: dict[str, str] = Field(
+        {},
+        alias="schema",
+        description="column types of the source's records, e.g. {quantity: int, ts: timestamp}; "
+        "values that do not fit go to the dead-letter topic",
+    )
+
+    @field_validator("schema_")
+    @classmethod
+    def _types_ok(cls, v: dict[str, str]) -> dict[str, str]:
+        from tidelake.runtime.conform import pa_type
+
+        for name in v.values():
+            try:
+                pa_type(name)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+        return v
 
 
 class Panel(_Model):
@@ -69,6 +87,9 @@ class Pipeline(_Model):
         [], description="SQL files run against the database before flows start (idempotent DDL)"
     )
     flows: dict[str, Flow]
+    on_failure: Literal["continue", "stop-all"] = Field(
+        "continue", description="when a flow fails: the others go on, or all stop"
+    )
     queries: dict[str, str] = {}
     dashboard: list[Panel] = []
     base_dir: Path = Field(Path("."), exclude=True, description="directory of the pipeline file")

@@ -19,3 +19,8 @@ class QueryError(TidelakeError):
 
 class InfraError(TidelakeError):
     """A local service (Kafka, PostgreSQL, ...) could not be started or reached."""
+
+
+class TransientError(ConnectorError):
+    """A fault that may clear by itself (a lost connection, a restarting server, a busy
+    lock): the runner restarts the flow from its checkpoint with backoff."""

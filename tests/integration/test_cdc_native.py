@@ -168,7 +168,7 @@ def test_native_cdc_current_state_and_history(tmp_path: Path, postgres_url: str)
             assert ops == {"c": INSERTS, "u": UPDATES, "d": DELETES}
             # the slot was acknowledged up to the sink's position
             (pos,) = c.execute(
-                "SELECT next_offset FROM _tidelake_checkpoints WHERE flow = 'history'"
+                "SELECT next_offset FROM _tidelake_checkpoints WHERE flow = 'cdcit/history'"
             ).fetchone()  # type: ignore[misc]
             (confirmed,) = c.execute(
                 "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots"

@@ -40,7 +40,7 @@ def _read(data: bytes) -> pa.Table:
 
 
 def _decode_slow(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[int, str]]]:
-    rows: list[dict[str, object]] = []
+    rows: list[tuple[int, dict[str, object]]] = []
     bad: list[tuple[int, str]] = []
     for i, v in enumerate(values):
         if v is None:
@@ -54,34 +54,71 @@ def _decode_slow(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[i
         if not isinstance(obj, dict):
             bad.append((i, f"expected a JSON object, got {type(obj).__name__}"))
             continue
-        rows.append(obj)
+        rows.append((i, obj))
     if not rows:
         return pa.table({}), bad
     try:
-        return pa.Table.from_pylist(rows), bad
+        return _table([r for _, r in rows]), bad
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.Table.from_pylist(_stringify_conflicts(rows)), bad
+        kept, misfits = _majority_kinds(rows)
+        bad.extend(misfits)
+        bad.sort()
+    try:
+        return _table(kept), bad
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # objects whose inner fields disagree
+        return _table(_nested_as_text(kept)), bad
 
 
-def _stringify_conflicts(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Fields whose JSON type varies become strings; the sink decides which values still cast."""
-    kinds: dict[str, set[type]] = {}
-    for r in rows:
-        for k, v in r.items():
-            if v is not None:
-                kinds.setdefault(k, set()).add(bool if isinstance(v, bool) else type(v))
-    mixed = {k for k, t in kinds.items() if len(t - {int, float}) > 0 and len(t) > 1}
-    if not mixed:
-        return rows
+def _table(rows: list[dict[str, object]]) -> pa.Table:
+    """Columns of every field any row has (``from_pylist`` only sees the first row's)."""
+    return pa.Table.from_struct_array(pa.array(rows)) if rows else pa.table({})
+
+
+def _nested_as_text(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     return [
-        {
-            k: (orjson.dumps(v).decode() if isinstance(v, dict | list) else str(v))
-            if k in mixed and v is not None
-            else v
-            for k, v in r.items()
-        }
+        {k: orjson.dumps(v).decode() if isinstance(v, dict | list) else v for k, v in r.items()}
         for r in rows
     ]
+
+
+_KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+
+
+def _kind(v: object) -> str:
+    return _KINDS.get(type(v), "an array" if isinstance(v, list) else "an object")
+
+
+def _majority_kinds(
+    rows: list[tuple[int, dict[str, object]]],
+) -> tuple[list[dict[str, object]], list[tuple[int, str]]]:
+    """Give each field the JSON kind most records have; a record with another kind is bad,
+    quoting its own value. Scalars in a text field are kept as their text."""
+    counts: dict[str, dict[str, int]] = {}
+    for _, r in rows:
+        for k, v in r.items():
+            if v is not None:
+                kinds = counts.setdefault(k, {})
+                kinds[_kind(v)] = kinds.get(_kind(v), 0) + 1
+    winner = {k: max(c, key=c.__getitem__) for k, c in counts.items() if len(c) > 1}
+    kept: list[dict[str, object]] = []
+    bad: list[tuple[int, str]] = []
+    for i, r in rows:
+        problems = []
+        for k, want in winner.items():
+            v = r.get(k)
+            if v is None or _kind(v) == want:
+                continue
+            if want == "a string" and not isinstance(v, dict | list):
+                r[k] = orjson.dumps(v).decode() if isinstance(v, bool) else str(v)
+                continue
+            shown = orjson.dumps(v).decode()
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            problems.append(f"field {k!r}: {shown} is {_kind(v)}, expected {want}")
+        if problems:
+            bad.append((i, "; ".join(problems)))
+        else:
+            kept.append(r)
+    return kept, bad
 
 
 _local = threading.local()

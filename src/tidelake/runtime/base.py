@@ -14,7 +14,7 @@ the pipeline file) and the methods below, listed in ``tidelake.registry``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -56,13 +56,19 @@ class FlowContext:
     pipeline: Pipeline
     metrics: FlowMetrics
     broker_factory: Callable[[], Broker]
-    dead_letter: Callable[[pa.Table, str], None] = lambda rows, reason: None
-    """Send rows that cannot be processed to the flow's dead-letter topic, with a reason."""
+    dead_letter: Callable[[pa.Table, str | Sequence[str]], None] = lambda rows, reason: None
+    """Send rows that cannot be processed to the flow's dead-letter topic, with a reason (or
+    one per row); durable when it returns, and nothing for an empty table."""
     flush: Callable[[], None] = lambda: None
     """Write and checkpoint everything in flight now (sources call it on partition revocation)."""
     committed: Callable[[], Checkpoint] = dict
     """The checkpoint the sink holds right now (sources call it when partitions are assigned)."""
     _broker: Broker | None = None
+
+    @property
+    def owner(self) -> str:
+        """``<pipeline>/<flow>``: whose checkpoint it is, in stores several pipelines share."""
+        return f"{self.pipeline.name}/{self.flow}"
 
     @property
     def broker(self) -> Broker:
@@ -105,6 +111,9 @@ class Transform(ABC):
     """A vectorized function from batch to batch (never a per-record Python loop)."""
 
     Config: ClassVar[type[ConnectorConfig]]
+    stateless: ClassVar[bool] = True
+    """Each call depends only on its batch, so the runner may re-run it on parts of a batch
+    to find the rows it fails on. Transforms keeping rows across batches set False."""
 
     def __init__(self, config: Any) -> None:
         self.config = config

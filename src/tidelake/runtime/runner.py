@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import orjson
 import pyarrow as pa
@@ -25,14 +25,23 @@ import pyarrow as pa
 from tidelake import registry
 from tidelake.broker import Broker, Producer, connect
 from tidelake.config import Flow, Pipeline
-from tidelake.errors import ConfigError
+from tidelake.errors import ConfigError, TidelakeError
+from tidelake.runtime import faults
 from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Sink, Source, Transform
+from tidelake.runtime.conform import Conformer, pa_type
 from tidelake.runtime.metrics import FlowMetrics
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 50_000
 """Rows asked of a source per read: big batches still check their deadline between chunks."""
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
+"""Backoff between attempts after a transient fault: doubling from the first to the max."""
+
+
+class FlowFailed(TidelakeError):
+    """A flow ended on a fault that waiting cannot fix; the message is its one-line cause."""
 
 
 def build(kind: registry.Kind, config: object) -> object:
@@ -69,6 +78,42 @@ class FlowRunner:
         return connect(self.pipeline.url(self.pipeline.broker))
 
     def run(self) -> FlowMetrics:
+        """Run until the source ends or ``stop`` is set.
+
+        A transient fault (``faults.classify``) restarts the flow from the sink's checkpoint
+        after a backoff, while ``metrics.state`` is ``retrying`` with the reason; any other
+        failure ends the flow (``failed``) and is raised as :class:`FlowFailed`."""
+        attempt = 0
+        while True:
+            batches = self.metrics.batches
+            try:
+                self._run_once()
+                return self.metrics
+            except Exception as e:
+                fault = faults.classify(e)
+                self.metrics.errors += 1
+                self.metrics.last_error = fault.reason
+                if not fault.transient or self.stop.is_set():
+                    self.metrics.state = "failed"
+                    log.error("flow %s failed: %s", self.name, fault.reason, exc_info=e)
+                    raise FlowFailed(f"flow {self.name}: {fault.reason}") from e
+                attempt = 1 if self.metrics.batches > batches else attempt + 1
+                delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (attempt - 1))
+                self.metrics.state = "retrying"
+                self.metrics.last_error = f"{fault.reason} (retry {attempt} in {delay:.1f}s)"
+                log.warning("flow %s: %s", self.name, self.metrics.last_error)
+                self._publish(force=True)
+                if self.stop.wait(delay):
+                    self.metrics.state = "stopped"
+                    return self.metrics
+
+    def _run_once(self) -> None:
+        """One attempt: open everything at the sink's checkpoint and drive the flow.
+
+        Once anything raised, the attempt is *broken*: ``flush`` commits nothing more, not
+        on close, not on partition revocation, so positions never pass data that did not
+        land. The next attempt starts again from what the sink holds."""
+        self._reset()
         ctx = FlowContext(
             flow=self.name,
             pipeline=self.pipeline,
@@ -109,21 +154,29 @@ class FlowRunner:
                 self._publish()
             self.flush()
             self.metrics.state = "finished" if not self.stop.is_set() else "stopped"
-        except Exception as e:
-            self.metrics.state = "failed"
-            self.metrics.errors += 1
-            self.metrics.last_error = f"{type(e).__name__}: {e}"
+            self.metrics.last_error = ""
+        except BaseException:
+            self._broken = True
             raise
         finally:
             self._publish(force=True)
-            for closer in (self.source.close, self.sink.close):
+            for closer in (self.source.close, self.sink.close, self._close_dead_letters):
                 try:
                     closer()
                 except Exception:  # closing must not hide the error that stopped the flow
                     log.exception("flow %s: error while closing", self.name)
             if ctx._broker is not None:
                 ctx._broker.close()
-        return self.metrics
+
+    def _reset(self) -> None:
+        """Fresh connectors and empty buffers: an attempt shares nothing with the last."""
+        self.source = build("source", self.spec.source)  # type: ignore[assignment]
+        self.transforms = [build("transform", t) for t in self.spec.transforms]  # type: ignore[misc]
+        self.sink = build("sink", self.spec.sink)  # type: ignore[assignment]
+        self._pending, self._pending_rows = [], 0
+        self._positions, self._dirty, self._broken = {}, False, False
+        self._dlq_producer = None
+        self._conform = Conformer({k: pa_type(v) for k, v in self.spec.schema_.items()})
 
     def _add(self, batch: Batch) -> bool:
         """Buffer a batch; True when it brought rows."""
@@ -133,31 +186,69 @@ class FlowRunner:
         n = batch.table.num_rows
         if not n:
             return False
-        self._pending.append(batch.table)
-        self._pending_rows += n
+        table, rejected, reasons = self._conform(batch.table)
+        self._dead_letter(rejected, reasons)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
         self.metrics.records_in += n
         self.metrics.bytes_in += batch.table.nbytes
         return True
 
     def flush(self) -> None:
-        """Transform and land what is buffered, with the positions it covers."""
-        if not self._pending and not self._dirty:
+        """Transform and land what is buffered, with the positions it covers; then tell the
+        source (advisory: a failure there is logged, the data and positions are stored)."""
+        if self._broken or (not self._pending and not self._dirty):
             return
         started = time.perf_counter()
         table = _concat(self._pending) if self._pending else pa.table({})
         self._pending, self._pending_rows = [], 0
-        for t in self.transforms:
-            if table.num_rows:
-                table = t(table)
+        table = self._transform(table, self.transforms)
         checkpoint = self._checkpoint()
         self.sink.write(table, checkpoint)
         self._dirty = False
-        self.source.committed(checkpoint)
+        try:
+            self.source.committed(checkpoint)
+        except Exception as e:
+            log.warning("flow %s: acknowledging the source failed (advisory): %s", self.name, e)
         m = self.metrics
         m.records_out += table.num_rows
         m.batches += 1
         m.last_batch_seconds = time.perf_counter() - started
         m.last_checkpoint = time.time()
+
+    def _transform(self, table: pa.Table, transforms: Sequence[Transform]) -> pa.Table:
+        for t in transforms:
+            if table.num_rows:
+                table = self._apply(t, table)
+        return table
+
+    def _apply(self, transform: Transform, table: pa.Table) -> pa.Table:
+        """Run one transform; when it raises, find the rows it fails on.
+
+        A failure without any row (on the batch's empty slice: a column that does not exist,
+        a syntax error) or on every row is the pipeline's, not the data's: it is raised and
+        the flow stops where its positions are. Otherwise the batch is retried in halves
+        (bisection, O(bad rows x log rows) calls) and the rows that fail alone become dead
+        letters with the transform's error. Transforms that keep state across batches
+        (``window``) cannot be replayed in parts: their errors are raised."""
+        try:
+            return transform(table)
+        except Exception as e:
+            if not transform.stateless or faults.classify(e).transient:
+                raise
+            try:
+                transform(table.slice(0, 0))
+            except Exception:
+                raise e from None
+            done: list[pa.Table] = []
+            failed: list[tuple[pa.Table, str]] = []
+            _bisect(transform, table, done, failed)
+            if table.num_rows > 1 and sum(t.num_rows for t, _ in failed) == table.num_rows:
+                raise
+        kind = transform.config.type
+        for rows, why in failed:
+            self._dead_letter(rows, f"transform {kind} failed on this row: {why}")
+        return _concat([t for t in done if t.num_columns]) if done else table.slice(0, 0)
 
     def _checkpoint(self) -> Checkpoint:
         """The positions to store: transforms holding rows in memory (``window``) hold them
@@ -172,26 +263,25 @@ class FlowRunner:
         (a window's open windows), through the transforms after them."""
         self.flush()
         for i, t in enumerate(self.transforms):
-            table = t.finish()
-            for later in self.transforms[i + 1 :]:
-                if table.num_rows:
-                    table = later(table)
+            table = self._transform(t.finish(), self.transforms[i + 1 :])
             if table.num_rows:
                 self.sink.write(table, self._checkpoint())
                 self.metrics.records_out += table.num_rows
 
     _dlq_producer: Producer | None = None
 
-    def _dead_letter(self, rows: pa.Table, reason: str) -> None:
+    def _dead_letter(self, rows: pa.Table, reason: str | Sequence[str]) -> None:
+        """Rows with one reason, or one reason per row."""
         if not rows.num_rows:
             return
         broker = self.ctx.broker
         if self._dlq_producer is None:
             broker.create_topic(self._dlq_topic)
             self._dlq_producer = broker.producer()
+        reasons = [reason] * rows.num_rows if isinstance(reason, str) else list(reason)
         payloads = [
-            orjson.dumps({"flow": self.name, "reason": reason, "payload": row}, default=str)
-            for row in rows.to_pylist()  # the slow path: only rejected rows reach it
+            orjson.dumps({"flow": self.name, "reason": why, "payload": row}, default=str)
+            for row, why in zip(rows.to_pylist(), reasons, strict=True)  # only rejected rows
         ]
         self._dlq_producer.produce(self._dlq_topic, payloads)
         # Durable before the caller goes on: a sink may reject rows inside its own commit,
@@ -199,11 +289,31 @@ class FlowRunner:
         self._dlq_producer.flush()
         self.metrics.dead_letters += rows.num_rows
 
+    def _close_dead_letters(self) -> None:
+        if self._dlq_producer is not None:
+            self._dlq_producer.close()
+            self._dlq_producer = None
+
     def _publish(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_publish >= 1.0:
             self._last_publish = now
             self.metrics.save(self._metrics_dir)
+
+
+def _bisect(
+    transform: Transform, table: pa.Table, done: list[pa.Table], failed: list[tuple[pa.Table, str]]
+) -> None:
+    """Split a failing batch until each part passes or is one row; results keep row order."""
+    half = table.num_rows // 2
+    for part in (table.slice(0, half), table.slice(half)):
+        try:
+            done.append(transform(part))
+        except Exception as e:
+            if part.num_rows == 1:
+                failed.append((part, faults.classify(e).reason))
+            else:
+                _bisect(transform, part, done, failed)
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -256,17 +366,21 @@ def run_flows(
 ) -> list[FlowRunner]:
     """Run several flows, each in its own thread, until they end or ``stop`` is set.
 
-    A failing flow stops the others (no half-running pipeline) and its error is re-raised.
-    """
+    A flow that fails ends alone (its state says ``failed``, with the error) and the others
+    go on, unless the pipeline sets ``on_failure: stop-all``. Callers find failures in
+    ``runner.metrics.state``; nothing is raised for them."""
     runners = [FlowRunner(pipeline, n, stop) for n in names]
     prepare_database(pipeline)
-    errors: list[BaseException] = []
 
     def target(r: FlowRunner) -> None:
         try:
             r.run()
-        except BaseException as e:
-            errors.append(e)
+        except FlowFailed:
+            if pipeline.on_failure == "stop-all":
+                stop.set()
+        except BaseException:
+            log.exception("flow %s: unexpected error", r.name)
+            r.metrics.state = "failed"
             stop.set()
 
     threads = [threading.Thread(target=target, args=(r,), name=f"flow-{r.name}") for r in runners]
@@ -277,6 +391,9 @@ def run_flows(
     for t in threads:
         while t.is_alive():
             t.join(0.2)
-    if errors:
-        raise errors[0]
     return runners
+
+
+def failed(runners: Sequence[FlowRunner]) -> list[FlowRunner]:
+    """The flows that ended on an error."""
+    return [r for r in runners if r.metrics.state == "failed"]

@@ -25,7 +25,7 @@ class ConsoleSink(Sink):
     def open(self, ctx: FlowContext) -> None:
         self.console = Console(stderr=False)
         self.flow = ctx.flow
-        self.store = CheckpointStore(ctx.pipeline.state_dir / "checkpoints.db", ctx.flow)
+        self.store = CheckpointStore(ctx.pipeline.state_dir / "checkpoints.db", ctx.owner)
 
     def checkpoint(self) -> Checkpoint:
         return self.store.load()

@@ -60,7 +60,7 @@ class TableSink(Sink):
             from tidelake.errors import ConfigError
 
             raise ConfigError(f"flow {ctx.flow}: sink mode 'upsert' needs 'key: [column, ...]'")
-        self.flow = ctx.flow
+        self.flow = ctx.owner
         self.db: Database = connect_db(ctx.pipeline.url(cfg.database or ctx.pipeline.database))
         self.db.load_checkpoint(self.flow)  # creates the checkpoint table if missing
 

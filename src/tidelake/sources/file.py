@@ -33,6 +33,7 @@ from pydantic import Field
 
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
+from tidelake.runtime.conform import Conformer, pa_type
 
 Format = Literal["csv", "json", "jsonl", "parquet"]
 _EXTENSIONS: dict[str, Format] = {
@@ -45,28 +46,7 @@ _EXTENSIONS: dict[str, Format] = {
     ".pq": "parquet",
 }
 _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
-_TYPE_ALIASES = {
-    "int": "int64",
-    "float": "double",
-    "str": "string",
-    "boolean": "bool",
-    "timestamp": "timestamp[us, tz=UTC]",
-}
 _BLOCK_BYTES = 4 << 20
-
-
-def pa_type(name: str) -> pa.DataType:
-    """``int``, ``float``, ``string``, ``bool``, ``timestamp``, ``date32``, or any pyarrow alias."""
-    alias = _TYPE_ALIASES.get(name, name)
-    if alias == "timestamp[us, tz=UTC]":
-        return pa.timestamp("us", tz="UTC")
-    try:
-        return pa.type_for_alias(alias)
-    except ValueError as e:
-        raise ConfigError(
-            f"file source: unknown column type {name!r} (use int, float, string, "
-            "bool, timestamp, date32 or a pyarrow type name)"
-        ) from e
 
 
 def dig(doc: object, path: str) -> object:
@@ -159,6 +139,7 @@ class FileSource(Source):
         self._current: _Open | None = None
         self._next_poll = 0.0
         self._types = {k: pa_type(v) for k, v in self.config.column_types.items()}
+        self._conform = Conformer(self._types)
         path = self.config.path
         if path.startswith("s3://"):
             bucket_path = path[len("s3://") :]
@@ -213,6 +194,9 @@ class FileSource(Source):
                 table = table.append_column(
                     self.config.file_column, pa.repeat(pa.scalar(key), table.num_rows)
                 )
+            csv = self._format(self._paths[key]) == "csv"
+            table, rejected, reasons = self._conform(table, text=csv)
+            self.ctx.dead_letter(rejected, reasons)
             return Batch(table, {key: self.positions[key]})
 
     def _bad_file(self, key: str, e: Exception) -> ConnectorError:
@@ -295,13 +279,7 @@ class FileSource(Source):
                 return _Open(key, self._parquet(path, skip))
             stream = self.fs.open_input_stream(path, compression="detect")
             if fmt == "csv":
-                delimiter = self.config.delimiter or ("\t" if ".tsv" in path.lower() else ",")
-                reader: Iterator[pa.RecordBatch] = pacsv.open_csv(
-                    stream,
-                    read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES),
-                    parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                    convert_options=pacsv.ConvertOptions(column_types=self._types),
-                )
+                reader: Iterator[pa.RecordBatch] = self._csv(path, stream)
             elif fmt == "jsonl":
                 schema = pa.schema(self._types) if self._types else None
                 reader = pajson.open_json(
@@ -326,6 +304,18 @@ class FileSource(Source):
         except OSError as e:
             raise ConnectorError(f"file source: cannot open {key}: {e}") from e
         return _Open(key, _skip(reader, skip))
+
+    def _csv(self, path: str, stream: pa.NativeFile) -> Iterator[pa.RecordBatch]:
+        """Every column as text: the flow gives each its type and dead-letters the values that
+        do not fit it (``runtime.conform``). Arrow's own inference fails the whole file on the
+        first value that contradicts what it guessed from the first block."""
+        delimiter = self.config.delimiter or ("\t" if ".tsv" in path.lower() else ",")
+        read = pacsv.ReadOptions(block_size=_BLOCK_BYTES)
+        parse = pacsv.ParseOptions(delimiter=delimiter)
+        with self.fs.open_input_stream(path, compression="detect") as head:
+            names = pacsv.open_csv(head, read_options=read, parse_options=parse).schema.names
+        text = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
+        return pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=text)
 
     def _json(self, data: bytes) -> pa.Table:
         """A JSON array, an object holding the records at ``records``, or JSON Lines."""

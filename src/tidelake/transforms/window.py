@@ -85,6 +85,8 @@ def parse_aggregate(expr: str) -> tuple[str, str]:
 class Window(Transform):
     """Aggregate rows per event-time window and ``by`` keys; emit each window once, closed."""
 
+    stateless = False
+
     class Config(ConnectorConfig):
         type: Literal["window"]
         time: str = Field(description="event-time column: timestamp, epoch s or ms, ISO 8601")

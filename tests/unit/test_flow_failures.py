@@ -1,0 +1,105 @@
+"""A badly typed value is a dead letter, a pipeline bug stops only its flow, and a failed
+flow moves no position: after the fix, a restart lands every record once."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import orjson
+
+from tidelake.broker.embedded import EmbeddedBroker
+from tidelake.config import loads
+from tidelake.runtime.runner import failed, run_flows
+
+ORDERS = """\
+order_id,product,quantity,unit_price
+1,apple,2,1.5
+2,pear,two,2.0
+3,plum,1,3.0
+4,fig,5,0.5
+"""
+
+PIPELINE = """\
+name: shop
+database: sqlite:///shop.db
+flows:
+  orders_file:
+    source: {{type: file, path: data/orders.csv}}
+    sink: {{type: topic, topic: orders}}
+  orders_land:
+    source: {{type: topic, topic: orders}}
+    transforms:
+      - {{type: sql, query: "SELECT order_id, product, {amount} AS amount FROM batch"}}
+    sink: {{type: table, table: amounts, mode: upsert, key: [order_id]}}
+    batch: {{size: 100, max_latency: 0.2}}
+"""
+
+
+def _pipeline(tmp_path: Path, amount: str = "quantity * unit_price"):
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "orders.csv").write_text(ORDERS)
+    return loads(PIPELINE.format(amount=amount), tmp_path / "p.yaml")
+
+
+def _amounts(tmp_path: Path) -> dict[int, float]:
+    db = tmp_path / "shop.db"
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db) as c:
+        try:
+            return dict(c.execute("SELECT order_id, amount FROM amounts"))
+        except sqlite3.OperationalError:
+            return {}
+
+
+def _run(tmp_path: Path, names: list[str], until_rows: int | None, **kw: str):
+    """Run flows until the table holds ``until_rows`` (or until they all end by themselves)."""
+    stop = threading.Event()
+    result: list = []
+    t = threading.Thread(
+        target=lambda: result.extend(run_flows(_pipeline(tmp_path, **kw), names, stop))
+    )
+    t.start()
+    for _ in range(300):
+        if not t.is_alive() or (until_rows is not None and len(_amounts(tmp_path)) >= until_rows):
+            break
+        t.join(0.05)
+    stop.set()
+    t.join(30)
+    assert not t.is_alive()
+    return result
+
+
+def _dead_letters(tmp_path: Path, topic: str) -> list[dict]:
+    broker = EmbeddedBroker(str(tmp_path / ".tidelake" / "log.db"))
+    consumer = broker.consumer("check", [topic])
+    values = [orjson.loads(v) for v in consumer.poll(1000, 2.0).values]
+    consumer.close()
+    broker.close()
+    return values
+
+
+def test_a_badly_typed_value_is_a_dead_letter_and_the_rest_of_its_batch_lands(
+    tmp_path: Path,
+) -> None:
+    runners = _run(tmp_path, ["orders_file", "orders_land"], until_rows=3)
+    assert _amounts(tmp_path) == {1: 3.0, 3: 3.0, 4: 2.5}
+    assert not failed(runners)
+    (letter,) = _dead_letters(tmp_path, "shop.orders_file.dlq")
+    assert letter["reason"] == "column 'quantity': 'two' is not a valid int64"
+    assert letter["payload"]["order_id"] == "2"  # the record as it came, to fix and redrive
+
+
+def test_a_pipeline_bug_stops_its_flow_only_and_moves_no_position(tmp_path: Path) -> None:
+    runners = _run(tmp_path, ["orders_file", "orders_land"], None, amount="no_such_column")
+    state = {r.name: r.metrics for r in runners}
+    assert state["orders_file"].state == "finished"  # its sibling went on and finished
+    assert state["orders_land"].state == "failed"
+    assert "no_such_column" in state["orders_land"].last_error
+    assert _amounts(tmp_path) == {}
+
+    runners = _run(tmp_path, ["orders_land"], until_rows=3)  # after the fix
+    assert _amounts(tmp_path) == {1: 3.0, 3: 3.0, 4: 2.5}
+    assert not failed(runners)
