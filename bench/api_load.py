@@ -49,7 +49,7 @@ GROUP_BY = (
 
 def build(root: Path, rows: int) -> Path:
     path = root / "pipeline.yaml"
-    path.write_text("name: bench\nflows: {}\n")
+    path.write_text("name: bench\nflows: {}\nserve: {ingest: [bench.in]}\n")
     pipeline = load(path)
     sink = LakeSink(LakeSinkConfig.model_validate({"type": "lake", "table": "events"}))
     sink.open(FlowContext("load", pipeline, FlowMetrics("load"), lambda: None))  # type: ignore[arg-type,return-value]

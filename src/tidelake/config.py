@@ -73,6 +73,16 @@ class Panel(_Model):
     y: str | list[str] | None = None
 
 
+class ServeSettings(_Model):
+    """What ``tidelake serve`` lets clients do beyond reading."""
+
+    ingest: list[str] | None = Field(
+        None,
+        description="topics (names or glob patterns) POST /api/ingest may write "
+        "(default: topics flows read or write, except CDC and dead-letter topics)",
+    )
+
+
 class Pipeline(_Model):
     """A pipeline file: where the log, database and lake live, and the flows between them."""
 
@@ -92,6 +102,7 @@ class Pipeline(_Model):
     )
     queries: dict[str, str] = {}
     dashboard: list[Panel] = []
+    serve: ServeSettings = ServeSettings()
     base_dir: Path = Field(Path("."), exclude=True, description="directory of the pipeline file")
 
     @field_validator("name")

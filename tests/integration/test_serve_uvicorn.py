@@ -25,7 +25,10 @@ from tidelake.sinks.lake import LakeSink, LakeSinkConfig
 
 TOKEN = "integration-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-PIPELINE = "name: live\nflows: {}\nqueries:\n  total: SELECT count(*) AS n FROM events\n"
+PIPELINE = (
+    "name: live\nflows: {}\nserve: {ingest: [live.in]}\n"
+    "queries:\n  total: SELECT count(*) AS n FROM events\n"
+)
 SERVER = """
 import sys
 from tidelake.config import load

@@ -1,42 +1,168 @@
 """JSON records <-> Arrow, a whole batch at a time.
 
-The fast path hands all values to Arrow's C++ JSON reader at once. Only when
-that fails (a malformed record, a field whose type changes inside the batch)
-does the slow path parse record by record, so the bad ones can be named.
+Decoding never hands Arrow's JSON reader a batch it could crash on or silently
+misread. A few vectorized checks over the whole batch (``_clean``) come first:
+every value is valid UTF-8, one object on one line, at most ``MAX_RECORD_BYTES``,
+with few enough brackets that its depth cannot pass ``MAX_DEPTH``, and with no
+token that Arrow would read wrongly (``NaN``, ``Infinity``, 19+ digit numbers,
+3-digit exponents). A clean batch goes to Arrow's C++ reader at once (the fast
+path). Otherwise, or when Arrow fails (a field whose type changes inside the
+batch), records are parsed one by one with orjson, so each bad one is named
+with its reason and the rest still decode.
+
+pyarrow 26.0.1, ``pyarrow.json.read_json``: input whose first value is ``null``
+(also after whitespace: ``b" null"``, ``b"\\nnull"``) crashes the process with
+SIGSEGV instead of raising ``ArrowInvalid``; arrays nested ~100,000 deep crash
+the same way (stack overflow); ``NaN``/``Infinity`` are read as floats, a BOM is
+skipped, integers beyond int64 become doubles, invalid UTF-8 inside a string is
+returned as an invalid ``string`` column (``UnicodeDecodeError`` later), and a
+``null`` line after the first becomes an all-null row. Reproduce with
+``pyarrow.json.read_json(io.BytesIO(b"null"))``.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import re
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pj
+
+MAX_DEPTH = 64
+"""Deepest nesting of objects and arrays a record may have."""
+MAX_RECORD_BYTES = 1 << 20
+"""Largest record accepted (Kafka's default ``max.message.bytes`` is about the same)."""
+
+_SHALLOW_BYTES = 4096
+"""Records this short nest at most ~2,000 deep: far below what overflows Arrow's parser."""
+_MISREAD = r"NaN|Infinity|[0-9]{19}|[eE][+-]?[0-9]{3}"
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 def decode_json(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[int, str]]]:
     """Decode JSON objects; returns the table of good rows and (index, reason) of bad ones.
 
     Rows keep the order of ``values``; ``None`` values (tombstones) are reported as bad
-    with reason ``tombstone`` so callers decide what they mean.
+    with reason ``tombstone`` so callers decide what they mean. A record is bad unless it
+    is one JSON object of valid UTF-8 with finite numbers, integers within int64, at most
+    ``MAX_DEPTH`` levels and ``MAX_RECORD_BYTES`` bytes; no input crashes the process.
     """
-    tombstones = [i for i, v in enumerate(values) if v is None]
-    if not tombstones and values:
+    data = b"\n".join(values) if values and None not in values else b""  # type: ignore[arg-type]
+    if data and _clean(values, data):
         try:
-            table = _read(b"\n".join(values))  # type: ignore[arg-type]
-            if table.num_rows == len(values):  # a value with a raw newline would split rows
+            table = _read(data)
+            if table.num_rows == len(values) and _depth_of(table.schema) <= MAX_DEPTH:
                 return table, []
         except pa.ArrowInvalid:
             pass
     return _decode_slow(values)
 
 
+def _clean(values: Sequence[bytes | None], joined: bytes) -> bool:
+    """True when Arrow's reader can take the batch safely: vectorized checks, no row loop."""
+    if joined.count(b"\n") != len(values) - 1:  # a value with a raw newline would split rows
+        return False
+    try:
+        data = pa.array(values, pa.binary())
+        data.cast(pa.string())  # validates UTF-8
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    lengths = pc.binary_length(data)
+    if pc.max(lengths).as_py() > MAX_RECORD_BYTES:
+        return False
+    long = data.filter(pc.greater(lengths, _SHALLOW_BYTES))
+    if (
+        len(long)
+        and pc.max(pc.add(pc.count_substring(long, "["), pc.count_substring(long, "{"))).as_py()
+        > MAX_DEPTH
+    ):
+        return False  # deep enough that Arrow's recursive parser could overflow the stack
+    whole = pa.array([joined], pa.large_binary())
+    return bool(
+        pc.all(pc.starts_with(data, "{")).as_py()
+        and pc.all(pc.ends_with(data, "}")).as_py()
+        and not pc.match_substring_regex(whole, _MISREAD)[0].as_py()
+    )
+
+
+def _depth_of(schema: pa.Schema) -> int:
+    def depth(t: pa.DataType) -> int:
+        return 1 + max((depth(t.field(i).type) for i in range(t.num_fields)), default=0)
+
+    return max((depth(f.type) for f in schema), default=0) + 1
+
+
 def _read(data: bytes) -> pa.Table:
     opts = pj.ReadOptions(block_size=max(len(data) + 1, 1 << 20), use_threads=False)
     return pj.read_json(io.BytesIO(data), read_options=opts)
+
+
+def parse_record(value: bytes) -> dict[str, object]:
+    """One record as a dict, or ``ValueError`` saying why it is refused (see ``decode_json``)."""
+    if len(value) > MAX_RECORD_BYTES:
+        raise ValueError(f"record larger than {MAX_RECORD_BYTES} bytes (send smaller records)")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {kind(obj)}")
+    if value.count(b"[") + value.count(b"{") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    check_integers(value)
+    return obj
+
+
+def check_integers(value: bytes) -> None:
+    """``ValueError`` when JSON text ``value`` holds an integer beyond int64.
+
+    orjson reads such integers as floats (or as unsigned up to 2**64), silently."""
+    if _LONG_NUMBER.search(value):
+        json.loads(value, parse_int=_int64)
+
+
+def _int64(text: str) -> int:
+    number = int(text)
+    if not -(2**63) <= number < 2**63:
+        raise ValueError(f"integer {text[:30]} does not fit in 64 bits (send it as a string)")
+    return number
+
+
+def _depth(value: object) -> int:
+    depth = 0
+    level: list[Any] = [value]
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            return depth
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+    return depth
+
+
+def kind(value: object) -> str:
+    """What a JSON value is, for error messages ("an array", "null", ...)."""
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
 
 
 def _decode_slow(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[int, str]]]:
@@ -47,14 +173,9 @@ def _decode_slow(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[i
             bad.append((i, "tombstone"))
             continue
         try:
-            obj = orjson.loads(v)
-        except orjson.JSONDecodeError as e:
-            bad.append((i, f"invalid JSON: {e}"))
-            continue
-        if not isinstance(obj, dict):
-            bad.append((i, f"expected a JSON object, got {type(obj).__name__}"))
-            continue
-        rows.append((i, obj))
+            rows.append((i, parse_record(v)))
+        except ValueError as e:
+            bad.append((i, str(e)))
     if not rows:
         return pa.table({}), bad
     try:
@@ -81,13 +202,6 @@ def _nested_as_text(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     ]
 
 
-_KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
-
-
-def _kind(v: object) -> str:
-    return _KINDS.get(type(v), "an array" if isinstance(v, list) else "an object")
-
-
 def _majority_kinds(
     rows: list[tuple[int, dict[str, object]]],
 ) -> tuple[list[dict[str, object]], list[tuple[int, str]]]:
@@ -98,7 +212,7 @@ def _majority_kinds(
         for k, v in r.items():
             if v is not None:
                 kinds = counts.setdefault(k, {})
-                kinds[_kind(v)] = kinds.get(_kind(v), 0) + 1
+                kinds[kind(v)] = kinds.get(kind(v), 0) + 1
     winner = {k: max(c, key=c.__getitem__) for k, c in counts.items() if len(c) > 1}
     kept: list[dict[str, object]] = []
     bad: list[tuple[int, str]] = []
@@ -106,14 +220,14 @@ def _majority_kinds(
         problems = []
         for k, want in winner.items():
             v = r.get(k)
-            if v is None or _kind(v) == want:
+            if v is None or kind(v) == want:
                 continue
             if want == "a string" and not isinstance(v, dict | list):
                 r[k] = orjson.dumps(v).decode() if isinstance(v, bool) else str(v)
                 continue
             shown = orjson.dumps(v).decode()
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            problems.append(f"field {k!r}: {shown} is {_kind(v)}, expected {want}")
+            problems.append(f"field {k!r}: {shown} is {kind(v)}, expected {want}")
         if problems:
             bad.append((i, "; ".join(problems)))
         else:

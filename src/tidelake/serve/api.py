@@ -323,6 +323,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.tidelake = state
+    routes = ingest.Routes(pipeline)
     auth = [Depends(bearer_guard(token))]
     api = APIRouter(prefix="/api", dependencies=auth, responses=_ERRORS)
 
@@ -460,6 +461,9 @@ def create_app(
             raise HTTPException(
                 422, "topic names use letters, digits, '.', '_' or '-' (at most 249, not '__...')"
             )
+        refused = routes.check(topic)
+        if refused is not None:
+            raise HTTPException(*refused)
         body = await _read_body(request, state.max_body)
         try:
             values = ingest.records(body, request.headers.get("content-type", "application/json"))

@@ -1,22 +1,28 @@
-"""Request bodies -> log records for ``POST /api/ingest/{topic}``.
+"""Request bodies -> log records for ``POST /api/ingest/{topic}``, and where they may go.
 
-NDJSON is split into lines as bytes and validated in bulk by Arrow's JSON
-reader (every line must be a JSON object); only when that fails are lines
-parsed one by one, to name the first bad line. Records go to the log as the
-bytes the client sent, so nothing is re-encoded on the hot path.
+Every record is checked by ``tidelake.formats.json`` before it enters the log:
+one JSON object per record, valid UTF-8, finite numbers, integers within
+int64, bounded depth and size. A body with a bad record is refused whole
+(400 naming the line or item), so a client can fix and resend it without
+duplicating the good ones. NDJSON lines go to the log as the bytes the client
+sent, so nothing is re-encoded on the hot path.
 """
 
 from __future__ import annotations
 
-import io
+import fnmatch
 import re
+from collections.abc import Iterable, Sequence
 
 import orjson
-import pyarrow as pa
-import pyarrow.json as pj
+
+from tidelake.config import Pipeline
+from tidelake.formats.json import check_integers, decode_json, kind
 
 TOPIC = re.compile(r"^(?!__)[A-Za-z0-9][A-Za-z0-9._-]{0,248}$")
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
+_TEMPLATE = re.compile(r"\{[^}]*\}")
+SHOWN_ERRORS = 5
 
 
 class BadPayload(ValueError):
@@ -29,61 +35,108 @@ def valid_topic(name: str) -> bool:
 
 
 def records(body: bytes, content_type: str) -> list[bytes]:
-    """The records of a JSON object, JSON array of objects, or NDJSON body."""
+    """The records of a JSON object, JSON array of objects, or NDJSON body (``BadPayload``)."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media in NDJSON_TYPES:
         return _ndjson(body)
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as e:
         raise BadPayload(
-            "body is not valid JSON (send an object, an array of objects, or NDJSON with "
-            "Content-Type: application/x-ndjson)"
+            f"body is not valid JSON ({e}); send an object, an array of objects, or NDJSON "
+            "with Content-Type: application/x-ndjson"
         ) from None
     if isinstance(doc, dict):
-        return [orjson.dumps(doc)]
-    if isinstance(doc, list):
-        for i, item in enumerate(doc):
-            if not isinstance(item, dict):
-                raise BadPayload(f"item {i}: expected a JSON object, got {_kind(item)}")
-        return [orjson.dumps(item) for item in doc]
-    raise BadPayload(f"expected a JSON object or an array of objects, got {_kind(doc)}")
+        items = [doc]
+    elif isinstance(doc, list):
+        items = doc
+    else:
+        raise BadPayload(f"expected a JSON object or an array of objects, got {kind(doc)}")
+    values = [orjson.dumps(item) for item in items]
+    try:
+        check_integers(body)
+    except ValueError as e:
+        raise BadPayload(str(e)) from None
+    _refuse_bad(values, "item", range(len(values)))
+    return values
 
 
 def _ndjson(body: bytes) -> list[bytes]:
     raw = body.split(b"\n")
-    lines = [line.rstrip(b"\r") for line in raw if line.strip()]
-    if not lines:
-        return []
-    try:
-        opts = pj.ReadOptions(block_size=max(len(body) + 1, 1 << 20), use_threads=True)
-        table = pj.read_json(io.BytesIO(b"\n".join(lines)), read_options=opts)
-        if table.num_rows == len(lines):
-            return lines
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    for number, line in enumerate(raw, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            raise BadPayload(f"line {number}: invalid JSON ({e.msg})") from None
-        if not isinstance(item, dict):
-            raise BadPayload(f"line {number}: expected a JSON object, got {_kind(item)}")
+    numbers = [n for n, line in enumerate(raw, start=1) if line.strip()]
+    lines = [raw[n - 1].rstrip(b"\r") for n in numbers]
+    if lines:
+        _refuse_bad(lines, "line", numbers)
     return lines
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-    }.get(type(value), type(value).__name__)
+def _refuse_bad(values: Sequence[bytes], what: str, labels: Sequence[int]) -> None:
+    _, bad = decode_json(values)
+    if bad:
+        shown = "; ".join(f"{what} {labels[i]}: {reason}" for i, reason in bad[:SHOWN_ERRORS])
+        more = f" (and {len(bad) - SHOWN_ERRORS} more)" if len(bad) > SHOWN_ERRORS else ""
+        raise BadPayload(f"{shown}{more}; nothing was written (fix them and resend the body)")
 
 
-__all__ = ["NDJSON_TYPES", "BadPayload", "records", "valid_topic"]
+class Routes:
+    """Which topics ingest may write: the write scope of every caller of the API.
+
+    By default, the topics that flows read or write, except CDC topics (written by a
+    ``cdc`` source or read by a flow that unwraps change events) and dead-letter topics.
+    ``serve: {ingest: [names or glob patterns]}`` in the pipeline file replaces the default.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        flows, never = _flow_topics(pipeline)
+        configured = pipeline.serve.ingest
+        self.explicit = configured is not None
+        self.allowed = list(configured) if configured is not None else flows
+        self.known = flows
+        self.never = never
+
+    def check(self, topic: str) -> tuple[int, str] | None:
+        """None when ``topic`` may be written, else (status, what to change)."""
+        if _matches(topic, self.allowed) and (self.explicit or not _matches(topic, self.never)):
+            return None
+        if _matches(topic, self.known) or _matches(topic, self.never):
+            return 403, (
+                f"topic {topic!r} is a CDC or dead-letter topic: ingest writes it only when "
+                "the pipeline file lists it under serve: {ingest: [...]}"
+            )
+        shown = ", ".join(sorted(self.allowed)[:20]) or "none"
+        return 404, (
+            f"no flow reads or writes topic {topic!r} (ingest topics: {shown}); "
+            "list more under serve: {ingest: [...]} in the pipeline file"
+        )
+
+
+def _matches(topic: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(topic, p) for p in patterns)
+
+
+def _names(value: object) -> list[str]:
+    """Topic names, ``{column}`` templates as globs; a template that is only a glob is skipped."""
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    patterns = [_TEMPLATE.sub("*", str(v)) for v in names]
+    return [p for p in patterns if p.strip("*")]
+
+
+def _flow_topics(pipeline: Pipeline) -> tuple[list[str], list[str]]:
+    """(topics flows read or write, CDC and dead-letter topics among or beside them)."""
+    flows: list[str] = []
+    never: list[str] = ["*.dlq"]
+    for name, flow in pipeline.flows.items():
+        never.append(flow.dead_letter or f"{pipeline.name}.{name}.dlq")
+        source, sink = flow.source.model_dump(), flow.sink.model_dump()
+        cdc_source = source.get("type") == "cdc"
+        unwraps = any(t.type == "unwrap" for t in flow.transforms)
+        if cdc_source and source.get("topic_prefix"):
+            never.append(f"{source['topic_prefix']}.*")
+        read = _names(source.get("topic")) if source.get("type") == "topic" else []
+        written = _names(sink.get("topic")) if sink.get("type") == "topic" else []
+        (never if unwraps else flows).extend(read)
+        (never if cdc_source else flows).extend(written)
+    return flows, never
+
+
+__all__ = ["NDJSON_TYPES", "BadPayload", "Routes", "records", "valid_topic"]
