@@ -8,7 +8,8 @@ token that Arrow would read wrongly (``NaN``, ``Infinity``, 19+ digit numbers,
 3-digit exponents). A clean batch goes to Arrow's C++ reader at once (the fast
 path). Otherwise, or when Arrow fails (a field whose type changes inside the
 batch), records are parsed one by one with orjson, so each bad one is named
-with its reason and the rest still decode.
+with its reason and the rest still decode; a field whose JSON kind varies takes
+the kind most records have, and the others are bad.
 
 pyarrow 26.0.1, ``pyarrow.json.read_json``: input whose first value is ``null``
 (also after whitespace: ``b" null"``, ``b"\\nnull"``) crashes the process with
@@ -54,15 +55,31 @@ def decode_json(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[in
     is one JSON object of valid UTF-8 with finite numbers, integers within int64, at most
     ``MAX_DEPTH`` levels and ``MAX_RECORD_BYTES`` bytes; no input crashes the process.
     """
+    table = _fast(values)
+    if table is not None:
+        return table, []
+    return _decode_slow(values)
+
+
+def invalid_records(values: Sequence[bytes]) -> list[tuple[int, str]]:
+    """(index, reason) of the values ``decode_json`` would refuse as records (types aside:
+    fields whose kind varies between records are the flows' concern, not the log's)."""
+    if _fast(values) is not None:
+        return []
+    return _parse_all(values)[1]
+
+
+def _fast(values: Sequence[bytes | None]) -> pa.Table | None:
+    """The whole batch through Arrow's reader, or None when the batch needs the slow path."""
     data = b"\n".join(values) if values and None not in values else b""  # type: ignore[arg-type]
     if data and _clean(values, data):
         try:
             table = _read(data)
             if table.num_rows == len(values) and _depth_of(table.schema) <= MAX_DEPTH:
-                return table, []
+                return table
         except pa.ArrowInvalid:
             pass
-    return _decode_slow(values)
+    return None
 
 
 def _clean(values: Sequence[bytes | None], joined: bytes) -> bool:
@@ -165,7 +182,9 @@ def kind(value: object) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _decode_slow(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[int, str]]]:
+def _parse_all(
+    values: Sequence[bytes | None],
+) -> tuple[list[tuple[int, dict[str, object]]], list[tuple[int, str]]]:
     rows: list[tuple[int, dict[str, object]]] = []
     bad: list[tuple[int, str]] = []
     for i, v in enumerate(values):
@@ -176,6 +195,11 @@ def _decode_slow(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[i
             rows.append((i, parse_record(v)))
         except ValueError as e:
             bad.append((i, str(e)))
+    return rows, bad
+
+
+def _decode_slow(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[int, str]]]:
+    rows, bad = _parse_all(values)
     if not rows:
         return pa.table({}), bad
     try:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import orjson
 
 from tidelake.config import Pipeline
-from tidelake.formats.json import check_integers, decode_json, kind
+from tidelake.formats.json import check_integers, invalid_records, kind
 
 TOPIC = re.compile(r"^(?!__)[A-Za-z0-9][A-Za-z0-9._-]{0,248}$")
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
@@ -71,7 +71,7 @@ def _ndjson(body: bytes) -> list[bytes]:
 
 
 def _refuse_bad(values: Sequence[bytes], what: str, labels: Sequence[int]) -> None:
-    _, bad = decode_json(values)
+    bad = invalid_records(values)
     if bad:
         shown = "; ".join(f"{what} {labels[i]}: {reason}" for i, reason in bad[:SHOWN_ERRORS])
         more = f" (and {len(bad) - SHOWN_ERRORS} more)" if len(bad) > SHOWN_ERRORS else ""
