@@ -1,0 +1,207 @@
+"""Raise an exception at one stage in the middle of a 100,000-record run, on the embedded log
+and on Kafka; then fix the cause and restart. Every valid record lands exactly once, every
+poison record is a dead letter, and a fault that may clear by itself (a busy database) is
+ridden through without a restart.
+
+Faults are injected by wrapping the real code of a stage (decode, each transform, the
+sink's write, the dead-letter write, the checkpoint commit, partition revocation, close):
+from its Nth call on, it raises until the test "fixes" it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tidelake.broker import connect
+from tidelake.config import loads
+from tidelake.runtime.runner import FlowFailed, FlowRunner
+
+RECORDS = 100_000
+POISON_EVERY = 997  # text where the amount should be a number: a dead letter
+VALID = RECORDS - len(range(0, RECORDS, POISON_EVERY))
+
+PIPELINE = """\
+name: fi
+broker: {broker}
+database: sqlite:///out.db
+flows:
+  land:
+    source: {{type: topic, topic: {topic}}}
+    transforms:
+      - {{type: pseudonymize, fields: [email]}}
+      - {{type: derive, columns: {{cents: "amount * 100"}}}}
+      - {{type: validate, rules: [{{column: id, min: 0}}]}}
+      - {{type: sql, query: "SELECT *, amount * 2 AS doubled FROM batch"}}
+    sink: {{type: table, table: out}}
+    batch: {{size: 5000, max_latency: 0.2}}
+"""
+
+
+class Fault:
+    """Makes ``owner.attr`` raise ``error`` from its ``after``-th call on, until ``fixed`` (or
+    until it raised ``times`` times: a fault that clears by itself)."""
+
+    def __init__(
+        self,
+        owner: Any,
+        attr: str,
+        after: int,
+        error: Callable[[], Exception],
+        times: int | None = None,
+    ) -> None:
+        self.calls, self.raised, self.fixed = 0, 0, False
+        original = getattr(owner, attr)
+
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            self.calls += 1
+            if not self.fixed and self.calls >= after:
+                self.raised += 1
+                self.fixed = self.raised == times
+                raise error()
+            return original(*args, **kw)
+
+        self.wrapper = wrapper
+
+
+def _injected() -> Exception:
+    return RuntimeError("injected fault")
+
+
+def _stages() -> dict[str, tuple[Any, str, int]]:
+    from tidelake import db
+    from tidelake.runtime.runner import FlowRunner as Runner
+    from tidelake.sinks.table import TableSink
+    from tidelake.sources import topic
+    from tidelake.transforms import fields, pseudonymize, sql, validate
+
+    return {
+        "decode": (topic, "decode_json", 6),
+        "pseudonymize": (pseudonymize.Pseudonymize, "__call__", 6),
+        "derive": (fields.Derive, "__call__", 6),
+        "validate": (validate.Validate, "__call__", 6),
+        "sql": (sql.SqlTransform, "__call__", 6),
+        "sink write": (TableSink, "write", 6),
+        "dead-letter write": (Runner, "_dead_letter", 20),
+        "checkpoint commit": (db.SqliteDatabase, "save_checkpoint", 6),
+    }
+
+
+@pytest.fixture(params=["embedded", "kafka"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "kafka":
+        return request.getfixturevalue("kafka_url")  # type: ignore[no-any-return]
+    return "embedded"
+
+
+def _produce(url: str, pipeline_dir: Path, topic: str) -> None:
+    broker = connect(url if url != "embedded" else f"embedded://{pipeline_dir}/.tidelake/log.db")
+    broker.create_topic(topic, 4)
+    producer = broker.producer()
+    step = 20_000
+    for start in range(0, RECORDS, step):
+        ids = range(start, start + step)
+        producer.produce(
+            topic,
+            [
+                orjson.dumps(
+                    {
+                        "id": i,
+                        "email": f"u{i}@example.org",
+                        "amount": "lots" if i % POISON_EVERY == 0 else i % 97,
+                    }
+                )
+                for i in ids
+            ],
+            [str(i).encode() for i in ids],
+        )
+    producer.flush()
+    producer.close()
+    broker.close()
+
+
+def _landed(pipeline_dir: Path) -> tuple[int, int]:
+    path = pipeline_dir / "out.db"
+    if not path.exists():
+        return 0, 0
+    with sqlite3.connect(path, timeout=30) as c:
+        try:
+            return c.execute("SELECT count(*), count(DISTINCT id) FROM out").fetchone()
+        except sqlite3.OperationalError:
+            return 0, 0
+
+
+def _run(pipeline_dir: Path, text: str, until: int | None) -> FlowRunner:
+    """Run the flow until ``until`` rows landed, or until it ends by itself."""
+    runner = FlowRunner(loads(text, pipeline_dir / "p.yaml"), "land", threading.Event())
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            runner.run()
+        except FlowFailed as e:
+            errors.append(e)
+
+    t = threading.Thread(target=target)
+    t.start()
+    for _ in range(1200):
+        if not t.is_alive() or (until is not None and _landed(pipeline_dir)[0] >= until):
+            break
+        t.join(0.1)
+    runner.stop.set()
+    t.join(60)
+    assert not t.is_alive()
+    return runner
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", list(_stages()))
+def test_a_fault_at_each_stage_then_a_fixed_restart_lands_every_record_once(
+    stage: str,
+    broker_url: str,
+    tmp_path: Path,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TIDELAKE_PSEUDONYMIZE_KEY", "fault-injection-key-0123456789abcdef")
+    topic = f"fi-{unique}"
+    _produce(broker_url, tmp_path, topic)
+    text = PIPELINE.format(broker=broker_url, topic=topic)
+    owner, attr, after = _stages()[stage]
+    fault = Fault(owner, attr, after, _injected)
+    monkeypatch.setattr(owner, attr, fault.wrapper)
+
+    runner = _run(tmp_path, text, until=None)  # runs into the fault and stops there
+    assert fault.raised, f"the {stage} fault never fired"
+    assert runner.metrics.state == "failed"
+    assert "injected fault" in runner.metrics.last_error
+    count, distinct = _landed(tmp_path)
+    assert count == distinct < VALID  # stopped mid-stream, nothing duplicated
+
+    fault.fixed = True
+    runner = _run(tmp_path, text, until=VALID)
+    assert _landed(tmp_path) == (VALID, VALID)
+    assert runner.metrics.state == "stopped"
+
+
+@pytest.mark.integration
+def test_a_busy_database_is_ridden_through_without_a_restart(
+    broker_url: str, tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidelake.sinks.table import TableSink
+
+    monkeypatch.setenv("TIDELAKE_PSEUDONYMIZE_KEY", "fault-injection-key-0123456789abcdef")
+    topic = f"fi-{unique}"
+    _produce(broker_url, tmp_path, topic)
+    busy = Fault(TableSink, "write", 4, lambda: sqlite3.OperationalError("database is locked"), 2)
+    monkeypatch.setattr(TableSink, "write", busy.wrapper)
+    runner = _run(tmp_path, PIPELINE.format(broker=broker_url, topic=topic), until=VALID)
+    assert busy.raised == 2
+    assert _landed(tmp_path) == (VALID, VALID)
+    assert runner.metrics.errors == 2 and runner.metrics.state == "stopped"
