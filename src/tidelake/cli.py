@@ -3,20 +3,48 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape
 
 from tidelake import __version__
 from tidelake.errors import ConnectorError, TidelakeError
+from tidelake.extras import missing_extra
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(e: TidelakeError) -> NoReturn:
+    err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+    raise typer.Exit(2)
+
+
+class _Commands(typer.core.TyperGroup):
+    """The one error handler of every command: a TidelakeError or a missing optional
+    dependency ends the command with its message (which says what to do) and exit code 2."""
+
+    def invoke(self, ctx: Any) -> Any:  # a click Context (typer vendors its own click)
+        try:
+            return super().invoke(ctx)
+        except TidelakeError as e:
+            _fail(e)
+        except ImportError as e:
+            problem = missing_extra(e, f"tidelake {ctx.invoked_subcommand or ''}".strip())
+            if problem is None:
+                raise
+            _fail(problem)
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="Real-time data pipelines: ingest, log, transform, land exactly once, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -34,9 +62,6 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(lake_app, name="lake")
 app.add_typer(cdc_app, name="cdc")
 
-console = Console()
-err = Console(stderr=True)
-
 PipelineArg = Annotated[Path, typer.Argument(help="pipeline file (YAML)", show_default=False)]
 
 
@@ -44,11 +69,6 @@ def _load(path: Path):  # noqa: ANN202 - returns tidelake.config.Pipeline
     from tidelake.config import load
 
     return load(path)
-
-
-def _fail(e: TidelakeError) -> None:
-    err.print(f"[red]error:[/red] {e}", highlight=False, markup=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -63,10 +83,7 @@ def validate(pipeline: PipelineArg) -> None:
 
     Example: tidelake validate scenarios/movies/pipeline.yaml
     """
-    try:
-        p = _load(pipeline)
-    except TidelakeError as e:
-        _fail(e)
+    p = _load(pipeline)
     console.print(f"[green]ok[/green] {pipeline}: pipeline {p.name!r}, flows: {', '.join(p.flows)}")
 
 
@@ -84,31 +101,28 @@ def run(
     from tidelake.runtime.console import show_live
     from tidelake.runtime.runner import FlowRunner, failed, run_flows
 
+    p = _load(pipeline)
+    names = flow or list(p.flows)
+    stop = threading.Event()
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    view: list[threading.Thread] = []
+
+    def started(runners: list[FlowRunner]) -> None:
+        t = threading.Thread(
+            target=show_live, args=([r.metrics for r in runners], done, err), daemon=True
+        )
+        t.start()
+        view.append(t)
+
+    t0 = time.monotonic()
     try:
-        p = _load(pipeline)
-        names = flow or list(p.flows)
-        stop = threading.Event()
-        done = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        view: list[threading.Thread] = []
-
-        def started(runners: list[FlowRunner]) -> None:
-            t = threading.Thread(
-                target=show_live, args=([r.metrics for r in runners], done, err), daemon=True
-            )
-            t.start()
-            view.append(t)
-
-        t0 = time.monotonic()
-        try:
-            runners = run_flows(p, names, stop, on_start=started)
-        finally:
-            done.set()
-            for t in view:
-                t.join(2)
-    except TidelakeError as e:
-        _fail(e)
+        runners = run_flows(p, names, stop, on_start=started)
+    finally:
+        done.set()
+        for t in view:
+            t.join(2)
     total = sum(r.metrics.records_out for r in runners)
     err.print(f"done: {total:,} rows landed in {time.monotonic() - t0:.1f}s")
     for r in failed(runners):
@@ -124,11 +138,8 @@ def topics_list(pipeline: PipelineArg) -> None:
 
     from tidelake.broker import connect
 
-    try:
-        p = _load(pipeline)
-        broker = connect(p.url(p.broker))
-    except TidelakeError as e:
-        _fail(e)
+    p = _load(pipeline)
+    broker = connect(p.url(p.broker))
     t = Table("topic", "partitions", "records (end offsets)")
     for name, n in broker.topics().items():
         ends = broker.end_offsets(name)
@@ -149,12 +160,9 @@ def topics_create(
     """
     from tidelake.broker import connect
 
-    try:
-        p = _load(pipeline)
-        broker = connect(p.url(p.broker))
-        broker.create_topic(topic, partitions)
-    except TidelakeError as e:
-        _fail(e)
+    p = _load(pipeline)
+    broker = connect(p.url(p.broker))
+    broker.create_topic(topic, partitions)
     console.print(f"topic {topic} ready ({broker.topics().get(topic)} partitions)")
     broker.close()
 
@@ -175,11 +183,8 @@ def topics_tail(
 
     from tidelake.broker import connect
 
-    try:
-        p = _load(pipeline)
-        broker = connect(p.url(p.broker))
-    except TidelakeError as e:
-        _fail(e)
+    p = _load(pipeline)
+    broker = connect(p.url(p.broker))
     consumer = broker.consumer(f"tidelake-tail-{uuid.uuid4().hex[:8]}", [topic])
     seen = 0
     try:
@@ -214,10 +219,7 @@ def infra_up(
     from tidelake import infra
 
     wanted = list(services or ["kafka", "postgres"]) + list(with_ or [])
-    try:
-        urls = infra.up(wanted)
-    except TidelakeError as e:
-        _fail(e)
+    urls = infra.up(wanted)
     for name, url in urls.items():
         console.print(f"[green]up[/green] {name:9} {url}")
 
@@ -245,10 +247,7 @@ def infra_prefetch(
     """
     from tidelake import infra
 
-    try:
-        infra.ensure_cached(services or list(infra.SERVICES))
-    except TidelakeError as e:
-        _fail(e)
+    infra.ensure_cached(services or list(infra.SERVICES))
 
 
 @infra_app.command("status")
@@ -296,20 +295,17 @@ def query(
 
     if fmt not in ("table", "csv", "json", "parquet"):
         _fail(TidelakeError(f"--format {fmt!r}: use table, csv, json or parquet"))
-    try:
-        from tidelake.lake import QueryEngine
-        from tidelake.lake.catalog import table_names
-        from tidelake.serve.sql_guard import Catalog, check
+    from tidelake.lake import QueryEngine
+    from tidelake.lake.catalog import table_names
+    from tidelake.serve.sql_guard import Catalog, check
 
-        p = _load(pipeline)
-        sql = p.queries.get(sql.strip(), sql)
-        with QueryEngine(p) as engine:
-            check(sql, Catalog(frozenset(table_names(p)), frozenset(engine.db.names())))
-            snapshot: int | str | None = int(as_of) if as_of and as_of.isdigit() else as_of
-            result = engine.sql(sql, as_of=snapshot)
-        render(result, fmt, output, console)
-    except TidelakeError as e:
-        _fail(e)
+    p = _load(pipeline)
+    sql = p.queries.get(sql.strip(), sql)
+    with QueryEngine(p) as engine:
+        check(sql, Catalog(frozenset(table_names(p)), frozenset(engine.db.names())))
+        snapshot: int | str | None = int(as_of) if as_of and as_of.isdigit() else as_of
+        result = engine.sql(sql, as_of=snapshot)
+    render(result, fmt, output, console)
 
 
 @lake_app.command("tables")
@@ -322,10 +318,7 @@ def lake_tables(pipeline: PipelineArg) -> None:
 
     from tidelake import lake
 
-    try:
-        infos = lake.tables(_load(pipeline))
-    except TidelakeError as e:
-        _fail(e)
+    infos = lake.tables(_load(pipeline))
     t = Table("table", "rows", "files", "partitions", "snapshots", "last updated")
     for i in infos:
         t.add_row(
@@ -351,10 +344,7 @@ def lake_describe(
 
     from tidelake import lake
 
-    try:
-        d = lake.describe(_load(pipeline), table)
-    except TidelakeError as e:
-        _fail(e)
+    d = lake.describe(_load(pipeline), table)
     i = d.info
     console.print(f"[bold]{i.name}[/bold]  {d.location}")
     console.print(
@@ -390,10 +380,7 @@ def lake_compact(
     """
     from tidelake import lake
 
-    try:
-        console.print(lake.compact(_load(pipeline), table))
-    except TidelakeError as e:
-        _fail(e)
+    console.print(lake.compact(_load(pipeline), table))
 
 
 @lake_app.command("expire")
@@ -408,10 +395,7 @@ def lake_expire(
     """
     from tidelake import lake
 
-    try:
-        console.print(lake.expire(_load(pipeline), table, keep=keep))
-    except TidelakeError as e:
-        _fail(e)
+    console.print(lake.expire(_load(pipeline), table, keep=keep))
 
 
 @cdc_app.command("drop-slot")
@@ -428,31 +412,28 @@ def cdc_drop_slot(
     from tidelake.sources.cdc import CdcConfig, drop_slot
     from tidelake.sources.cdc.envelope import default_name
 
-    try:
-        p = _load(pipeline)
-        if flow not in p.flows or not isinstance(p.flows[flow].source, CdcConfig):
-            raise TidelakeError(f"flow {flow!r} is not a cdc flow of {pipeline}")
-        cfg = p.flows[flow].source
-        if cfg.engine == "sqlite":
-            raise TidelakeError(f"flow {flow!r} uses engine 'sqlite', which has no slot")
-        slot = cfg.slot or default_name(p.name, flow)
-        if cfg.engine == "debezium":
-            from tidelake.sources.cdc.debezium import ConnectClient, connector_name
+    p = _load(pipeline)
+    if flow not in p.flows or not isinstance(p.flows[flow].source, CdcConfig):
+        raise TidelakeError(f"flow {flow!r} is not a cdc flow of {pipeline}")
+    cfg = p.flows[flow].source
+    if cfg.engine == "sqlite":
+        raise TidelakeError(f"flow {flow!r} uses engine 'sqlite', which has no slot")
+    slot = cfg.slot or default_name(p.name, flow)
+    if cfg.engine == "debezium":
+        from tidelake.sources.cdc.debezium import ConnectClient, connector_name
 
-            name = connector_name(cfg, slot)
-            client = ConnectClient(cfg.connect_url)
-            try:
-                retired = client.retire(name)
-            finally:
-                client.close()
-            gone = "stopped, offsets reset, deleted" if retired else "did not exist"
-            console.print(f"connector {name} {gone}")
-        existed = _drop_when_released(
-            lambda: drop_slot(p.url(cfg.database or p.database), slot, cfg.publication or slot),
-            timeout=30.0 if cfg.engine == "debezium" else 0.0,
-        )
-    except TidelakeError as e:
-        _fail(e)
+        name = connector_name(cfg, slot)
+        client = ConnectClient(cfg.connect_url)
+        try:
+            retired = client.retire(name)
+        finally:
+            client.close()
+        gone = "stopped, offsets reset, deleted" if retired else "did not exist"
+        console.print(f"connector {name} {gone}")
+    existed = _drop_when_released(
+        lambda: drop_slot(p.url(cfg.database or p.database), slot, cfg.publication or slot),
+        timeout=30.0 if cfg.engine == "debezium" else 0.0,
+    )
     console.print(f"slot {slot} " + ("dropped" if existed else "did not exist"))
 
 
@@ -482,10 +463,7 @@ def serve(
     """
     from tidelake.serve.server import serve as run_server
 
-    try:
-        run_server(_load(pipeline), host=host, port=port)
-    except TidelakeError as e:
-        _fail(e)
+    run_server(_load(pipeline), host=host, port=port)
 
 
 @app.command()
@@ -501,10 +479,7 @@ def dashboard(
     """
     from tidelake.serve.dashboard.launch import serve as run_dashboard
 
-    try:
-        raise typer.Exit(run_dashboard(pipeline, port, "127.0.0.1", refresh))
-    except TidelakeError as e:
-        _fail(e)
+    raise typer.Exit(run_dashboard(pipeline, port, "127.0.0.1", refresh))
 
 
 @app.command()
@@ -518,33 +493,54 @@ def demo(
     no_dashboard: Annotated[
         bool, typer.Option("--no-dashboard", help="skip the dashboard")
     ] = False,
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="where the scenario runs and keeps its state", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Run a scenario end to end on embedded defaults: flows, REST API and live dashboard.
 
-    Environment variables in the scenario's pipeline file switch it to Kafka, PostgreSQL,
+    The scenario is copied to --dir (default ./tidelake-demo/SCENARIO), where its state stays
+    between runs. Environment variables in its pipeline file switch it to Kafka, PostgreSQL,
     Debezium and S3. Example: tidelake demo movies
     """
     from tidelake.demo import run_demo
 
-    try:
-        run_demo(
-            scenario,
-            api_port=api_port,
-            dashboard_port=dashboard_port,
-            ratings_port=ratings_port,
-            dashboard=not no_dashboard,
-            console=err,
-        )
-    except TidelakeError as e:
-        _fail(e)
+    run_demo(
+        scenario,
+        api_port=api_port,
+        dashboard_port=dashboard_port,
+        ratings_port=ratings_port,
+        dashboard=not no_dashboard,
+        console=err,
+        directory=directory,
+    )
+
+
+@app.command()
+def init(
+    name: Annotated[
+        str, typer.Argument(help="a scenario (movies, datalake, stock, users) or 'minimal'")
+    ],
+    directory: Annotated[
+        Path | None, typer.Argument(help="new project folder (default: ./NAME)", show_default=False)
+    ] = None,
+) -> None:
+    """Start a project: copy a scenario or the minimal template into a new folder.
+
+    Example: tidelake init minimal shop && tidelake run shop/pipeline.yaml
+    """
+    from tidelake.demo.projects import init_project
+
+    pipeline = init_project(name, directory)
+    console.print(f"[green]created[/green] {pipeline.parent}")
+    console.print(f"  tidelake validate {pipeline}\n  tidelake run {pipeline}", highlight=False)
 
 
 def main() -> None:
-    try:
-        app()
-    except TidelakeError as e:
-        err.print(f"error: {e}")
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Connector names used in pipeline files -> the class implementing them.
 
 Entries are import paths, so a pipeline only imports the connectors it uses
-(and their optional dependencies). A new connector is one file plus one line here.
+(and their optional dependencies). ``module:Class [extra]`` names the ``tidelake[extra]``
+a connector needs: without it, lookup fails with the pip command that installs it.
+A new connector is one file plus one line here.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import importlib
 from typing import Literal
 
 from tidelake.errors import ConfigError
+from tidelake.extras import missing_extra
 
 Kind = Literal["source", "transform", "sink"]
 
@@ -37,7 +40,7 @@ SINKS = {
     "table": "tidelake.sinks.table:TableSink",
     "topic": "tidelake.sinks.topic:TopicSink",
     "console": "tidelake.sinks.console:ConsoleSink",
-    "lake": "tidelake.sinks.lake:LakeSink",
+    "lake": "tidelake.sinks.lake:LakeSink [lake]",
     "s3": "tidelake.sinks.s3:S3Sink",
 }
 _TABLES: dict[str, dict[str, str]] = {"source": SOURCES, "transform": TRANSFORMS, "sink": SINKS}
@@ -54,6 +57,13 @@ def lookup(kind: Kind, name: str) -> type:
         raise ConfigError(
             f"unknown {kind} type {name!r} (choose one of: {', '.join(sorted(table))})"
         )
-    module, _, attr = table[name].partition(":")
-    cls: type = getattr(importlib.import_module(module), attr)
+    target, _, extra = table[name].partition(" [")
+    module, _, attr = target.partition(":")
+    try:
+        cls: type = getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        problem = missing_extra(e, f"the {name!r} {kind}", extra.rstrip("]") or None)
+        if problem is None:
+            raise
+        raise problem from e
     return cls

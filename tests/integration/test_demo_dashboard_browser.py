@@ -28,7 +28,6 @@ from PIL import ImageChops
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 PER_MINUTE = ".st-key-panel-0"  # the scenario's dashboard panels, in file order
 TOP_RATED = ".st-key-panel-1"
 IN_LAKE = ".st-key-panel-3"
@@ -37,13 +36,13 @@ IN_LAKE = ".st-key-panel-3"
 class Demo:
     """``tidelake demo movies`` in the background; its output collected by a reader thread."""
 
-    def __init__(self, scenarios: Path, api: int, dashboard: int, ratings: int) -> None:
-        env = os.environ | {"TIDELAKE_SCENARIOS": str(scenarios), "PYTHONUNBUFFERED": "1"}
+    def __init__(self, folder: Path, api: int, dashboard: int, ratings: int) -> None:
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}
         env.pop("RATINGS_API", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tidelake.cli", "demo", "movies",
              "--api-port", str(api), "--dashboard-port", str(dashboard),
-             "--ratings-port", str(ratings)],
+             "--ratings-port", str(ratings), "--dir", str(folder)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -103,14 +102,8 @@ def _number(text: str | None) -> int | None:
 
 
 def test_demo_movies_dashboard_updates_live(tmp_path: Path, browser: Browser) -> None:
-    scenarios = tmp_path / "scenarios"
-    shutil.copytree(
-        ROOT / "scenarios" / "movies",
-        scenarios / "movies",
-        ignore=shutil.ignore_patterns(".tidelake"),
-    )
     api, dashboard, ratings = free_port(), free_port(), free_port()
-    demo = Demo(scenarios, api, dashboard, ratings)
+    demo = Demo(tmp_path / "movies", api, dashboard, ratings)
     try:
         url = f"http://127.0.0.1:{dashboard}"
         wait_for(

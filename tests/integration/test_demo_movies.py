@@ -4,7 +4,6 @@ queries, and Ctrl-C stops the whole process tree cleanly."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,8 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -25,13 +22,8 @@ def _free_port() -> int:
 
 @pytest.mark.integration
 def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
-    scenarios = tmp_path / "scenarios"
-    shutil.copytree(
-        ROOT / "scenarios" / "movies",
-        scenarios / "movies",
-        ignore=shutil.ignore_patterns(".tidelake"),
-    )
-    env = os.environ | {"TIDELAKE_SCENARIOS": str(scenarios), "PYTHONUNBUFFERED": "1"}
+    folder = tmp_path / "movies"
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
     env.pop("RATINGS_API", None)
     ports = [str(_free_port()) for _ in range(2)]
     started = time.monotonic()
@@ -47,6 +39,8 @@ def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
             ports[0],
             "--ratings-port",
             ports[1],
+            "--dir",
+            str(folder),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -75,7 +69,7 @@ def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
                 "-m",
                 "tidelake.cli",
                 "query",
-                str(scenarios / "movies" / "pipeline.yaml"),
+                str(folder / "pipeline.yaml"),
                 "SELECT count(*) AS n, min(rating) >= 0.5 AND max(rating) <= 5 AS valid"
                 " FROM ratings",
                 "--format",

@@ -15,7 +15,6 @@ on local disk instead of S3.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +32,6 @@ from tidelake.sources.cdc.envelope import default_name
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 BUDGET = {"native": 120.0, "debezium": 180.0}  # seconds from start to ratings in the lake
 MOVIES = 80  # rows of scenarios/movies/movies.csv
 SKIP_CONNECT = os.environ.get("TIDELAKE_SKIP_CONNECT") == "1"
@@ -98,16 +96,9 @@ def _query(pipeline: Path, env: dict[str, str], sql: str) -> list[str]:
 def test_movies_scenario_on_kafka_postgres_cdc_and_s3(
     engine: str, services: dict[str, str], postgres_url: str, unique: str, tmp_path: Path
 ) -> None:
-    scenarios = tmp_path / "scenarios"
-    shutil.copytree(
-        ROOT / "scenarios" / "movies",
-        scenarios / "movies",
-        ignore=shutil.ignore_patterns(".tidelake"),
-    )
-    pipeline = scenarios / "movies" / "pipeline.yaml"
+    pipeline = tmp_path / "movies" / "pipeline.yaml"
     name = f"movies_{unique}"
     env = os.environ | {
-        "TIDELAKE_SCENARIOS": str(scenarios),
         "PYTHONUNBUFFERED": "1",
         "TIDELAKE_BROKER": services["kafka"],
         "TIDELAKE_DATABASE": postgres_url,
@@ -124,7 +115,8 @@ def test_movies_scenario_on_kafka_postgres_cdc_and_s3(
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tidelake.cli", "demo", "movies", "--no-dashboard",
-         "--api-port", str(_free_port()), "--ratings-port", str(_free_port())],
+         "--api-port", str(_free_port()), "--ratings-port", str(_free_port()), 
+         "--dir", str(pipeline.parent)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -15,31 +15,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import uvicorn
 from rich.console import Console
 
+from tidelake import extras
 from tidelake.config import Pipeline, load
+from tidelake.demo.projects import demo_folder
 from tidelake.errors import ConfigError
 from tidelake.runtime.console import show_live
 from tidelake.runtime.runner import FlowRunner, run_flows
 
 LAKE_FLOW = {"movies": "ratings_lake", "datalake": "transactions_lake"}
-
-
-def scenarios_dir() -> Path:
-    """``$TIDELAKE_SCENARIOS``, else the ``scenarios/`` folder of this checkout."""
-    env = os.environ.get("TIDELAKE_SCENARIOS")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "scenarios"
-
-
-def scenario_file(name: str) -> Path:
-    path = scenarios_dir() / name / "pipeline.yaml"
-    if not path.exists():
-        have = sorted(p.parent.name for p in scenarios_dir().glob("*/pipeline.yaml"))
-        raise ConfigError(
-            f"no scenario {name!r} in {scenarios_dir()} (choose one of: {', '.join(have)})"
-        )
-    return path
 
 
 def _where(pipeline: Pipeline) -> dict[str, str]:
@@ -92,6 +77,8 @@ class _Server(threading.Thread):
     """A uvicorn server in a background thread, stopped with ``stop()``."""
 
     def __init__(self, app: object, port: int) -> None:
+        import uvicorn
+
         super().__init__(daemon=True, name=f"http-{port}")
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
@@ -130,10 +117,13 @@ def run_demo(
     ratings_port: int = 8800,
     dashboard: bool = True,
     console: Console | None = None,
+    directory: Path | None = None,
 ) -> None:
-    """Run scenario ``name`` until Ctrl-C/SIGTERM."""
+    """Run scenario ``name`` in ``directory`` (see ``demo_folder``) until Ctrl-C/SIGTERM."""
     console = console or Console(stderr=True)
-    path = scenario_file(name)
+    if dashboard:
+        extras.require("dashboard", "the demo's dashboard", " (or run with --no-dashboard)")
+    path = demo_folder(name, directory)
     servers: list[_Server] = []
     if name == "movies" and "RATINGS_API" not in os.environ:
         from tidelake.demo.ratings_api import create_app as ratings_app
@@ -157,6 +147,7 @@ def run_demo(
 
         proc = launch(path, port=dashboard_port)
     console.print(f"[bold]tidelake demo {name}[/bold] — {path}")
+    console.print(f"  state        {pipeline.state_dir} (delete it to start over)")
     if name == "movies":
         console.print(f"  ratings API  {os.environ['RATINGS_API']}/rating")
     console.print(f"  REST API     http://127.0.0.1:{api_port}/docs")

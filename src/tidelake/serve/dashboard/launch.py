@@ -16,7 +16,7 @@ import sys
 import types
 from pathlib import Path
 
-from tidelake import config
+from tidelake import config, extras
 
 APP = Path(__file__).with_name("app.py")
 _CHILD = "tidelake.serve.dashboard._child"
@@ -53,6 +53,7 @@ def launch(
     The pipeline file is validated first, so a bad file fails here with file:line.
     Stop it with ``stop(proc)``; it also stops by itself when this process dies.
     """
+    extras.require("dashboard", "the dashboard")
     path = Path(pipeline_path).resolve()
     config.load(path)
     env = os.environ | {"STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
