@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from tidelake import extras
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.runtime.base import Checkpoint
 from tidelake.sqlite_wal import open_wal
@@ -224,8 +225,7 @@ class PostgresDatabase(Database):
     param = "%s"
 
     def __init__(self, url: str) -> None:
-        import psycopg
-
+        psycopg = extras.load("psycopg", "a postgresql:// database")
         try:
             self.conn = psycopg.connect(url, autocommit=True)
         except psycopg.OperationalError as e:

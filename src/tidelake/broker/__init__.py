@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tidelake import extras
 from tidelake.broker.base import Broker, Consumer, MessageBatch, Producer, TopicPartition
 from tidelake.errors import ConfigError
 
@@ -14,9 +15,9 @@ def connect(url: str) -> Broker:
         path = url.partition(":")[2].removeprefix("//") or ".tidelake/log.db"
         return EmbeddedBroker(path)
     if url.startswith("kafka://"):
-        from tidelake.broker.kafka import KafkaBroker
-
-        return KafkaBroker(url)
+        kafka = extras.load("tidelake.broker.kafka", "a kafka:// broker")
+        broker: Broker = kafka.KafkaBroker(url)
+        return broker
     raise ConfigError(
         f"broker url {url!r} is not supported (use 'embedded', 'embedded:///path/log.db' "
         "or 'kafka://host:port')"

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from tidelake import extras
 from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
 from tidelake.sources.cdc.envelope import default_name
 
@@ -75,17 +76,15 @@ class CdcSource(Source):
         super().__init__(config)
         engine: Source
         if config.engine == "native":
-            from tidelake.sources.cdc.postgres import PostgresCdc
-
-            engine = PostgresCdc(config)
+            postgres = extras.load("tidelake.sources.cdc.postgres", "cdc engine 'native'")
+            engine = postgres.PostgresCdc(config)
         elif config.engine == "sqlite":
             from tidelake.sources.cdc.sqlite import SqliteCdc
 
             engine = SqliteCdc(config)
         else:
-            from tidelake.sources.cdc.debezium import DebeziumCdc
-
-            engine = DebeziumCdc(config)
+            debezium = extras.load("tidelake.sources.cdc.debezium", "cdc engine 'debezium'")
+            engine = debezium.DebeziumCdc(config)
         self.engine = engine
 
     def open(self, ctx: FlowContext, checkpoint: Checkpoint) -> None:
