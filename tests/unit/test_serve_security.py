@@ -124,6 +124,25 @@ def attacks(lake: Lake) -> list[str]:
         "SELECT nextval('s')",
         "SELECT system.main.version()",
         "SELECT version()",
+        # a CTE's name is not in scope inside its own body (issue 10)
+        "WITH pg_settings AS (SELECT * FROM pg_settings) SELECT * FROM pg_settings",
+        "WITH duckdb_settings AS (SELECT * FROM duckdb_settings) SELECT * FROM duckdb_settings",
+        f'WITH "{canary}" AS (SELECT * FROM "{canary}") SELECT * FROM "{canary}"',
+        f'WITH "{warehouse}/**/*.parquet" AS (SELECT * FROM "{warehouse}/**/*.parquet") '
+        f'SELECT * FROM "{warehouse}/**/*.parquet"',
+        f'WITH "{warehouse}/**/*.json" AS (SELECT * FROM "{warehouse}/**/*.json") SELECT 1',
+        "WITH x AS (SELECT * FROM x) SELECT * FROM x",
+        "WITH x AS (SELECT 1 AS n UNION ALL SELECT n FROM x) SELECT * FROM x",
+        "WITH a AS (SELECT * FROM b), b AS (SELECT * FROM pg_settings) SELECT * FROM a",
+        "WITH RECURSIVE a AS (SELECT 1 AS n UNION ALL SELECT * FROM b), b AS (SELECT 1) "
+        "SELECT * FROM a",
+        # nesting deeper than the parsers can recurse (was a RecursionError, a 500)
+        "SELECT " + "(" * 250 + "1" + ")" * 250,
+        "SELECT " + "abs(" * 3000 + "1" + ")" * 3000,
+        "SELECT * FROM " + "(SELECT * FROM " * 300 + "events" + ") t" * 300,
+        "SELECT " + "+".join(["1"] * 5000),
+        "SELECT " + "NOT " * 3000 + "true",
+        "SELECT " + "[" * 2000 + "]" * 2000,
     ]
 
 
@@ -272,6 +291,17 @@ def test_guard_scopes_cte_names() -> None:
         sql_guard.check("SELECT * FROM (WITH a AS (SELECT 1) SELECT * FROM a) x, a", catalog)
     with pytest.raises(QueryError):
         sql_guard.check("SELECT * FROM db.events", catalog)
+    sql_guard.check(
+        "WITH events AS (SELECT * FROM events WHERE id > 1) SELECT * FROM events", catalog
+    )
+    sql_guard.check("WITH b AS (SELECT 1 AS n), a AS (SELECT * FROM b) SELECT * FROM a", catalog)
+    for sql in (
+        "WITH secrets AS (SELECT * FROM secrets) SELECT * FROM secrets",
+        "WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a",
+        "WITH r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r) SELECT * FROM r",
+    ):
+        with pytest.raises(sql_guard.SQLRefused, match="unknown table"):
+            sql_guard.check(sql, catalog)
 
 
 def test_error_bodies_hide_paths(lake: Lake, client: TestClient) -> None:

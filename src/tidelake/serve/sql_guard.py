@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,8 @@ from sqlglot.errors import ErrorLevel, SqlglotError
 from tidelake.errors import QueryError
 
 MAX_SQL_LENGTH = 100_000
+MAX_NESTING = 32
+"""Deepest nesting of parentheses and brackets a query may have (parsers recurse on it)."""
 
 _AGGREGATES = """
 any_value approx_count_distinct approx_quantile approx_top_k arbitrary arg_max arg_max_null
@@ -203,8 +204,14 @@ def _check(sql: str, catalog: Catalog) -> None:
         raise SQLRefused(f"query is longer than {MAX_SQL_LENGTH} characters")
     if "\x00" in sql:
         raise SQLRefused("query contains a NUL character")
-    _check_shape(sql)
-    tree = _duckdb_tree(sql)
+    _check_nesting(sql)
+    try:
+        _check_shape(sql)
+        tree = _duckdb_tree(sql)
+    except (RecursionError, orjson.JSONDecodeError):
+        raise SQLRefused(_TOO_DEEP) from None
+    if tree.get("error") and "depth" in str(tree.get("error_message", "")):
+        raise SQLRefused(_TOO_DEEP)
     if tree.get("error"):
         raise SQLRefused(
             "query refused: only plain SELECT queries are accepted "
@@ -213,7 +220,32 @@ def _check(sql: str, catalog: Catalog) -> None:
     statements = tree.get("statements") or []
     if len(statements) != 1:
         raise SQLRefused("exactly one SELECT statement is allowed")
-    _check_tree(statements[0], catalog, frozenset())
+    try:
+        _check_tree(statements[0], catalog, frozenset())
+    except RecursionError:
+        raise SQLRefused(_TOO_DEEP) from None
+
+
+_TOO_DEEP = (
+    f"query nests too deeply (at most {MAX_NESTING} levels of parentheses, and expressions "
+    "of bounded depth): split it with WITH clauses"
+)
+
+
+def _check_nesting(sql: str) -> None:
+    """Refuse deep nesting before any recursive parser sees it (strings and comments skipped)."""
+    try:
+        tokens = duckdb.tokenize(sql)
+    except duckdb.Error:
+        return  # the parsers report the syntax error
+    depth = 0
+    for pos, kind in tokens:
+        if kind == duckdb.token_type.operator and sql[pos] in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise SQLRefused(_TOO_DEEP)
+        elif kind == duckdb.token_type.operator and sql[pos] in ")]}":
+            depth -= 1
 
 
 _CACHED_SQL_LENGTH = 16_384
@@ -238,13 +270,6 @@ def _check_shape(sql: str) -> None:
             raise SQLRefused(f"{node.key.upper()} is not allowed inside a read-only query")
 
 
-def _names(entries: Iterable[dict[str, Any]]) -> Iterator[str]:
-    for entry in entries:
-        key = entry.get("key")
-        if isinstance(key, str):
-            yield key.lower()
-
-
 def _check_tree(node: Any, catalog: Catalog, ctes: frozenset[str]) -> None:
     if isinstance(node, list):
         for item in node:
@@ -254,15 +279,34 @@ def _check_tree(node: Any, catalog: Catalog, ctes: frozenset[str]) -> None:
         return
     cte_map = node.get("cte_map")
     if isinstance(cte_map, dict):
-        ctes = ctes | frozenset(_names(cte_map.get("map") or []))
+        ctes = _check_ctes(cte_map.get("map") or [], catalog, ctes)
     kind = node.get("type")
     if "class" not in node and isinstance(kind, str) and kind in _TABLE_REFS:
         _check_table_ref(node, catalog, ctes)
     if "function_name" in node:
         _check_function(node)
-    for value in node.values():
-        if isinstance(value, dict | list):
+    for key, value in node.items():
+        if key != "cte_map" and isinstance(value, dict | list):
             _check_tree(value, catalog, ctes)
+
+
+def _check_ctes(
+    entries: list[dict[str, Any]], catalog: Catalog, ctes: frozenset[str]
+) -> frozenset[str]:
+    """Each CTE body is checked before its name enters scope (so ``WITH pg_settings AS
+    (SELECT * FROM pg_settings)`` reads the catalog's ``pg_settings``, which is refused);
+    only a ``WITH RECURSIVE`` body sees its own name. Returns the scope after the CTEs."""
+    for entry in entries:
+        name = str(entry.get("key", "")).lower()
+        body = entry.get("value") or {}
+        query = body.get("query_node") or {}
+        recursive = (
+            query.get("type") == "RECURSIVE_CTE_NODE"
+            and str(query.get("cte_name", "")).lower() == name
+        )
+        _check_tree(body, catalog, ctes | {name} if recursive else ctes)
+        ctes = ctes | {name}
+    return ctes
 
 
 def _check_table_ref(node: dict[str, Any], catalog: Catalog, ctes: frozenset[str]) -> None:
