@@ -61,8 +61,13 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(infra_app, name="infra")
 app.add_typer(lake_app, name="lake")
 app.add_typer(cdc_app, name="cdc")
+dlq_app = typer.Typer(
+    help="Work with a flow's dead letters: count, inspect, redrive.", no_args_is_help=True
+)
+app.add_typer(dlq_app, name="dlq")
 
 PipelineArg = Annotated[Path, typer.Argument(help="pipeline file (YAML)", show_default=False)]
+FlowArg = Annotated[str, typer.Argument(help="flow name", show_default=False)]
 
 
 def _load(path: Path):  # noqa: ANN202 - returns tidelake.config.Pipeline
@@ -201,6 +206,138 @@ def topics_tail(
     finally:
         consumer.close()
         broker.close()
+
+
+@dlq_app.command("list")
+def dlq_list(pipeline: PipelineArg, flow: FlowArg) -> None:
+    """Count a flow's dead letters by reason.  Example: tidelake dlq list p.yaml orders_land"""
+    from collections import Counter
+
+    from rich.table import Table
+
+    from tidelake.runtime import dead_letters
+
+    try:
+        p, broker, topic = _dead_letter_topic(pipeline, flow)
+        counts = Counter(letter.reason for letter in dead_letters.read(broker, topic))
+    except TidelakeError as e:
+        _fail(e)
+    broker.close()
+    t = Table("dead letters", "reason", title=f"{topic}: {sum(counts.values()):,} dead letters")
+    for reason, n in counts.most_common():
+        t.add_row(f"{n:,}", reason)
+    console.print(t)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    pipeline: PipelineArg,
+    flow: FlowArg,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, or json: one whole letter per line")
+    ] = "table",
+    limit: Annotated[int, typer.Option("-n", help="at most this many (0 = all)")] = 0,
+) -> None:
+    """Print a flow's dead letters: reason, origin and payload.
+
+    `--format json` prints each letter as one JSON object per line, never truncated, with its
+    place in the dead-letter topic (`dlq_partition`, `dlq_offset`).
+
+    Example: tidelake dlq show p.yaml orders_land --format json
+    """
+    import orjson
+    from rich.table import Table
+
+    from tidelake.runtime import dead_letters
+
+    if fmt not in ("table", "json"):
+        _fail(TidelakeError(f"--format {fmt!r}: use table or json"))
+    try:
+        p, broker, topic = _dead_letter_topic(pipeline, flow)
+        t = Table("#", "reason", "origin", "payload", title=topic)
+        for i, letter in enumerate(dead_letters.read(broker, topic)):
+            if limit and i >= limit:
+                break
+            at = {"dlq_partition": letter.partition, "dlq_offset": letter.offset}
+            if fmt == "json":
+                sys.stdout.buffer.write(orjson.dumps(at | letter.value) + b"\n")
+                continue
+            origin = letter.value.get("origin")
+            t.add_row(
+                f"{letter.partition}/{letter.offset}",
+                letter.reason,
+                _origin_text(origin),
+                orjson.dumps(letter.value.get("payload")).decode(),
+            )
+    except TidelakeError as e:
+        _fail(e)
+    broker.close()
+    if fmt == "table":
+        for c in t.columns:
+            c.overflow = "fold"
+        console.print(t)
+
+
+def _origin_text(origin: object) -> str:
+    if isinstance(origin, dict) and "topic" in origin:
+        return f"{origin['topic']}/{origin.get('partition')}@{origin.get('offset')}"
+    if isinstance(origin, dict) and "file" in origin:
+        return f"{origin['file']}:{origin.get('line')}"
+    return "" if origin is None else str(origin)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    pipeline: PipelineArg,
+    flow: FlowArg,
+    sql: Annotated[
+        str | None,
+        typer.Option("--sql", help="fix the letters first: SELECT ... FROM batch (their payloads)"),
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="topic to write to (default: the flow's input)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="letters per log transaction")] = 10_000,
+) -> None:
+    """Re-inject a flow's dead letters into its input topic, exactly once (optionally fixed
+    by SQL first): a second redrive lands nothing; one killed midway lands the rest when run
+    again. Letters the SQL leaves out are not offered again.
+
+    Example: tidelake dlq redrive p.yaml orders_land --sql "SELECT * REPLACE
+    (CAST(replace(quantity, 'two', '2') AS INT) AS quantity) FROM batch"
+    """
+    from tidelake.runtime.redrive import input_topic, redrive
+
+    try:
+        p, broker, topic = _dead_letter_topic(pipeline, flow)
+        broker.close()
+        target = to or input_topic(p, flow)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        m = redrive(p, flow, sql=sql, to=target, batch_size=batch_size, stop=stop)
+    except TidelakeError as e:
+        _fail(e)
+    left_out = m.records_in - m.records_out
+    err.print(
+        f"redriven: {m.records_out:,} dead letters of {topic} into {target}"
+        + (f" ({left_out:,} left out by the SQL)" if left_out else "")
+        + (
+            f"; {m.dead_letters:,} failed again (see {p.name}.{flow}.redrive.dlq)"
+            if m.dead_letters
+            else ""
+        )
+    )
+
+
+def _dead_letter_topic(pipeline: Path, flow: str):  # noqa: ANN202
+    """(pipeline, broker, dead-letter topic) of ``flow``."""
+    from tidelake.broker import connect
+    from tidelake.runtime.dead_letters import dead_letter_topic
+
+    p = _load(pipeline)
+    topic = dead_letter_topic(p, flow)
+    return p, connect(p.url(p.broker)), topic
 
 
 @infra_app.command("up")

@@ -21,6 +21,7 @@ SOURCES = {
     "http": "tidelake.sources.http:HttpSource",
     "generator": "tidelake.sources.generator:GeneratorSource",
     "topic": "tidelake.sources.topic:TopicSource",
+    "dead_letters": "tidelake.sources.dead_letters:DeadLetterSource",
     "cdc": "tidelake.sources.cdc:CdcSource",
 }
 TRANSFORMS = {

@@ -190,7 +190,8 @@ def run_evolution(
         assert "amount" in reason and "double" in reason, reason
         payload = d["payload"]
         assert str(payload["amount"]).startswith("n/a-"), payload  # type: ignore[index]
-        assert payload["_topic"] == topic, payload  # type: ignore[index]
+        assert d["origin"]["topic"] == topic, d  # type: ignore[index]
+        assert "_topic" not in payload, payload
     return pipeline
 
 

@@ -83,7 +83,9 @@ def test_malformed_records_go_to_dead_letter_topic(tmp_path: Path) -> None:
     reasons = [orjson.loads(v)["reason"] for v in dlq.values]
     assert len(reasons) == 2
     assert reasons[0].startswith("invalid JSON") and "expected a JSON object" in reasons[1]
-    assert orjson.loads(dlq.values[0])["payload"]["value"] == "not json"
+    letter = orjson.loads(dlq.values[0])
+    assert letter["payload"] == {"raw": "not json"}
+    assert letter["origin"] == {"topic": "events", "partition": 0, "offset": 1}
 
 
 def test_reads_with_conflicting_types_concatenate_as_text() -> None:

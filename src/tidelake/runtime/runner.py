@@ -19,14 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-import orjson
 import pyarrow as pa
 
 from tidelake import registry
 from tidelake.broker import Broker, Producer, connect
 from tidelake.config import Flow, Pipeline
 from tidelake.errors import ConfigError, TidelakeError
-from tidelake.runtime import faults
+from tidelake.runtime import dead_letters, faults
 from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Sink, Source, Transform
 from tidelake.runtime.conform import Conformer, pa_type
 from tidelake.runtime.metrics import FlowMetrics
@@ -70,7 +69,7 @@ class FlowRunner:
         self._pending_rows = 0
         self._positions: Checkpoint = {}
         self._dirty = False
-        self._dlq_topic = self.spec.dead_letter or f"{pipeline.name}.{name}.dlq"
+        self._dlq_topic = dead_letters.dead_letter_topic(pipeline, name)
         self._metrics_dir = pipeline.state_dir / "metrics"
         self._last_publish = 0.0
 
@@ -278,12 +277,7 @@ class FlowRunner:
         if self._dlq_producer is None:
             broker.create_topic(self._dlq_topic)
             self._dlq_producer = broker.producer()
-        reasons = [reason] * rows.num_rows if isinstance(reason, str) else list(reason)
-        payloads = [
-            orjson.dumps({"flow": self.name, "reason": why, "payload": row}, default=str)
-            for row, why in zip(rows.to_pylist(), reasons, strict=True)  # only rejected rows
-        ]
-        self._dlq_producer.produce(self._dlq_topic, payloads)
+        self._dlq_producer.produce(self._dlq_topic, dead_letters.encode(self.name, reason, rows))
         # Durable before the caller goes on: a sink may reject rows inside its own commit,
         # and a crash right after that commit must not lose them.
         self._dlq_producer.flush()

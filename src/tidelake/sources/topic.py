@@ -87,7 +87,7 @@ class TopicSource(Source):
                     "_topic": [msgs.topics[i]],
                     "_partition": [msgs.partitions[i]],
                     "_offset": [msgs.offsets[i]],
-                    "value": [raw.decode("utf-8", "replace")],
+                    "raw": [raw.decode("utf-8", "replace")],
                 }
             )
             self.ctx.dead_letter(row, reason)

@@ -1,0 +1,115 @@
+"""Dead letters: what a flow could not process, with why and where it came from.
+
+Every dead letter is one JSON record in the flow's dead-letter topic (``dead_letter:``,
+default ``<pipeline>.<flow>.dlq``), of this shape (stable; new keys may be added)::
+
+    {"flow": "orders_land",                       # the flow that rejected it
+     "reason": "validate: amount > 0",            # why, as the rejecting stage put it
+     "origin": {"topic": "orders", "partition": 0, "offset": 17},   # or null
+     "payload": {"order_id": 2, "quantity": "two"}}                 # the record itself
+
+``origin`` is where the record was read: the provenance columns ``_topic``/``_partition``/
+``_offset`` of a row from a topic source, which are then left out of ``payload``; null for
+rows of other sources. A record that was not a JSON object at all has
+``payload: {"raw": "<its text>"}``. ``payload`` is the record as the
+stage that rejected it saw it (after the transforms before that stage).
+
+The topic is written at least once: a crash between a dead-letter write and the sink's
+commit may write the same letter again when the batch is re-read.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pyarrow as pa
+
+from tidelake.errors import ConfigError, ConnectorError
+from tidelake.runtime.base import PROVENANCE
+
+if TYPE_CHECKING:
+    from tidelake.broker import Broker
+    from tidelake.config import Pipeline
+
+
+def dead_letter_topic(pipeline: Pipeline, flow: str) -> str:
+    """The flow's dead-letter topic: its ``dead_letter:`` key or ``<pipeline>.<flow>.dlq``."""
+    if flow not in pipeline.flows:
+        raise ConfigError(
+            f"flow {flow!r} is not in pipeline {pipeline.name!r} "
+            f"(flows: {', '.join(pipeline.flows)})"
+        )
+    return pipeline.flows[flow].dead_letter or f"{pipeline.name}.{flow}.dlq"
+
+
+def encode(flow: str, reason: str | Sequence[str], rows: pa.Table) -> list[bytes]:
+    """One dead-letter record per row, with one reason for all or one per row (only rejected
+    rows get here: not the hot path)."""
+    reasons = [reason] * rows.num_rows if isinstance(reason, str) else list(reason)
+    tracked = all(c in rows.column_names for c in PROVENANCE)
+    out = []
+    for row, why in zip(rows.to_pylist(), reasons, strict=True):
+        origin = {k.lstrip("_"): row.pop(k) for k in PROVENANCE} if tracked else None
+        letter = {"flow": flow, "reason": why, "origin": origin, "payload": row}
+        out.append(orjson.dumps(letter, default=str))
+    return out
+
+
+@dataclass
+class Letter:
+    """A dead letter read back, with its place in the dead-letter topic."""
+
+    partition: int
+    offset: int
+    value: dict[str, Any]
+
+    @property
+    def reason(self) -> str:
+        return str(self.value.get("reason", "(no reason)"))
+
+
+def read(broker: Broker, topic: str, timeout: float = 120.0) -> Iterator[Letter]:
+    """Every letter in ``topic`` up to its end when called (never commits a group offset)."""
+    ends = {p: o for p, o in broker.end_offsets(topic).items() if o > 0}
+    if not ends:
+        return
+    consumer = broker.consumer(f"tidelake-dlq-read-{uuid.uuid4().hex[:12]}", [topic])
+    reached: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while any(reached.get(p, 0) < o for p, o in ends.items()):
+            batch = consumer.poll(10_000, 0.5)
+            if not len(batch):
+                if time.monotonic() > deadline or (consumer.assignment() and not consumer.lag()):
+                    break
+                continue
+            deadline = time.monotonic() + timeout
+            for p, o, v in zip(batch.partitions, batch.offsets, batch.values, strict=True):
+                if p in ends and o < ends[p]:
+                    yield Letter(p, o, _parse(v))
+            for (_, p), o in batch.next_offsets().items():
+                reached[p] = o
+    finally:
+        consumer.close()
+    if any(reached.get(p, 0) < o for p, o in ends.items()):
+        raise ConnectorError(
+            f"dead-letter topic {topic!r}: could not read to its end within {timeout:.0f}s "
+            f"(read up to {reached}, end {ends}); is the log reachable?"
+        )
+
+
+def _parse(value: bytes | None) -> dict[str, Any]:
+    """A letter's JSON; a record that is not one (written by hand) is shown as its text."""
+    try:
+        doc = orjson.loads(value or b"null")
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        return doc
+    text = (value or b"").decode("utf-8", "replace")
+    return {"reason": "(not a dead letter)", "origin": None, "payload": {"raw": text}}
