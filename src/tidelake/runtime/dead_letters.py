@@ -10,9 +10,10 @@ default ``<pipeline>.<flow>.dlq``), of this shape (stable; new keys may be added
 
 ``origin`` is where the record was read: the provenance columns ``_topic``/``_partition``/
 ``_offset`` of a row from a topic source, which are then left out of ``payload``; null for
-rows of other sources. A record that was not a JSON object at all has
-``payload: {"raw": "<its text>"}``. ``payload`` is the record as the
-stage that rejected it saw it (after the transforms before that stage).
+rows of other sources. A record a source could not decode (its text in a ``_raw`` column)
+has its JSON object as ``payload`` when it is one, else ``{"raw": "<its text>"}``.
+``payload`` is the record as the stage that rejected it saw it (after the transforms before
+that stage).
 
 The topic is written at least once: a crash between a dead-letter write and the sink's
 commit may write the same letter again when the batch is re-read.
@@ -31,6 +32,9 @@ import pyarrow as pa
 
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.runtime.base import PROVENANCE
+
+RAW = "_raw"
+"""Column holding the text of a record a source could not decode into a row."""
 
 if TYPE_CHECKING:
     from tidelake.broker import Broker
@@ -55,9 +59,20 @@ def encode(flow: str, reason: str | Sequence[str], rows: pa.Table) -> list[bytes
     out = []
     for row, why in zip(rows.to_pylist(), reasons, strict=True):
         origin = {k.lstrip("_"): row.pop(k) for k in PROVENANCE} if tracked else None
-        letter = {"flow": flow, "reason": why, "origin": origin, "payload": row}
+        payload = _undecoded(row.pop(RAW)) if RAW in row else row
+        letter = {"flow": flow, "reason": why, "origin": origin, "payload": payload}
         out.append(orjson.dumps(letter, default=str))
     return out
+
+
+def _undecoded(text: str) -> dict[str, Any]:
+    """The payload of a record a source could not decode: the JSON object it still is (a
+    value of the wrong type), else its text."""
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        doc = None
+    return doc if isinstance(doc, dict) else {"raw": text}
 
 
 @dataclass

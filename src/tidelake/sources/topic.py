@@ -16,6 +16,7 @@ from pydantic import Field
 from tidelake.broker import Consumer, MessageBatch, TopicPartition
 from tidelake.formats import decode_json
 from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
+from tidelake.runtime.dead_letters import RAW
 
 
 def position_key(topic: str, partition: int) -> str:
@@ -87,7 +88,7 @@ class TopicSource(Source):
                     "_topic": [msgs.topics[i]],
                     "_partition": [msgs.partitions[i]],
                     "_offset": [msgs.offsets[i]],
-                    "raw": [raw.decode("utf-8", "replace")],
+                    RAW: [raw.decode("utf-8", "replace")],
                 }
             )
             self.ctx.dead_letter(row, reason)
