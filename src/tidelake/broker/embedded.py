@@ -18,6 +18,11 @@ reach the file). Each transactional id has an epoch in the ``producers`` table; 
 a producer bumps it, and ``commit`` checks it inside the write transaction, so a fenced
 (zombie) producer can never commit.
 
+Contention: every write is one ``BEGIN IMMEDIATE`` transaction run by :func:`_transaction`,
+which rolls back and retries with backoff while other writers hold the lock (beyond
+SQLite's own busy wait), for up to ``LOCK_RETRY_SECONDS``: a busy log slows its producers
+and consumers down instead of failing them.
+
 Compacted topics: appending a keyed record deletes the older records with the same key
 in the same transaction (Kafka compacts later, in the background; readers only see
 fewer duplicates here). Retention never deletes from a compacted topic.
@@ -25,13 +30,16 @@ fewer duplicates here). Retention never deletes from a compacted topic.
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import socket
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from tidelake.broker.base import (
     Broker,
@@ -67,12 +75,55 @@ CREATE TABLE IF NOT EXISTS producers (
 """
 
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
+LOCK_RETRY_SECONDS = 600.0
+"""How long a write keeps retrying while other writers hold the log's lock."""
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _open(path: str) -> sqlite3.Connection:
     conn = open_wal(path)
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
+
+
+def _transaction(conn: sqlite3.Connection, work: Callable[[], T], what: str) -> T:
+    """Run ``work`` (statements on ``conn``) in one ``BEGIN IMMEDIATE`` transaction and commit.
+
+    Lock contention ("database is locked") rolls the transaction back and runs ``work``
+    again after a backoff (jittered, doubling to 1 s), for up to ``LOCK_RETRY_SECONDS``;
+    so ``work`` must only touch the database, or state it rebuilds each time. Any other
+    error rolls back and is raised.
+    """
+    started = time.monotonic()
+    delay, warned = 0.01, False
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work()
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            waited = time.monotonic() - started
+            if waited > LOCK_RETRY_SECONDS:
+                raise ConnectorError(
+                    f"embedded log: {what}: still locked by other writers after {waited:.0f}s "
+                    "(a process holds a write transaction on the log file that long: find it "
+                    "with `fuser` on the file, let it finish or stop it, then restart)"
+                ) from e
+            if not warned and waited > 5:
+                log.warning("embedded log busy: %s waits for other writers (%.0fs)", what, waited)
+                warned = True
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 1.0)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -94,8 +145,7 @@ class EmbeddedBroker(Broker):
         self.retention_ms = retention_ms
         conn = _open(self.path)
         try:
-            conn.executescript(_SCHEMA)
-            _migrate(conn)
+            _transaction(conn, lambda: _create_schema(conn), "create the log's tables")
         finally:
             conn.close()
 
@@ -120,10 +170,14 @@ class EmbeddedBroker(Broker):
             raise ConfigError(f"topic {name!r}: retention.ms must be an integer") from e
         conn = self.connection()
         try:
-            conn.execute(
-                "INSERT OR IGNORE INTO topics (name, partitions, retention_ms, compact)"
-                " VALUES (?, ?, ?, ?)",
-                (name, partitions, retention_ms, int(policy == "compact")),
+            _transaction(
+                conn,
+                lambda: conn.execute(
+                    "INSERT OR IGNORE INTO topics (name, partitions, retention_ms, compact)"
+                    " VALUES (?, ?, ?, ?)",
+                    (name, partitions, retention_ms, int(policy == "compact")),
+                ),
+                f"create topic {name!r}",
             )
         finally:
             conn.close()
@@ -173,15 +227,13 @@ class EmbeddedBroker(Broker):
         return EmbeddedConsumer(self, group, topics, on_assign, on_revoke)
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Add what logs written by older versions lack (safe when processes race)."""
+def _create_schema(conn: sqlite3.Connection) -> None:
+    """The tables, and what logs written by older versions lack (inside a transaction)."""
+    for statement in filter(str.strip, _SCHEMA.split(";")):
+        conn.execute(statement)
     columns = {r[1] for r in conn.execute("PRAGMA table_info(topics)")}
     if "compact" not in columns:
-        try:
-            conn.execute("ALTER TABLE topics ADD COLUMN compact INTEGER NOT NULL DEFAULT 0")
-        except sqlite3.OperationalError as e:
-            if "duplicate column" not in str(e):
-                raise
+        conn.execute("ALTER TABLE topics ADD COLUMN compact INTEGER NOT NULL DEFAULT 0")
 
 
 Records = list[tuple[bytes | None, bytes | None]]
@@ -282,16 +334,13 @@ class EmbeddedProducer(Producer):
     ) -> None:
         """Append ``records`` in one SQLite transaction, after ``check`` (which may refuse)."""
         ts = int(time.time() * 1000)
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+
+        def append() -> None:
             check()
             for (topic, p), rows in records.items():
-                _append(conn, topic, p, rows, ts, self._topic(topic)[1])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+                _append(self.conn, topic, p, rows, ts, self._topic(topic)[1])
+
+        _transaction(self.conn, append, "produce")
         if time.monotonic() - self._last_retention > self._RETENTION_EVERY:
             self._enforce_retention()
 
@@ -299,13 +348,17 @@ class EmbeddedProducer(Producer):
         """Drop records older than their topic's retention (offsets of the rest are unchanged)."""
         self._last_retention = time.monotonic()
         now = int(time.time() * 1000)
-        self.conn.execute(
-            "DELETE FROM messages"
-            " WHERE ts < ? - (SELECT retention_ms FROM topics WHERE name = topic)"
-            " AND topic NOT IN (SELECT name FROM topics WHERE compact)"
-            " AND offset < (SELECT max(m.offset) FROM messages m"
-            " WHERE m.topic = messages.topic AND m.partition = messages.partition)",
-            (now,),
+        _transaction(
+            self.conn,
+            lambda: self.conn.execute(
+                "DELETE FROM messages"
+                " WHERE ts < ? - (SELECT retention_ms FROM topics WHERE name = topic)"
+                " AND topic NOT IN (SELECT name FROM topics WHERE compact)"
+                " AND offset < (SELECT max(m.offset) FROM messages m"
+                " WHERE m.topic = messages.topic AND m.partition = messages.partition)",
+                (now,),
+            ),
+            "enforce retention",
         )
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -323,20 +376,19 @@ class EmbeddedTransactionalProducer(EmbeddedProducer, TransactionalProducer):
         self.transactional_id = transactional_id
         self._buffer: dict[tuple[str, int], Records] | None = None
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+
+        def bump() -> int:
             conn.execute(
                 "INSERT INTO producers VALUES (?, 1) ON CONFLICT (transactional_id)"
                 " DO UPDATE SET epoch = epoch + 1",
                 (transactional_id,),
             )
-            self.epoch = conn.execute(
+            epoch: int = conn.execute(
                 "SELECT epoch FROM producers WHERE transactional_id = ?", (transactional_id,)
             ).fetchone()[0]
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            return epoch
+
+        self.epoch = _transaction(conn, bump, f"open producer {transactional_id!r}")
 
     def begin(self) -> None:
         if self._buffer is not None:
@@ -411,11 +463,11 @@ class EmbeddedConsumer(Consumer):
 
     def _rebalance(self) -> None:
         """Heartbeat, evict dead members, then release/acquire partitions to match the split."""
-        now = time.time()
         host = socket.gethostname()
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+
+        def beat() -> tuple[list[str], list[TopicPartition], set[TopicPartition]]:
+            now = time.time()
             conn.execute(
                 "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)",
                 (self.group, self.member, host, os.getpid(), now),
@@ -447,10 +499,9 @@ class EmbeddedConsumer(Consumer):
                     (self.group, self.member),
                 )
             }
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            return live, parts, held
+
+        live, parts, held = _transaction(conn, beat, f"heartbeat of group {self.group!r}")
         self._last_beat = time.monotonic()
         me = live.index(self.member)
         mine = {tp for i, tp in enumerate(sorted(parts)) if i % len(live) == me}
@@ -464,42 +515,46 @@ class EmbeddedConsumer(Consumer):
             finally:
                 for tp in revoked:
                     del self._positions[tp]
-                conn.executemany(
-                    "DELETE FROM owners WHERE grp = ? AND topic = ? AND partition = ?"
-                    " AND member = ?",
-                    [(self.group, t, p, self.member) for t, p in revoked],
+                _transaction(
+                    conn,
+                    lambda: conn.executemany(
+                        "DELETE FROM owners WHERE grp = ? AND topic = ? AND partition = ?"
+                        " AND member = ?",
+                        [(self.group, t, p, self.member) for t, p in revoked],
+                    ),
+                    f"release partitions of group {self.group!r}",
                 )
         wanted = sorted(tp for tp in mine if tp not in self._positions)
-        added: list[TopicPartition] = []
-        if wanted:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for tp in wanted:
-                    owner = conn.execute(
-                        "SELECT o.member FROM owners o JOIN members m"
-                        " ON m.grp = o.grp AND m.member = o.member"
-                        " WHERE o.grp = ? AND o.topic = ? AND o.partition = ?",
-                        (self.group, *tp),
-                    ).fetchone()
-                    if owner is not None and owner[0] != self.member:
-                        continue  # its owner has not run on_revoke yet: take it later
-                    conn.execute(
-                        "INSERT OR REPLACE INTO owners VALUES (?, ?, ?, ?)",
-                        (self.group, *tp, self.member),
-                    )
-                    row = conn.execute(
-                        "SELECT offset FROM group_offsets"
-                        " WHERE grp = ? AND topic = ? AND partition = ?",
-                        (self.group, *tp),
-                    ).fetchone()
-                    self._positions[tp] = row[0] if row else 0
-                    added.append(tp)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                for tp in added:
-                    self._positions.pop(tp, None)
-                raise
+
+        def take() -> dict[TopicPartition, int]:
+            """The wanted partitions no other member holds, now ours, at their offsets."""
+            taken: dict[TopicPartition, int] = {}
+            for tp in wanted:
+                owner = conn.execute(
+                    "SELECT o.member FROM owners o JOIN members m"
+                    " ON m.grp = o.grp AND m.member = o.member"
+                    " WHERE o.grp = ? AND o.topic = ? AND o.partition = ?",
+                    (self.group, *tp),
+                ).fetchone()
+                if owner is not None and owner[0] != self.member:
+                    continue  # its owner has not run on_revoke yet: take it later
+                conn.execute(
+                    "INSERT OR REPLACE INTO owners VALUES (?, ?, ?, ?)",
+                    (self.group, *tp, self.member),
+                )
+                row = conn.execute(
+                    "SELECT offset FROM group_offsets"
+                    " WHERE grp = ? AND topic = ? AND partition = ?",
+                    (self.group, *tp),
+                ).fetchone()
+                taken[tp] = row[0] if row else 0
+            return taken
+
+        taken = (
+            _transaction(conn, take, f"take partitions of group {self.group!r}") if wanted else {}
+        )
+        self._positions.update(taken)
+        added = sorted(taken)
         self._pending = len(added) < len(wanted)
         if added and self.on_assign:
             self.on_assign(added)
@@ -540,9 +595,13 @@ class EmbeddedConsumer(Consumer):
         return batch
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)",
-            [(self.group, t, p, o) for (t, p), o in offsets.items()],
+        _transaction(
+            self.conn,
+            lambda: self.conn.executemany(
+                "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)",
+                [(self.group, t, p, o) for (t, p), o in offsets.items()],
+            ),
+            f"commit offsets of group {self.group!r}",
         )
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
@@ -570,12 +629,16 @@ class EmbeddedConsumer(Consumer):
                 self.on_revoke(owned)
         finally:
             self._positions.clear()
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute(
-                "DELETE FROM owners WHERE grp = ? AND member = ?", (self.group, self.member)
-            )
-            self.conn.execute(
-                "DELETE FROM members WHERE grp = ? AND member = ?", (self.group, self.member)
-            )
-            self.conn.execute("COMMIT")
-            self.conn.close()
+            conn = self.conn
+
+            def leave() -> None:
+                for table in ("owners", "members"):
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE grp = ? AND member = ?",
+                        (self.group, self.member),
+                    )
+
+            try:
+                _transaction(conn, leave, f"leave group {self.group!r}")
+            finally:
+                conn.close()
