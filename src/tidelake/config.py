@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,7 +104,21 @@ class Pipeline(_Model):
     queries: dict[str, str] = {}
     dashboard: list[Panel] = []
     serve: ServeSettings = ServeSettings()
+    time_zone: str = Field(
+        "UTC", description="IANA time zone the dashboard draws times in (e.g. Europe/Paris)"
+    )
     base_dir: Path = Field(Path("."), exclude=True, description="directory of the pipeline file")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone_ok(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {v!r} (use an IANA name such as UTC or Europe/Paris)"
+            ) from None
+        return v
 
     @field_validator("name")
     @classmethod
@@ -151,6 +166,18 @@ def interpolate(text: str, env: dict[str, str] | None = None) -> str:
 
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that remembers the line of every mapping key and sequence item."""
+
+
+def key_lines(text: str) -> dict[tuple[Any, ...], int]:
+    """The 1-based line of every key and list item of a YAML text, by path (empty if invalid)."""
+    lines: dict[tuple[Any, ...], int] = {}
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError:
+        return lines
+    if node is not None:
+        _walk_lines(node, (), lines)
+    return lines
 
 
 def _walk_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:

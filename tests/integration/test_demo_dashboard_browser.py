@@ -129,7 +129,7 @@ def test_demo_movies_dashboard_updates_live(tmp_path: Path, browser: Browser) ->
         first_chart = browser.screenshot(f"{PER_MINUTE} [data-testid=stVegaLiteChart]")
 
         # the REST API reads the same lake, and sees new snapshots without a restart
-        query = {"sql": "SELECT count(*) AS n FROM ratings"}
+        query = {"sql": "SELECT count(*) AS n FROM lake.ratings"}
         with httpx.Client(base_url=f"http://127.0.0.1:{api}", timeout=30) as client:
             n0 = client.post("/api/query", json=query).json()["rows"][0][0]
             wait_for(

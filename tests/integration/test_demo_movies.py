@@ -71,7 +71,7 @@ def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
                 "query",
                 str(folder / "pipeline.yaml"),
                 "SELECT count(*) AS n, min(rating) >= 0.5 AND max(rating) <= 5 AS valid"
-                " FROM ratings",
+                " FROM lake.ratings",
                 "--format",
                 "csv",
             ],

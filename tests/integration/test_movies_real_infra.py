@@ -147,7 +147,7 @@ def test_movies_scenario_on_kafka_postgres_cdc_and_s3(
             pipeline,
             env,
             "SELECT count(*) AS n, min(rating) >= 0.5 AND max(rating) <= 5 AS valid,"
-            ' count(DISTINCT "movieId") > 1 AS movies FROM ratings',
+            ' count(DISTINCT "movieId") > 1 AS movies FROM lake.ratings',
         )
         n, valid, several = rows[0].split(",")
         assert int(n) > 0 and valid == "true" and several == "true", rows
@@ -164,8 +164,8 @@ def test_movies_scenario_on_kafka_postgres_cdc_and_s3(
             joined = _query(
                 pipeline,
                 env,
-                'SELECT (SELECT count(*) FROM movies) AS movies, count(m."movieId") AS matched'
-                ' FROM ratings r LEFT JOIN movies m USING ("movieId")',
+                'SELECT (SELECT count(*) FROM lake.movies) AS movies, count(m."movieId") AS matched'
+                ' FROM lake.ratings r LEFT JOIN lake.movies m USING ("movieId")',
             )
             movies, matched = (int(v) for v in joined[0].split(","))
             if movies == MOVIES and matched > 0:

@@ -105,7 +105,7 @@ def test_errors_are_query_errors_with_hints(pipeline: Pipeline) -> None:
     with QueryEngine(pipeline) as q:
         with pytest.raises(QueryError, match="lake tables: events"):
             q.sql("SELECT * FROM nope")
-        with pytest.raises(QueryError, match="syntax"):
+        with pytest.raises(QueryError, match='syntax error at or near "SELEC"'):
             q.sql("SELEC 1")
         with pytest.raises(QueryError, match="read-only"):
             q.sql("DROP VIEW events")
@@ -115,6 +115,28 @@ def test_errors_are_query_errors_with_hints(pipeline: Pipeline) -> None:
             q.sql("SELECT * FROM read_text('/etc/passwd')")
         with pytest.raises(QueryError, match="no table"):
             q.describe("nope")
+
+
+def test_lake_and_db_prefixes_name_their_store_and_a_bare_shared_name_is_an_error(
+    pipeline: Pipeline,
+) -> None:
+    db = pipeline.path(".tidelake/pipeline.db")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE events (id INTEGER)")
+        con.executemany("INSERT INTO events VALUES (?)", [(i,) for i in range(10)])
+        con.execute("CREATE TABLE only_db (id INTEGER)")
+    make_sink(pipeline).write(rows(0, 4), {})
+    count = "SELECT count(*) AS n FROM {}"
+    with QueryEngine(pipeline) as q:
+        for _ in range(2):  # the second round reuses the bound views
+            assert q.sql(count.format("db.events"))["n"][0].as_py() == 10
+            assert q.sql(count.format("lake.events"))["n"][0].as_py() == 4
+            assert q.sql(count.format("only_db"))["n"][0].as_py() == 0
+            both = "SELECT (SELECT count(*) FROM lake.events) + (SELECT count(*) FROM db.events)"
+            assert q.sql(both).column(0)[0].as_py() == 14
+            with pytest.raises(QueryError, match="write lake.events or db.events"):
+                q.sql(count.format("events"))
 
 
 def test_tables_and_describe(pipeline: Pipeline) -> None:

@@ -356,3 +356,28 @@ def test_ndjson_errors_name_the_real_line(client: TestClient) -> None:
     assert r.status_code == 400 and r.json()["detail"].startswith(
         "line 5: expected a JSON object, got a number;"
     )
+
+
+def test_rows_of_a_name_in_both_stores_need_its_prefix_and_internal_tables_are_hidden(
+    tmp_path: Path,
+) -> None:
+    pipeline = loads(PIPELINE, tmp_path / "pipeline.yaml")
+    write_lake(pipeline, "events", events(5))
+    db = sqlite3.connect(pipeline.state_dir / "pipeline.db")
+    db.execute("CREATE TABLE events (id INTEGER, note TEXT)")
+    db.execute("CREATE TABLE _tidelake_changes (seq INTEGER)")
+    db.executemany("INSERT INTO events VALUES (?, ?)", [(1, "db"), (2, "db")])
+    db.commit()
+    db.close()
+    with TestClient(create_app(pipeline)) as c:
+        assert c.get("/api/tables/lake.events/rows").json()["row_count"] == 5
+        from_db = c.get("/api/tables/db.events/rows").json()
+        assert [col["name"] for col in from_db["columns"]] == ["id", "note"]
+        assert from_db["row_count"] == 2
+        bare = c.get("/api/tables/events/rows")
+        assert bare.status_code == 409
+        assert "lake.events or db.events" in bare.json()["detail"]
+        query = c.post("/api/query", json={"sql": "SELECT count(*) FROM db.events"})
+        assert query.json()["rows"] == [[2]]
+        names = [t["name"] for t in c.get("/api/tables").json()]
+        assert sorted(names) == ["events", "events"], names

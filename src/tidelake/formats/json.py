@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from tidelake.formats.times import parse_times
+
 MAX_DEPTH = 64
 """Deepest nesting of objects and arrays a record may have."""
 MAX_RECORD_BYTES = 1 << 20
@@ -54,11 +56,13 @@ def decode_json(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[in
     with reason ``tombstone`` so callers decide what they mean. A record is bad unless it
     is one JSON object of valid UTF-8 with finite numbers, integers within int64, at most
     ``MAX_DEPTH`` levels and ``MAX_RECORD_BYTES`` bytes; no input crashes the process.
+    Top-level fields whose text is ISO 8601 date-times become timestamps (``formats.times``).
     """
     table = _fast(values)
     if table is not None:
-        return table, []
-    return _decode_slow(values)
+        return parse_times(table), []
+    table, bad = _decode_slow(values)
+    return parse_times(table), bad
 
 
 def invalid_records(values: Sequence[bytes]) -> list[tuple[int, str]]:

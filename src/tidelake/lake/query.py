@@ -12,10 +12,11 @@ view, bound lazily when a query names it:
 - a **db** table (the pipeline's SQLite/PostgreSQL database) is read into Arrow
   through the Python driver, cached until the database changes.
 
-Names resolve as ``lake.<t>``, ``db.<t>`` or bare ``<t>`` (the lake table if both
-exist). Only single read-only ``SELECT`` statements run, and DuckDB may only read
-files inside the warehouse. ``as_of`` (a snapshot id or a time) time-travels
-every lake table in the query.
+Names resolve as ``lake.<t>`` (always the lake table), ``db.<t>`` (always the database
+table) or bare ``<t>``, which must exist in only one of them: a bare name in both is an
+error naming both qualified forms. Only single read-only ``SELECT`` statements run, and
+DuckDB may only read files inside the warehouse. ``as_of`` (a snapshot id or a time)
+time-travels every lake table in the query.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ from tidelake.runtime.base import Checkpoint
 _PLAN_CACHE = 256
 AsOf = int | datetime | str | None
 """A snapshot id, a datetime (naive = UTC) or an ISO-8601 string; None = current."""
+
+
+class AmbiguousTable(QueryError):
+    """A bare table name that both the lake and the database have."""
 
 
 @dataclass(frozen=True)
@@ -186,8 +191,9 @@ def _plan(table: Table, snapshot: Snapshot) -> _Plan:
 
 
 @functools.lru_cache(maxsize=_PLAN_CACHE)
-def _referenced_tables(query: str) -> frozenset[str]:
-    """Table names a query reads (CTE names excluded); DuckDB alone would need them bound first.
+def _references(query: str) -> frozenset[tuple[str, str]]:
+    """(schema, name) of every table a query reads, schema ``lake``, ``db`` or "" (bare);
+    CTE names excluded. DuckDB alone would need the tables bound first.
 
     Cached per query text: dashboards and API clients repeat the same few queries, and the
     sqlglot parse is the costliest step of a query over a warm, unchanged lake."""
@@ -196,7 +202,30 @@ def _referenced_tables(query: str) -> frozenset[str]:
     except sqlglot.errors.ParseError as e:
         raise QueryError(f"SQL syntax error: {str(e).splitlines()[0]}") from None
     ctes = {cte.alias for cte in tree.find_all(exp.CTE)}
-    return frozenset(t.name for t in tree.find_all(exp.Table) if t.name and t.name not in ctes)
+    return frozenset(
+        (t.db if t.db in ("lake", "db") else "", t.name)
+        for t in tree.find_all(exp.Table)
+        if t.name and not (not t.db and t.name in ctes)
+    )
+
+
+def referenced_tables(query: str) -> frozenset[str]:
+    """The names of the tables a query reads, as written (``lake.t``, ``db.t`` or ``t``)."""
+    return frozenset(f"{schema}.{name}" if schema else name for schema, name in _references(query))
+
+
+def check_select(query: str) -> None:
+    """QueryError unless ``query`` is one SELECT; a syntax error names the token and line."""
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as e:
+        lines = str(e).strip().splitlines()
+        where = next((ln.strip() for ln in lines[1:] if ln.strip().startswith("LINE")), "")
+        first = lines[0] if lines else "invalid SQL"
+        first = first.replace("Parser Error: syntax error", "SQL syntax error")
+        raise QueryError(f"{first}" + (f" ({where})" if where else "")) from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise QueryError("only a single read-only SELECT statement is allowed")
 
 
 def _snapshot_info(s: Snapshot) -> SnapshotInfo:
@@ -315,7 +344,7 @@ class QueryEngine:
         self._lock = threading.RLock()
         self._plans: dict[tuple[str, int], _Plan] = {}
         self._arrow: dict[str, tuple[int, pa.Table]] = {}
-        self._bound: dict[str, object] = {}
+        self._bound: dict[tuple[str, str], object] = {}
         self._tables: dict[str, Table] = {}
         self._catalog = open_catalog(pipeline)
         self._namespace = namespace(pipeline)
@@ -347,7 +376,20 @@ class QueryEngine:
         return out
 
     def describe(self, name: str) -> TableDetail:
-        if name in table_names(self.pipeline):
+        """One table: ``lake.t``, ``db.t``, or a bare ``t`` that only one store has."""
+        qualified = name.startswith(("lake.", "db."))
+        schema, _, bare = name.partition(".") if qualified else ("", "", name)
+        in_lake = schema != "db" and bare in table_names(self.pipeline)
+        in_db = schema != "lake" and bare in self.db.names()
+        if in_lake and in_db:
+            raise AmbiguousTable(
+                f"table {bare!r} is both a lake table and a database table: "
+                f"name it lake.{bare} or db.{bare}"
+            )
+        return self._describe(bare, in_lake, in_db)
+
+    def _describe(self, name: str, in_lake: bool, in_db: bool) -> TableDetail:
+        if in_lake:
             table = load_table(self.pipeline, name)
             entries = {
                 key[len(checkpoints.PREFIX) :]: checkpoints.StoredCheckpoint.from_json(v)
@@ -360,7 +402,7 @@ class QueryEngine:
                 history=[_snapshot_info(s) for s in table.snapshots()],
                 checkpoints={flow: e.positions for flow, e in entries.items()},
             )
-        if name in self.db.names():
+        if in_db:
             data = self.db.read(name)
             cols = [Column(f.name, str(f.type)) for f in data.schema]
             return TableDetail(TableInfo(name, "db", cols, data.num_rows))
@@ -382,15 +424,10 @@ class QueryEngine:
 
     def sql(self, query: str, as_of: AsOf = None) -> pa.Table:
         """Run one read-only SELECT; ``as_of`` time-travels the lake tables it reads."""
-        try:
-            statements = duckdb.extract_statements(query)
-        except duckdb.Error as e:
-            raise QueryError(f"SQL syntax error: {e}") from None
-        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-            raise QueryError("only a single read-only SELECT statement is allowed")
+        check_select(query)
         with self._lock:
             lake = self._lake_pointers()
-            self._bind(set(_referenced_tables(query)), lake, as_of)
+            self._bind(set(_references(query)), lake, as_of)
             try:
                 return self._con.sql(query).to_arrow_table()
             except duckdb.CatalogException as e:
@@ -429,22 +466,39 @@ class QueryEngine:
             table = self._tables[name] = load_table(self.pipeline, name)
         return table
 
-    def _bind(self, names: set[str], lake: dict[str, str], as_of: AsOf) -> None:
-        db = set(self.db.names()) if names - lake.keys() else set()
+    def _bind(self, refs: set[tuple[str, str]], lake: dict[str, str], as_of: AsOf) -> None:
+        """Bind every referenced table: ``lake.t``/``db.t`` in their schema, bare ``t`` in
+        main as a view of the one store that has it (both: an error naming both)."""
+        bare = {name for schema, name in refs if not schema}
+        wants_db = bare or any(schema == "db" for schema, _ in refs)
+        db = set(self.db.names()) if wants_db else set()
+        both = sorted(n for n in bare if n in lake and n in db)
+        if both:
+            raise AmbiguousTable("; ".join(
+                f"table {n!r} is both a lake table and a database table: "
+                f"write lake.{n} or db.{n}" for n in both))  # fmt: skip
         matched = False
-        for name in names:
-            if name in lake:
+        read: set[str] = set()
+        for schema, name in refs:
+            store = schema or ("lake" if name in lake else "db" if name in db else "")
+            if store == "lake" and name in lake:
                 table = self._table(name, lake[name])
                 snapshot = self._resolve(table, as_of)
                 if isinstance(as_of, int) and table.snapshot_by_id(as_of) is not None:
                     matched = True
                 self._bind_lake(name, table, snapshot)
-            elif name in db:
-                self._bind_arrow("db", name, self.db.read(name), bind_main=True)
-        read = sorted(names & lake.keys())
+                read.add(name)
+            elif store == "db" and name in db:
+                self._bind_arrow("db", name, self.db.read(name))
+            else:
+                continue  # unknown: DuckDB's catalog error names it (with the known tables)
+            if not schema and self._bound.get(("main", name)) != store:
+                q = _ident(name)
+                self._con.execute(f"CREATE OR REPLACE VIEW main.{q} AS SELECT * FROM {store}.{q}")
+                self._bound[("main", name)] = store
         if isinstance(as_of, int) and not matched and read:
             raise QueryError(
-                f"snapshot {as_of} is not in the history of {', '.join(read)} "
+                f"snapshot {as_of} is not in the history of {', '.join(sorted(read))} "
                 "(expired, or from another table; see `tidelake lake describe`)"
             )
 
@@ -466,8 +520,8 @@ class QueryEngine:
         return plan
 
     def _bind_lake(self, name: str, table: Table, snapshot: Snapshot | None) -> None:
-        key = ("lake", table.metadata_location, snapshot.snapshot_id if snapshot else None)
-        if self._bound.get(name) == key:
+        key = (table.metadata_location, snapshot.snapshot_id if snapshot else None)
+        if self._bound.get(("lake", name)) == key:
             return
         schema = table.schema()
         if snapshot is not None and snapshot.schema_id is not None:
@@ -486,7 +540,7 @@ class QueryEngine:
             if cached is None or cached[0] != snapshot.snapshot_id:
                 data = table.scan(snapshot_id=snapshot.snapshot_id).to_arrow()
                 cached = self._arrow[name] = (snapshot.snapshot_id, data)
-            self._bind_arrow("lake", name, cached[1], bind_main=False)
+            self._bind_arrow("lake", name, cached[1])
         else:
             mapping = ", ".join(
                 f"{f.field_id}: {{name: {_literal(f.name)}, "
@@ -498,21 +552,17 @@ class QueryEngine:
                 f"CREATE OR REPLACE VIEW lake.{q} AS "
                 f"SELECT * FROM read_parquet({files}, schema = MAP {{{mapping}}})"
             )
-        self._con.execute(f"CREATE OR REPLACE VIEW main.{q} AS SELECT * FROM lake.{q}")
-        self._bound[name] = key
+        self._bound[("lake", name)] = key
 
-    def _bind_arrow(self, schema: str, name: str, data: pa.Table, bind_main: bool) -> None:
-        bound = self._bound.get(name)
-        if bind_main and isinstance(bound, tuple) and bound[0] == "db" and bound[1] is data:
-            return  # the same (cached, unchanged) database table is bound already
+    def _bind_arrow(self, schema: str, name: str, data: pa.Table) -> None:
+        if self._bound.get((schema, name)) is data:
+            return  # the same (cached, unchanged) table is bound already
         internal = f"__{schema}_{name}"
         self._con.register(internal, data)
         q = _ident(name)
         source = _ident(internal)
         self._con.execute(f"CREATE OR REPLACE VIEW {schema}.{q} AS SELECT * FROM {source}")
-        if bind_main:
-            self._con.execute(f"CREATE OR REPLACE VIEW main.{q} AS SELECT * FROM {schema}.{q}")
-            self._bound[name] = ("db", data)
+        self._bound[(schema, name)] = data
 
 
 def tables(pipeline: Pipeline) -> list[TableInfo]:
@@ -528,12 +578,15 @@ def describe(pipeline: Pipeline, name: str) -> TableDetail:
 
 
 __all__ = [
+    "AmbiguousTable",
     "AsOf",
     "Column",
+    "check_select",
     "QueryEngine",
     "SnapshotInfo",
     "TableDetail",
     "TableInfo",
     "describe",
+    "referenced_tables",
     "tables",
 ]

@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
 from tidelake.errors import QueryError
-from tidelake.lake.query import TableDetail, TableInfo
+from tidelake.lake.query import AmbiguousTable, TableDetail, TableInfo
 from tidelake.serve.models import (
     ColumnInfo,
     Filter,
@@ -27,6 +27,7 @@ from tidelake.serve.responses import rows_response
 from tidelake.serve.state import ApiState
 
 HISTORY = 50
+INTERNAL_PREFIX = "_tidelake_"  # tidelake's own bookkeeping tables (CDC, checkpoints)
 _FILTERS = TypeAdapter(list[Filter])
 
 
@@ -128,11 +129,14 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
     @api.get("/tables", response_model=list[TableSummary], summary="Every lake and db table")
     def list_tables() -> list[dict[str, Any]]:
         now = datetime.now(UTC)
-        return [_summary(t, now) for t in state.pool.call(lambda e: e.tables())]
+        tables = state.pool.call(lambda e: e.tables())
+        return [_summary(t, now) for t in tables if not t.name.startswith(INTERNAL_PREFIX)]
 
     def describe(name: str) -> TableDetail:
         try:
             return state.pool.call(lambda e: e.describe(name))
+        except AmbiguousTable as e:
+            raise HTTPException(409, str(e)) from e
         except QueryError as e:
             raise HTTPException(404, f"unknown table {name!r} (GET /api/tables lists them)") from e
 
@@ -162,18 +166,19 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
     ) -> Response:
         started = time.perf_counter()
         filters = _parse_filters(where)
-        columns = {c.name for c in describe(name).info.columns}
+        info = describe(name).info
+        columns = {c.name for c in info.columns}
         for f in filters:
             if f.column not in columns:
                 raise HTTPException(422, f"where: unknown column {f.column!r}")
         order = _order(order_by, columns)
         params: list[Any] = []
-        sql = f"SELECT * FROM {_quote(name)}"
+        table = f"{info.kind}.{_quote(info.name)}"  # the store describe() resolved
+        sql = f"SELECT * FROM {table}"
         if filters:
             sql += " WHERE " + " AND ".join(_condition(f, params) for f in filters)
         if order:
             sql += " ORDER BY " + ", ".join(order)
         sql += " LIMIT ? OFFSET ?"
         params += [limit + 1, offset]
-        table = state.pool.query(sql, params=params, bind=_quote(name))
-        return rows_response(table, limit, started)
+        return rows_response(state.pool.query(sql, params=params, bind=table), limit, started)

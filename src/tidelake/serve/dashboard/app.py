@@ -11,23 +11,25 @@ current snapshot on every query, so new commits show up on the next refresh.
 from __future__ import annotations
 
 import argparse
+import math
 import numbers
 import os
+import re
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
 import streamlit as st
 
 from tidelake import config
 from tidelake.config import Panel, Pipeline
-from tidelake.lake.query import QueryEngine
+from tidelake.lake.query import QueryEngine, referenced_tables
 from tidelake.runtime import metrics
+from tidelake.serve.dashboard import charts
 
 # (comments, not docstrings: Streamlit "magic" would print bare strings on the page)
 MAX_ROWS = 10_000  # rows a panel draws at most; the rest is counted, not sent to the browser
@@ -35,12 +37,7 @@ STALE_AFTER = 10.0  # seconds without a metrics update before a running flow sho
 HISTORY = 150  # samples kept per flow for the sparklines (5 minutes at a 2 s refresh)
 RATE_WINDOW = 10.0  # seconds of samples records/s is averaged over
 
-CHARTS: dict[str, Callable[..., Any]] = {
-    "line": st.line_chart,
-    "bar": st.bar_chart,
-    "area": st.area_chart,
-    "scatter": st.scatter_chart,
-}
+_MARKDOWN = re.compile(r"[\\`*_{}\[\]()#+\-.!|~<>$:]")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -113,14 +110,14 @@ def health(pipeline: Pipeline) -> None:
             h = histories.setdefault(name, FlowHistory())
             h.add(m)
             state = str(m.get("state", "?"))
+            live = state in ("starting", "running")
             silent = now - float(m.get("updated", now))
-            if state in ("starting", "running") and silent > STALE_AFTER:
+            if live and silent > STALE_AFTER:
                 state = f"{state}, silent {_ago(silent)}"
             st.markdown(f"**{name}** · {state}")
             cols = st.columns(5)
-            cols[0].metric(
-                "records/s", f"{h.rate:,.1f}", chart_data=list(h.rates), chart_type="area"
-            )
+            rate = h.rate if live else 0.0  # a finished flow moves nothing, whatever it did last
+            cols[0].metric("records/s", f"{rate:,.1f}", chart_data=list(h.rates), chart_type="area")
             cols[1].metric("lag", f"{int(m.get('lag', 0)):,}", chart_data=h.lags)
             cols[2].metric("errors", f"{int(m.get('errors', 0)):,}")
             cols[3].metric("dead letters", f"{int(m.get('dead_letters', 0)):,}")
@@ -133,31 +130,51 @@ def health(pipeline: Pipeline) -> None:
 # -- data panels ---------------------------------------------------------------------
 
 
-def _columns(panel: Panel) -> list[str]:
-    y = [panel.y] if isinstance(panel.y, str) else list(panel.y or [])
-    return ([panel.x] if panel.x else []) + y
+def plain(text: str) -> str:
+    """``text`` escaped so Streamlit's markdown shows it as written (``*`` stays ``*``)."""
+    return _MARKDOWN.sub(r"\\\g<0>", text)
 
 
-def draw(panel: Panel, data: pd.DataFrame) -> None:
+def draw(panel: Panel, result: pa.Table, time_zone: str) -> None:
     """One panel's chart for a query result (raises on a result that does not fit)."""
-    missing = [c for c in _columns(panel) if c not in data.columns]
-    if missing:
-        raise ValueError(
-            f"column {', '.join(map(repr, missing))} is not in the result "
-            f"(columns: {', '.join(map(str, data.columns))})"
-        )
     if panel.chart == "table":
-        st.dataframe(data, hide_index=True)
+        st.dataframe(charts.for_display(result, time_zone).to_pandas(), hide_index=True)
     elif panel.chart == "metric":
-        column = _columns(panel)[-1] if panel.y else data.columns[0]
-        value = data[column].iloc[0] if len(data) else None
-        if value is None or pd.isna(value):
+        ys = [panel.y] if isinstance(panel.y, str) else list(panel.y or [])
+        column = ys[-1] if ys else result.column_names[0]
+        if column not in result.column_names:
+            raise ValueError(f"column {column!r} is not in the result "
+                             f"(columns: {', '.join(result.column_names)})")  # fmt: skip
+        data = charts.for_display(result.select([column]), time_zone)
+        value = data.column(0)[0].as_py() if len(data) else None
+        if value is None or (isinstance(value, float) and math.isnan(value)):
             text = "—"
         else:
             text = f"{value:,}" if isinstance(value, numbers.Number) else str(value)
         st.metric(column, text)
     else:
-        CHARTS[panel.chart](data, x=panel.x, y=panel.y)
+        chart = charts.build(panel, result, time_zone)
+        st.vega_lite_chart(chart.data.to_pandas(), chart.spec, width="stretch")
+        if chart.note:
+            st.caption(chart.note)
+
+
+def why_empty(engine: QueryEngine, sql: str) -> str:
+    """What a person needs to know about a panel whose query returned no rows."""
+    empty: list[str] = []
+    filled: list[str] = []
+    for name in sorted(referenced_tables(sql)):
+        try:
+            rows = engine.sql(f"SELECT count(*) FROM {name}").column(0)[0].as_py()
+        except Exception:  # noqa: BLE001 - the panel's own query ran, so this is unexpected
+            continue
+        (filled if rows else empty).append(f"{name} ({rows:,} rows)" if rows else name)
+    if empty:
+        return (f"No rows yet: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty "
+                "(its flow has not landed anything; is `tidelake run` running?)")  # fmt: skip
+    if filled:
+        return f"No rows: the query matched none of the rows of {', '.join(filled)}."
+    return "No rows: the query returned none."
 
 
 def panels(pipeline: Pipeline, path: str) -> None:
@@ -168,15 +185,18 @@ def panels(pipeline: Pipeline, path: str) -> None:
         cols = st.columns(2)
         for i, panel in enumerate(pipeline.dashboard[row : row + 2], start=row):
             with cols[i - row].container(border=True, key=f"panel-{i}"):
-                st.markdown(f"**{panel.title}**")
+                st.markdown(f"**{plain(panel.title)}**")
                 try:
                     result = engine(path).sql(panel.sql)
+                    if result.num_rows == 0:
+                        st.info(plain(why_empty(engine(path), panel.sql)))
+                        continue
                     if result.num_rows > MAX_ROWS:
                         st.caption(f"first {MAX_ROWS:,} of {result.num_rows:,} rows")
                         result = result.slice(0, MAX_ROWS)
-                    draw(panel, result.to_pandas())
+                    draw(panel, result, pipeline.time_zone)
                 except Exception as e:  # a broken panel must not break the page
-                    st.error(str(e) or type(e).__name__)
+                    st.error(plain(str(e) or type(e).__name__))
 
 
 def main() -> None:
