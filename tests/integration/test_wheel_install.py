@@ -37,7 +37,7 @@ def _pip(venv: Path, *args: str) -> None:
     """pip of this interpreter installing into ``venv`` (its cache is warm)."""
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-         "--disable-pip-version-check", *args],
+         "--disable-pip-version-check", "-c", str(ROOT / "requirements.lock"), *args],
         check=True,
         timeout=600,
     )  # fmt: skip
