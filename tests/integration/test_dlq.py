@@ -1,7 +1,8 @@
 """``tidelake dlq list|show|redrive`` on the embedded log and on Kafka: a flow dead-letters
 the orders whose quantity is not a number; the letters are counted, shown with reason, origin
 and payload, fixed by SQL and redriven into the flow's input; the flow then lands each once,
-and a second redrive lands nothing. A redrive killed midway and run again lands each once."""
+and a second redrive lands nothing; a redrive whose SQL fails consumes nothing. A redrive
+killed midway and run again lands each once."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 from tidelake.broker import Broker, connect
 from tidelake.cli import app
 from tidelake.config import load
+from tidelake.runtime import dead_letters
 from tidelake.runtime.runner import FlowRunner
 
 ORDERS = 1000
@@ -125,6 +127,13 @@ def test_fix_and_redrive_lands_once(tmp_path: Path, broker_url: str) -> None:
     consumer.close()
     assert {read[o] for o in origins} == set(BAD), "each origin is where its record was read"
 
+    ends = _ends(broker, topic)
+    broken = cli.invoke(
+        app, ["dlq", "redrive", str(path), "land", "--sql", "SELECT nope FROM batch"]
+    )
+    assert broken.exit_code != 0 and "nope" in broken.output
+    assert _ends(broker, topic) == ends, "a failed redrive writes nothing and consumes nothing"
+
     fix = "SELECT * REPLACE (2 AS quantity) FROM batch"
     assert f"redriven: {len(BAD)} dead letters" in _cli(
         "dlq", "redrive", str(path), "land", "--sql", fix
@@ -181,4 +190,35 @@ def test_redrive_killed_midway_lands_each_once(tmp_path: Path) -> None:
     consumer.close()
     assert sorted(ids) == list(range(letters))
     assert "redriven: 0 dead letters" in _cli("dlq", "redrive", str(path), "land")
+    broker.close()
+
+
+def test_dead_letters_source_in_a_pipeline_file(tmp_path: Path) -> None:
+    path, topic = _pipeline(tmp_path, f"embedded:///{tmp_path}/log.db")
+    text = path.read_text() + (
+        "  retry:\n"
+        "    source: {type: dead_letters, flow: land, until_end: true}\n"
+        f"    sink: {{type: topic, topic: {topic}}}\n"
+    )
+    path.write_text(text)
+    pipeline = load(path)
+    broker = connect(f"embedded:///{tmp_path}/log.db")
+    producer = broker.producer()
+    letter = {"flow": "land", "reason": "r", "origin": None}
+    producer.produce(
+        f"{pipeline.name}.land.dlq",
+        [
+            orjson.dumps(letter | {"payload": {"order_id": 1}}),
+            b"not a letter",
+            orjson.dumps(letter | {"payload": {"order_id": 2}}),
+        ],
+    )
+    metrics = FlowRunner(pipeline, "retry").run()  # until_end: it ends by itself
+    assert metrics.state == "finished" and metrics.records_out == 2
+    consumer = broker.consumer("check", [topic])
+    batch = consumer.poll(10, 2.0)
+    consumer.close()
+    assert [orjson.loads(v) for v in batch.values] == [{"order_id": 1}, {"order_id": 2}]  # type: ignore[arg-type]
+    again = [d.value for d in dead_letters.read(broker, f"{pipeline.name}.retry.dlq")]
+    assert [d["payload"] for d in again] == [{"raw": "not a letter"}], "nothing is lost"
     broker.close()

@@ -46,6 +46,9 @@ def test_every_command_explains_itself_with_an_example() -> None:
         ["infra", "up"],
         ["lake", "describe"],
         ["cdc", "drop-slot"],
+        ["dlq", "list"],
+        ["dlq", "show"],
+        ["dlq", "redrive"],
     ):
         result = runner.invoke(app, [*cmd, "--help"])
         assert result.exit_code == 0, cmd
