@@ -12,7 +12,8 @@ from test_lake_sink import DeadLetters, make_sink
 
 from tidelake.lake import QueryEngine
 from tidelake.lake import upsert as lake_upsert
-from tidelake.lake.catalog import Transaction, load_table
+from tidelake.lake.catalog import load_table
+from tidelake.lake.pyiceberg_internals import Transaction
 from tidelake.sinks.lake import LakeSinkConfig
 
 UPSERT: dict[str, Any] = {"mode": "upsert", "key": ["id"], "delete_when": "_op = 'd'"}

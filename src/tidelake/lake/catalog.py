@@ -21,8 +21,6 @@ from pathlib import Path
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
-from pyiceberg.table import Transaction as _Transaction
-from pyiceberg.table.metadata import TableMetadata
 
 from tidelake.config import Pipeline
 from tidelake.errors import ConfigError, QueryError
@@ -136,26 +134,6 @@ def guard(table: Table) -> Table:
         with table.transaction() as tx:
             tx.set_properties(OWN_RETRIES)
     return table
-
-
-class Transaction(_Transaction):
-    """pyiceberg's ``Transaction`` with its ``table_metadata`` computed once per staged change.
-
-    pyiceberg 0.12 rebuilds and deep-copies the whole table metadata on every access
-    (about twenty per append), so a commit cost grew with the snapshot history:
-    ~350 ms per append at 100 snapshots. Metadata models are frozen, so sharing
-    one copy until the next staged update is safe.
-    """
-
-    _memo: tuple[object, object, TableMetadata] | None = None
-
-    @property
-    def table_metadata(self) -> TableMetadata:
-        memo = self._memo
-        if memo is None or memo[0] is not self._table.metadata or memo[1] is not self._updates:
-            memo = (self._table.metadata, self._updates, super().table_metadata)
-            self._memo = memo
-        return memo[2]
 
 
 def table_names(pipeline: Pipeline) -> list[str]:

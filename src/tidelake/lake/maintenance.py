@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,14 +27,15 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel, ConfigDict, Field
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue
-from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile, ManifestFile
 from pyiceberg.table import FileScanTask, Table, TableProperties
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.update.snapshot import ExpireSnapshots
 
-from tidelake.lake import checkpoints
-from tidelake.lake.catalog import OWN_RETRIES, Transaction, guard
+from tidelake.lake import checkpoints, pyiceberg_internals
+from tidelake.lake.catalog import OWN_RETRIES, guard
+from tidelake.lake.pyiceberg_internals import Transaction
 
 log = logging.getLogger(__name__)
 _RETRIES = 4
@@ -139,7 +139,7 @@ def _compact_once(table: Table, target_file_size: int, min_files: int) -> Compac
                     [FileScanTask(f) for f in files]
                 )
                 expected = sum(f.record_count for f in files)
-                new_files = list(_dataframe_to_data_files(meta, data, table.io, uuid.uuid4()))
+                new_files = pyiceberg_internals.data_files(meta, data, table.io)
                 written += new_files
                 if data.num_rows != expected or sum(f.record_count for f in new_files) != expected:
                     raise RuntimeError(

@@ -33,7 +33,6 @@ import duckdb
 import pyarrow as pa
 import sqlglot
 import sqlglot.errors
-from pyiceberg.catalog.sql import IcebergTables
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import (
@@ -56,12 +55,11 @@ from pyiceberg.types import (
     TimeType,
     UUIDType,
 )
-from sqlalchemy import select
 from sqlglot import exp
 
 from tidelake.config import Pipeline
 from tidelake.errors import QueryError
-from tidelake.lake import checkpoints
+from tidelake.lake import checkpoints, pyiceberg_internals
 from tidelake.lake.catalog import load_table, namespace, open_catalog, table_names, warehouse
 from tidelake.runtime.base import Checkpoint
 
@@ -447,17 +445,7 @@ class QueryEngine:
         metadata-file read and parse per table (~10 ms, growing with the snapshot history);
         metadata files are immutable, so a table is re-read only when its pointer moved.
         """
-        stmt = select(IcebergTables.table_name, IcebergTables.metadata_location).where(
-            IcebergTables.catalog_name == self._catalog.name,
-            IcebergTables.table_namespace == self._namespace,
-        )
-        type_filter = getattr(self._catalog, "_iceberg_type_filter", None)
-        kind = type_filter() if type_filter is not None else None  # skips views
-        if kind is not None:
-            stmt = stmt.where(kind)
-        with self._catalog.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        return {str(name): str(location) for name, location in rows if location}
+        return pyiceberg_internals.metadata_locations(self._catalog, self._namespace)
 
     def _table(self, name: str, location: str | None) -> Table:
         """Lake table ``name``, reloaded only when its metadata location is not ``location``."""

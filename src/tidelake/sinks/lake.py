@@ -55,9 +55,10 @@ from pyiceberg.transforms import Transform, parse_transform
 
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.lake import checkpoints, schema, upsert
-from tidelake.lake.catalog import Transaction, guard, identifier_part, namespace, open_catalog
+from tidelake.lake.catalog import guard, identifier_part, namespace, open_catalog
 from tidelake.lake.checkpoints import StoredCheckpoint
 from tidelake.lake.maintenance import Maintainer, MaintenancePolicy
+from tidelake.lake.pyiceberg_internals import Transaction
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
 
 log = logging.getLogger(__name__)
