@@ -205,20 +205,23 @@ def test_dead_letters_source_in_a_pipeline_file(tmp_path: Path) -> None:
     broker = connect(f"embedded:///{tmp_path}/log.db")
     producer = broker.producer()
     letter = {"flow": "land", "reason": "r", "origin": None}
+    seven = letter | {"origin": {"topic": topic, "partition": 0, "offset": 7}}
     producer.produce(
         f"{pipeline.name}.land.dlq",
         [
-            orjson.dumps(letter | {"payload": {"order_id": 1}}),
+            orjson.dumps(seven | {"payload": {"order_id": 1}}),
             b"not a letter",
+            orjson.dumps(seven | {"payload": {"order_id": 1}}),  # repeated by a crash
+            orjson.dumps(seven | {"payload": {"order_id": 3}}),  # another row of record 7
             orjson.dumps(letter | {"payload": {"order_id": 2}}),
         ],
     )
     metrics = FlowRunner(pipeline, "retry").run()  # until_end: it ends by itself
-    assert metrics.state == "finished" and metrics.records_out == 2
+    assert metrics.state == "finished" and metrics.records_out == 3
     consumer = broker.consumer("check", [topic])
     batch = consumer.poll(10, 2.0)
     consumer.close()
-    assert [orjson.loads(v) for v in batch.values] == [{"order_id": 1}, {"order_id": 2}]  # type: ignore[arg-type]
+    assert [orjson.loads(v)["order_id"] for v in batch.values] == [1, 3, 2]  # type: ignore[arg-type]
     again = [d.value for d in dead_letters.read(broker, f"{pipeline.name}.retry.dlq")]
     assert [d["payload"] for d in again] == [{"raw": "not a letter"}], "nothing is lost"
     broker.close()

@@ -16,7 +16,8 @@ has its JSON object as ``payload`` when it is one, else ``{"raw": "<its text>"}`
 that stage).
 
 The topic is written at least once: a crash between a dead-letter write and the sink's
-commit may write the same letter again when the batch is re-read.
+commit may write the same letter again when the batch is re-read (a redrive skips such
+repeats: same origin, same payload).
 """
 
 from __future__ import annotations

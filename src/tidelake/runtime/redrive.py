@@ -6,7 +6,8 @@ the end it had when the redrive started) -> the optional fixing SQL -> an exactl
 ``topic`` sink into the flow's input topic. The sink commits the records and the positions
 in the dead-letter topic in one log transaction, so a second redrive finds nothing left,
 and a redrive killed midway resumes after the last committed batch when run again. Rows the
-SQL leaves out count as handled: later redrives do not offer them again.
+SQL leaves out count as handled: later redrives do not offer them again. Letters repeated
+by a crash of the flow that wrote them (same origin and payload) are redriven once per run.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ class DeadLetterSource(TopicSource):
         }
         self._reached = dict(checkpoint)
         self._done = False
+        self._seen: set[str] = set()  # origin + payload of the letters read so far
         super().open(ctx, checkpoint)
 
     def read(self, max_records: int, timeout: float) -> Batch | None:  # type: ignore[override]
@@ -67,7 +68,9 @@ class DeadLetterSource(TopicSource):
     def _decode(self, msgs: MessageBatch) -> pa.Table:
         """Each letter's ``payload`` object as a row, decoded in bulk, with the letters'
         provenance in the dead-letter topic. A record without a ``payload`` object is taken
-        as it is (one that is not JSON becomes a dead letter of this flow)."""
+        as it is (one that is not JSON becomes a dead letter of this flow). A letter with the
+        origin and payload of one read before in this run is a repeat (the dead-letter topic
+        is written at least once) and is skipped."""
         if not len(msgs):
             return pa.table({})
         raw = pa.array(msgs.values, pa.binary())
@@ -78,19 +81,34 @@ class DeadLetterSource(TopicSource):
         con = duckdb.connect()
         try:
             con.register("letters", pa.table({"s": texts}))
-            payloads = con.sql(
+            letters = con.sql(
                 "SELECT CASE WHEN json_valid(s) AND json_type(s, '$.payload') = 'OBJECT'"
-                " THEN CAST(json_extract(s, '$.payload') AS VARCHAR) END FROM letters"
+                " THEN CAST(json_extract(s, '$.payload') AS VARCHAR) END AS payload,"
+                " CASE WHEN json_valid(s) AND json_type(s, '$.origin') = 'OBJECT'"
+                " THEN md5(CAST(json_extract(s, '$.origin') AS VARCHAR) || payload) END AS key"
+                " FROM letters"
             ).to_arrow_table()
         finally:
             con.close()
-        values = [
-            v if p is None else p.encode()
-            for p, v in zip(payloads.column(0).to_pylist(), msgs.values, strict=True)
-        ]
+        keep: list[int] = []
+        values: list[bytes | None] = []
+        for i, (payload, key) in enumerate(
+            zip(letters.column(0).to_pylist(), letters.column(1).to_pylist(), strict=True)
+        ):
+            if key is not None:
+                if key in self._seen:
+                    continue  # the same record rejected again after a crash
+                self._seen.add(key)
+            keep.append(i)
+            values.append(msgs.values[i] if payload is None else payload.encode())
         return super()._decode(
             MessageBatch(
-                msgs.topics, msgs.partitions, msgs.offsets, msgs.timestamps, msgs.keys, values
+                [msgs.topics[i] for i in keep],
+                [msgs.partitions[i] for i in keep],
+                [msgs.offsets[i] for i in keep],
+                [msgs.timestamps[i] for i in keep],
+                [msgs.keys[i] for i in keep],
+                values,
             )
         )
 
