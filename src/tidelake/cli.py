@@ -18,9 +18,11 @@ from rich.markup import escape
 from tidelake import __version__
 from tidelake.errors import ConnectorError, TidelakeError
 from tidelake.extras import missing_extra
+from tidelake.query_output import print_table
 
-console = Console()
-err = Console(stderr=True)
+# soft_wrap: a long line is one line in a pipe or log file, never cut or re-wrapped at 80
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(e: TidelakeError) -> NoReturn:
@@ -102,7 +104,8 @@ def run(
 ) -> None:
     """Run the flows of a pipeline until their sources end or Ctrl-C (the batch in flight finishes).
 
-    Example: tidelake run scenarios/quickstart/pipeline.yaml --flow ingest
+    Off a terminal (a pipe, CI, a log file) it prints a progress line per flow every 5 s.
+    Example: tidelake run scenarios/stock/pipeline.yaml --flow opening_stock
     """
     from tidelake.runtime.console import show_live
     from tidelake.runtime.runner import FlowRunner, failed, run_flows
@@ -129,8 +132,8 @@ def run(
         done.set()
         for t in view:
             t.join(2)
-    total = sum(r.metrics.records_out for r in runners)
-    err.print(f"done: {total:,} rows landed in {time.monotonic() - t0:.1f}s")
+    counts = ", ".join(f"{r.name} {r.metrics.records_out:,}" for r in runners)
+    err.print(f"done in {time.monotonic() - t0:.1f}s, rows out per flow: {counts}", markup=False)
     for r in failed(runners):
         err.print(f"error: flow {r.name} failed: {r.metrics.last_error}", markup=False)
     if failed(runners):
@@ -150,7 +153,7 @@ def topics_list(pipeline: PipelineArg) -> None:
     for name, n in broker.topics().items():
         ends = broker.end_offsets(name)
         t.add_row(name, str(n), f"{sum(ends.values()):,}")
-    console.print(t)
+    print_table(console, t)
     broker.close()
 
 
@@ -181,13 +184,15 @@ def topics_tail(
         int, typer.Option("-n", help="stop after this many records (0 = follow)")
     ] = 10,
 ) -> None:
-    """Print records of a topic from the beginning, without committing offsets.
+    """Print records of a topic from the beginning, without committing offsets: one JSON
+    object per line, {"topic", "partition", "offset", "value"} (value as JSON when it is).
 
-    Example: tidelake topics tail p.yaml ratings -n 5
+    Example: tidelake topics tail scenarios/stock/pipeline.yaml operations -n 5 | jq -c .value
     """
     import uuid
 
     from tidelake.broker import connect
+    from tidelake.query_output import record_lines
 
     p = _load(pipeline)
     broker = connect(p.url(p.broker))
@@ -196,9 +201,8 @@ def topics_tail(
     try:
         while count == 0 or seen < count:
             batch = consumer.poll(count - seen if count else 500, 1.0)
-            for part, off, val in zip(batch.partitions, batch.offsets, batch.values, strict=True):
-                text = val.decode("utf-8", "replace") if val is not None else "null"
-                console.print(f"[dim]{topic}/{part}@{off}[/dim] {text}", highlight=False)
+            sys.stdout.buffer.write(record_lines(topic, batch))
+            sys.stdout.flush()
             seen += len(batch)
             if not len(batch) and count:
                 break
@@ -227,7 +231,7 @@ def dlq_list(pipeline: PipelineArg, flow: FlowArg) -> None:
     t = Table("dead letters", "reason", title=f"{topic}: {sum(counts.values()):,} dead letters")
     for reason, n in counts.most_common():
         t.add_row(f"{n:,}", reason)
-    console.print(t)
+    print_table(console, t)
 
 
 @dlq_app.command("show")
@@ -276,7 +280,7 @@ def dlq_show(
     if fmt == "table":
         for c in t.columns:
             c.overflow = "fold"
-        console.print(t)
+        print_table(console, t)
 
 
 def _origin_text(origin: object) -> str:
@@ -404,7 +408,7 @@ def infra_status() -> None:
             str(s.get("url") or ""),
             str(s.get("log") or ""),
         )
-    console.print(t)
+    print_table(console, t)
 
 
 @app.command()
@@ -427,7 +431,9 @@ def query(
     """Run read-only SQL (DuckDB) over the pipeline's lake and database tables, or one of the
     pipeline file's saved `queries:` by name.
 
-    Example: tidelake query pipeline.yaml "SELECT count(*) FROM ratings" --format csv
+    `lake.T` and `db.T` name the lake's and the database's table T; a bare T must exist in
+    only one of them.
+    Example: tidelake query scenarios/stock/pipeline.yaml stock_levels --format csv
     """
     from tidelake.query_output import render
 
@@ -435,10 +441,12 @@ def query(
         _fail(TidelakeError(f"--format {fmt!r}: use table, csv, json or parquet"))
     from tidelake.lake import QueryEngine
     from tidelake.lake.catalog import table_names
+    from tidelake.lake.query import check_select
     from tidelake.serve.sql_guard import Catalog, check
 
     p = _load(pipeline)
     sql = p.queries.get(sql.strip(), sql)
+    check_select(sql)  # a syntax error names its token and line
     with QueryEngine(p) as engine:
         check(sql, Catalog(frozenset(table_names(p)), frozenset(engine.db.names())))
         snapshot: int | str | None = int(as_of) if as_of and as_of.isdigit() else as_of
@@ -467,7 +475,7 @@ def lake_tables(pipeline: PipelineArg) -> None:
             str(i.snapshots),
             f"{i.last_updated:%Y-%m-%d %H:%M:%S}" if i.last_updated else "",
         )
-    console.print(t)
+    print_table(console, t)
 
 
 @lake_app.command("describe")
@@ -492,7 +500,7 @@ def lake_describe(
     cols = Table("column", "type", "nullable")
     for c in i.columns:
         cols.add_row(c.name, c.type, "yes" if c.nullable else "no")
-    console.print(cols)
+    print_table(console, cols)
     hist = Table("snapshot", "committed", "operation", "added rows", "total rows", "flow")
     for s in d.history[:10]:
         hist.add_row(
@@ -503,7 +511,7 @@ def lake_describe(
             f"{s.total_rows:,}",
             s.flow or "",
         )
-    console.print(hist)
+    print_table(console, hist)
     for flow, cp in d.checkpoints.items():
         console.print(f"checkpoint {flow}: {cp}")
 
@@ -518,7 +526,14 @@ def lake_compact(
     """
     from tidelake import lake
 
-    console.print(lake.compact(_load(pipeline), table))
+    r = lake.compact(_load(pipeline), table)
+    if r.files_removed == 0:
+        console.print(f"{table}: nothing to compact (no partition has enough small files)")
+    else:
+        console.print(
+            f"{table}: {r.files_removed:,} files rewritten into {r.files_added:,} "
+            f"in {r.partitions:,} partition(s), {r.rows:,} rows, snapshot {r.snapshot_id}"
+        )
 
 
 @lake_app.command("expire")
@@ -533,7 +548,10 @@ def lake_expire(
     """
     from tidelake import lake
 
-    console.print(lake.expire(_load(pipeline), table, keep=keep))
+    r = lake.expire(_load(pipeline), table, keep=keep)
+    console.print(
+        f"{table}: {r.snapshots_expired:,} snapshot(s) expired, {r.files_deleted:,} files deleted"
+    )
 
 
 @cdc_app.command("drop-slot")

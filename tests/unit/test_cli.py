@@ -74,7 +74,7 @@ def test_topics_create_list_tail(tmp_path: Path) -> None:
     assert "events" in listed.output and "3" in listed.output
     tail = runner.invoke(app, ["topics", "tail", str(p), "events", "-n", "5"])
     assert tail.exit_code == 0
-    assert sorted(json.loads(line.split(" ", 1)[1])["n"] for line in tail.output.splitlines()) == [
+    assert sorted(json.loads(line)["value"]["n"] for line in tail.output.splitlines()) == [
         0,
         1,
         2,

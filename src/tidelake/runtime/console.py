@@ -12,6 +12,8 @@ from rich.table import Table
 
 from tidelake.runtime.metrics import FlowMetrics
 
+PROGRESS_EVERY = 5.0  # seconds between progress lines when the output is not a terminal
+
 
 def render(metrics: Sequence[FlowMetrics]) -> Table:
     t = Table(title="tidelake flows", expand=False)
@@ -34,12 +36,31 @@ def render(metrics: Sequence[FlowMetrics]) -> Table:
     return t
 
 
-def show_live(metrics: Sequence[FlowMetrics], done: threading.Event, console: Console) -> None:
-    """Refresh the table until ``done``; prints the final state once when not a terminal."""
+def progress_line(m: FlowMetrics) -> str:
+    """One flow's state as a log line (for pipes, CI and log files)."""
+    line = (
+        f"{time.strftime('%H:%M:%S')} {m.flow} {m.state}: in {m.records_in:,} "
+        f"out {m.records_out:,} ({m.rate_out:,.0f} rows/s) lag {m.lag:,} "
+        f"dead {m.dead_letters:,} errors {m.errors:,}"
+    )
+    return line + (f" last error: {m.last_error}" if m.last_error else "")
+
+
+def show_live(
+    metrics: Sequence[FlowMetrics],
+    done: threading.Event,
+    console: Console,
+    every: float = PROGRESS_EVERY,
+) -> None:
+    """Refresh the table until ``done``. Not on a terminal, print a progress line per flow
+    every ``every`` seconds (and once more at the end) instead."""
     if not console.is_terminal:
-        done.wait()
-        console.print(render(metrics))
-        return
+        while True:
+            finished = done.wait(every)
+            for m in metrics:
+                console.print(progress_line(m), markup=False, highlight=False, soft_wrap=True)
+            if finished:
+                return
     with Live(render(metrics), console=console, refresh_per_second=4) as live:
         while not done.is_set():
             live.update(render(metrics))
