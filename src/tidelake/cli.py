@@ -286,8 +286,6 @@ def dlq_show(
 def _origin_text(origin: object) -> str:
     if isinstance(origin, dict) and "topic" in origin:
         return f"{origin['topic']}/{origin.get('partition')}@{origin.get('offset')}"
-    if isinstance(origin, dict) and "file" in origin:
-        return f"{origin['file']}:{origin.get('line')}"
     return "" if origin is None else str(origin)
 
 
@@ -323,7 +321,7 @@ def dlq_redrive(
         m = redrive(p, flow, sql=sql, to=target, batch_size=batch_size, stop=stop)
     except TidelakeError as e:
         _fail(e)
-    left_out = m.records_in - m.records_out
+    left_out = max(0, m.records_in - m.records_out - m.dead_letters)
     err.print(
         f"redriven: {m.records_out:,} dead letters of {topic} into {target}"
         + (f" ({left_out:,} left out by the SQL)" if left_out else "")
