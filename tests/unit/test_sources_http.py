@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import threading
 import time
@@ -25,6 +26,7 @@ ITEMS = [{"id": i, "title": f"movie {i}"} for i in range(23)]
 class Api(BaseHTTPRequestHandler):
     calls: list[tuple[float, str]] = []
     failures_left = 0
+    retry_after: list[str] = []  # Retry-After of the next 503s of /busy
 
     def log_message(self, *args: object) -> None:
         pass
@@ -55,6 +57,14 @@ class Api(BaseHTTPRequestHandler):
             if Api.failures_left > 0:
                 Api.failures_left -= 1
                 self._send(500, {"error": "boom"})
+            else:
+                self._send(200, ITEMS[:3])
+        elif url.path == "/busy":
+            if Api.retry_after:
+                self.send_response(503)
+                self.send_header("Retry-After", Api.retry_after.pop(0))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             else:
                 self._send(200, ITEMS[:3])
         elif url.path == "/ndjson":
@@ -168,6 +178,17 @@ def test_retries_5xx_with_backoff_then_succeeds(api: str, tmp_path: Path) -> Non
     times = [t for t, _ in Api.calls]
     assert len(times) == 3
     assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1  # exponential
+
+
+def test_retry_after_in_seconds_and_as_an_http_date_is_honoured(api: str, tmp_path: Path) -> None:
+    Api.retry_after = [email.utils.formatdate(time.time() + 3, usegmt=True), "1"]
+    src = open_source(tmp_path, url=f"{api}/busy", max_polls=1, backoff=0.01)
+    rows, positions = drain(src)
+    assert rows == ITEMS[:3] and positions == {"requests": 1}
+    times = [t for t, _ in Api.calls]
+    assert len(times) == 3
+    assert times[1] - times[0] >= 1.5  # a date 2-3 s ahead (whole seconds), not the 10 ms backoff
+    assert times[2] - times[1] >= 0.95  # "1": one second
 
 
 def test_gives_up_after_retries_and_does_not_retry_4xx(api: str, tmp_path: Path) -> None:

@@ -11,60 +11,40 @@ successful requests; it survives restarts for observability, not for replay.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urljoin
 
 import httpx
 import orjson
 import pyarrow as pa
 import pyarrow.json as pajson
-from pydantic import BaseModel, ConfigDict, Field
+from httpx_retries import Retry, RetryTransport
+from pydantic import Field
 
 from tidelake.errors import ConnectorError
 from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
+from tidelake.sources import pagination
 from tidelake.sources.file import dig, records_table
+from tidelake.sources.pagination import Pages, Pagination
 
 _RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 
 
-class Pagination(BaseModel):
-    """How one poll walks through pages."""
+class _Spaced(httpx.BaseTransport):
+    """Every attempt, retries included, at most ``rate`` per second (unset: no limit)."""
 
-    model_config = ConfigDict(extra="forbid")
+    def __init__(self, inner: httpx.BaseTransport, rate: float | None) -> None:
+        self.inner, self.rate, self.last = inner, rate, 0.0
 
-    style: Literal["none", "next_url", "page", "offset"] = Field(
-        default="none",
-        description="next_url: follow a URL found in each response; page / offset: increment a "
-        "query parameter until a page comes back empty (or short of page_size)",
-    )
-    next_url: str = Field(
-        default="next", description="next_url: dotted JSON path of the next page's URL"
-    )
-    param: str | None = Field(
-        default=None, description="page / offset: query parameter (default: its style)"
-    )
-    start: int | None = Field(
-        default=None, description="first page (default 1) or offset (default 0)"
-    )
-    page_size: int | None = Field(
-        default=None,
-        gt=0,
-        description="records per page: a shorter page ends the poll; sent as size_param",
-    )
-    size_param: str | None = Field(
-        default=None, description="query parameter carrying page_size (e.g. limit)"
-    )
-    max_pages: int = Field(default=100, gt=0, description="pages per poll at most")
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.rate:
+            wait = self.last + 1.0 / self.rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        self.last = time.monotonic()
+        return self.inner.handle_request(request)
 
-
-@dataclass
-class _Poll:
-    url: str
-    params: dict[str, Any]
-    pages: int = 0
-    value: int = 0
-    buffered: list[pa.Table] = field(default_factory=list)
+    def close(self) -> None:
+        self.inner.close()
 
 
 class HttpSource(Source):
@@ -90,7 +70,9 @@ class HttpSource(Source):
         pagination: Pagination = Field(default_factory=Pagination)
         rate_limit: float | None = Field(None, gt=0, description="requests per second at most")
         retries: int = Field(5, ge=0, description="retries of a 5xx/429/connection error")
-        backoff: float = Field(0.5, ge=0, description="first retry delay in s, doubled each time")
+        backoff: float = Field(
+            0.5, ge=0, description="first retry delay in s, doubled each time (Retry-After wins)"
+        )
         backoff_max: float = Field(30.0, ge=0, description="longest retry delay in s")
         timeout: float = Field(30.0, gt=0, description="seconds per request")
 
@@ -100,14 +82,25 @@ class HttpSource(Source):
         self.ctx = ctx
         self.requests = checkpoint.get("requests", 0)
         self.polls = 0
-        self.client = httpx.Client(
-            headers={"User-Agent": "tidelake", **self.config.headers},
-            timeout=self.config.timeout,
-            follow_redirects=True,
+        c = self.config
+        retry = Retry(  # Retry-After (seconds or HTTP date) wins over the backoff
+            total=c.retries,
+            allowed_methods=["GET", "POST"],
+            status_forcelist=_RETRYABLE,
+            backoff_factor=c.backoff / 2,  # its first retry waits 2 * factor
+            backoff_jitter=0.0,
+            max_backoff_wait=max(c.backoff_max, 1e-3),
+            respect_retry_after_header=True,
         )
-        self._poll: _Poll | None = None
+        self.client = httpx.Client(
+            headers={"User-Agent": "tidelake", **c.headers},
+            timeout=c.timeout,
+            follow_redirects=True,
+            transport=RetryTransport(_Spaced(httpx.HTTPTransport(), c.rate_limit), retry=retry),
+        )
+        self._poll: Pages | None = None
+        self._pages = 0
         self._next_poll = 0.0
-        self._last_request = 0.0
         self._rows: pa.Table | None = None
 
     def close(self) -> None:
@@ -136,69 +129,39 @@ class HttpSource(Source):
                 return Batch(pa.table({}), {"requests": self.requests})
 
     def _start_poll(self, now: float) -> None:
-        p = self.config.pagination
         self.polls += 1
         self._next_poll = now + self.config.interval
-        poll = _Poll(self.config.url, dict(self.config.params))
-        if p.style in ("page", "offset"):
-            poll.value = p.start if p.start is not None else (1 if p.style == "page" else 0)
-            if p.page_size and p.size_param:
-                poll.params[p.size_param] = p.page_size
-        self._poll = poll
+        self._poll = pagination.start(self.config.pagination, self.config.url, self.config.params)
+        self._pages = 0
 
-    def _fetch_page(self, poll: _Poll) -> pa.Table | None:
+    def _fetch_page(self, poll: Pages) -> pa.Table | None:
         """Fetch the poll's next page and advance (or end) the poll."""
-        p = self.config.pagination
-        if p.style in ("page", "offset"):
-            poll.params[p.param or p.style] = poll.value
         response = self._request(poll.url, poll.params)
-        poll.pages += 1
+        self._pages += 1
         table, doc = self._decode(response)
-        n = table.num_rows if table is not None else 0
-        more = poll.pages < p.max_pages
-        if p.style == "next_url":
-            nxt = _next_url(doc, p.next_url)
-            more = more and bool(nxt)
-            if nxt:
-                poll.url, poll.params = urljoin(str(response.url), nxt), {}
-        elif p.style in ("page", "offset"):
-            more = more and n > 0 and (p.page_size is None or n >= p.page_size)
-            poll.value += 1 if p.style == "page" else (p.page_size or n)
-        else:
-            more = False
-        if not more:
+        rows = table.num_rows if table is not None else 0
+        more = poll.advance(str(response.url), doc, rows)
+        if not more or self._pages >= self.config.pagination.max_pages:
             self._poll = None
         return table
 
     def _request(self, url: str, params: dict[str, Any]) -> httpx.Response:
+        """One successful response; retries (transport) happen below this call."""
         c = self.config
-        problem = ""
-        for attempt in range(c.retries + 1):
-            if c.rate_limit:
-                wait = self._last_request + 1.0 / c.rate_limit - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-            self._last_request = time.monotonic()
-            delay = min(c.backoff_max, c.backoff * 2**attempt)
-            try:
-                response = self.client.request(c.method, url, params=params or None, json=c.body)
-            except httpx.TransportError as e:
-                problem = f"{type(e).__name__}: {e}"
-            else:
-                if response.status_code < 400:
-                    self.requests += 1
-                    return response
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
-                if response.status_code not in _RETRYABLE:
-                    raise ConnectorError(
-                        f"http source: {c.method} {url} failed with {problem} "
-                        "(check url, params and headers; this status is not retried)"
-                    )
-                retry_after = response.headers.get("Retry-After", "")
-                if retry_after.isdigit():
-                    delay = min(c.backoff_max, float(retry_after))
-            if attempt < c.retries:
-                time.sleep(delay)
+        try:
+            response = self.client.request(c.method, url, params=params or None, json=c.body)
+        except httpx.TransportError as e:
+            problem = f"{type(e).__name__}: {e}"
+        else:
+            if response.status_code < 400:
+                self.requests += 1
+                return response
+            problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            if response.status_code not in _RETRYABLE:
+                raise ConnectorError(
+                    f"http source: {c.method} {url} failed with {problem} "
+                    "(check url, params and headers; this status is not retried)"
+                )
         raise ConnectorError(
             f"http source: {c.method} {url} still failing after {c.retries} retries: {problem} "
             "(is the API up? raise retries/backoff for flaky APIs)"
@@ -241,11 +204,3 @@ class HttpSource(Source):
     def _reject(self, raw: list[bytes], reason: str) -> None:
         """Bad input is data: the raw payload goes to the dead-letter topic."""
         self.ctx.dead_letter(pa.table({"raw": [r.decode("utf-8", "replace") for r in raw]}), reason)
-
-
-def _next_url(doc: Any, path: str) -> str | None:
-    try:
-        value = dig(doc, path)
-    except KeyError:
-        return None
-    return value if isinstance(value, str) and value else None
