@@ -91,7 +91,14 @@ def validate(pipeline: PipelineArg) -> None:
 
     Example: tidelake validate scenarios/movies/pipeline.yaml
     """
+    from tidelake.checks import check
+
     p = _load(pipeline)
+    findings = check(p, pipeline)
+    for line in findings:
+        (console if ": note: " in line else err).print(line, markup=False, highlight=False)
+    if any(": note: " not in line for line in findings):
+        raise typer.Exit(2)
     console.print(f"[green]ok[/green] {pipeline}: pipeline {p.name!r}, flows: {', '.join(p.flows)}")
 
 
