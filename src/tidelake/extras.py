@@ -22,6 +22,7 @@ MODULES: dict[str, str] = {
     "pyiceberg": "lake",
     "sqlalchemy": "lake",
     "fastapi": "serve",
+    "fastapi_offline": "serve",
     "starlette": "serve",
     "uvicorn": "serve",
     "streamlit": "dashboard",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -381,3 +382,15 @@ def test_rows_of_a_name_in_both_stores_need_its_prefix_and_internal_tables_are_h
         assert query.json()["rows"] == [[2]]
         names = [t["name"] for t in c.get("/api/tables").json()]
         assert sorted(names) == ["events", "events"], names
+
+
+def test_docs_pages_load_their_assets_from_the_app_itself(client: TestClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html.text)
+        assert assets, html.text
+        for url in assets:
+            assert url.startswith("/"), f"{page} loads {url} from another host (blank offline)"
+            asset = client.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 10_000, url

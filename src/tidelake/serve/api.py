@@ -24,6 +24,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from tidelake.config import Pipeline
 from tidelake.errors import ConnectorError, TidelakeError
@@ -58,7 +59,7 @@ def create_app(
         yield
         state.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc serve Swagger UI and ReDoc from the package
         title=f"tidelake: {pipeline.name}",
         description="Catalog, structured rows and read-only SQL over the pipeline's tables, "
         "ingest into its log, flow status and metrics.",
