@@ -21,18 +21,11 @@ import pyarrow.csv as pcsv
 
 from tidelake import extras
 from tidelake.errors import ConfigError, ConnectorError
+from tidelake.identifiers import plain as ident
 from tidelake.runtime.base import Checkpoint
 from tidelake.sqlite_wal import open_wal
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CHECKPOINTS = "_tidelake_checkpoints"
-
-
-def ident(name: str) -> str:
-    """A safely quoted identifier; names must be plain (letters, digits, underscores)."""
-    if not _IDENT.match(name):
-        raise ConfigError(f"{name!r} is not a valid table or column name (use letters, digits, _)")
-    return f'"{name}"'
 
 
 def _is_nested(t: pa.DataType) -> bool:

@@ -59,6 +59,7 @@ from sqlglot import exp
 
 from tidelake.config import Pipeline
 from tidelake.errors import QueryError
+from tidelake.identifiers import quote
 from tidelake.lake import checkpoints, pyiceberg_internals
 from tidelake.lake.catalog import load_table, namespace, open_catalog, table_names, warehouse
 from tidelake.runtime.base import Checkpoint
@@ -146,17 +147,13 @@ def _duck_type(t: IcebergType) -> str:
     if isinstance(t, DecimalType):
         return f"DECIMAL({t.precision}, {t.scale})"
     if isinstance(t, StructType):
-        inner = ", ".join(f"{_ident(f.name)} {_duck_type(f.field_type)}" for f in t.fields)
+        inner = ", ".join(f"{quote(f.name)} {_duck_type(f.field_type)}" for f in t.fields)
         return f"STRUCT({inner})"
     if isinstance(t, ListType):
         return _duck_type(t.element_type) + "[]"
     if isinstance(t, MapType):
         return f"MAP({_duck_type(t.key_type)}, {_duck_type(t.value_type)})"
     raise QueryError(f"lake column type {t} cannot be queried with DuckDB yet")
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _literal(text: str) -> str:
@@ -319,7 +316,7 @@ class _Database:
         hit = self._cache.get(name)
         if hit is not None and version is not None and hit[0] == version:
             return hit[1]
-        columns, rows = self._rows(f"SELECT * FROM {_ident(name)}")
+        columns, rows = self._rows(f"SELECT * FROM {quote(name)}")
         arrays = []
         for values in zip(*rows, strict=True) if rows else [() for _ in columns]:
             try:
@@ -481,7 +478,7 @@ class QueryEngine:
             else:
                 continue  # unknown: DuckDB's catalog error names it (with the known tables)
             if not schema and self._bound.get(("main", name)) != store:
-                q = _ident(name)
+                q = quote(name)
                 self._con.execute(f"CREATE OR REPLACE VIEW main.{q} AS SELECT * FROM {store}.{q}")
                 self._bound[("main", name)] = store
         if isinstance(as_of, int) and not matched and read:
@@ -515,10 +512,10 @@ class QueryEngine:
         if snapshot is not None and snapshot.schema_id is not None:
             schema = table.schemas().get(snapshot.schema_id, schema)
         plan = self._plan(name, table, snapshot) if snapshot else None
-        q = _ident(name)
+        q = quote(name)
         if plan is None or not plan.files:
             cols = ", ".join(
-                f"CAST(NULL AS {_duck_type(f.field_type)}) AS {_ident(f.name)}"
+                f"CAST(NULL AS {_duck_type(f.field_type)}) AS {quote(f.name)}"
                 for f in schema.fields
             )
             self._con.execute(f"CREATE OR REPLACE VIEW lake.{q} AS SELECT {cols} LIMIT 0")
@@ -547,8 +544,8 @@ class QueryEngine:
             return  # the same (cached, unchanged) table is bound already
         internal = f"__{schema}_{name}"
         self._con.register(internal, data)
-        q = _ident(name)
-        source = _ident(internal)
+        q = quote(name)
+        source = quote(internal)
         self._con.execute(f"CREATE OR REPLACE VIEW {schema}.{q} AS SELECT * FROM {source}")
         self._bound[(schema, name)] = data
 

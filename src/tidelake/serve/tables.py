@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
 from tidelake.errors import QueryError
+from tidelake.identifiers import quote
 from tidelake.lake.query import AmbiguousTable, TableDetail, TableInfo
 from tidelake.serve.models import (
     ColumnInfo,
@@ -29,10 +30,6 @@ from tidelake.serve.state import ApiState
 HISTORY = 50
 INTERNAL_PREFIX = "_tidelake_"  # tidelake's own bookkeeping tables (CDC, checkpoints)
 _FILTERS = TypeAdapter(list[Filter])
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _summary(info: TableInfo, now: datetime) -> dict[str, Any]:
@@ -105,12 +102,12 @@ def _order(order_by: list[str], columns: set[str]) -> list[str]:
             desc = direction.lower() == "desc"
         if name not in columns:
             raise HTTPException(422, f"order_by: unknown column {name!r}")
-        out.append(f"{_quote(name)} {'DESC' if desc else 'ASC'}")
+        out.append(f"{quote(name)} {'DESC' if desc else 'ASC'}")
     return out
 
 
 def _condition(f: Filter, params: list[Any]) -> str:
-    column = _quote(f.column)
+    column = quote(f.column)
     if f.op == "is_null":
         return f"{column} IS NULL"
     if f.op == "not_null":
@@ -173,7 +170,7 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
                 raise HTTPException(422, f"where: unknown column {f.column!r}")
         order = _order(order_by, columns)
         params: list[Any] = []
-        table = f"{info.kind}.{_quote(info.name)}"  # the store describe() resolved
+        table = f"{info.kind}.{quote(info.name)}"  # the store describe() resolved
         sql = f"SELECT * FROM {table}"
         if filters:
             sql += " WHERE " + " AND ".join(_condition(f, params) for f in filters)

@@ -13,8 +13,9 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from tidelake.errors import ConfigError
+from tidelake.identifiers import quote
 from tidelake.runtime.base import ConnectorConfig, FlowContext, Transform
-from tidelake.transforms.sql import BATCH, BatchSQL, quote
+from tidelake.transforms.sql import BATCH, BatchSQL
 
 
 def _missing(table: pa.Table, wanted: list[str], what: str) -> None:

@@ -16,8 +16,9 @@ import pyarrow as pa
 from pydantic import Field
 
 from tidelake.errors import ConfigError
+from tidelake.identifiers import quote
 from tidelake.runtime.base import ConnectorConfig, FlowContext, Transform
-from tidelake.transforms.sql import BATCH, BatchSQL, quote
+from tidelake.transforms.sql import BATCH, BatchSQL
 
 MIN_KEY_BYTES = 16
 _BLOCK = 64  # SHA-256 block size (RFC 2104)

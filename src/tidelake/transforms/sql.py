@@ -64,11 +64,6 @@ class BatchSQL:
         self.con.close()
 
 
-def quote(name: str) -> str:
-    """A column name as a DuckDB identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 class SqlTransform(Transform):
     """Replace each batch by the result of a DuckDB query over it.
 

@@ -29,8 +29,9 @@ from pydantic import Field
 
 from tidelake.errors import ConfigError
 from tidelake.formats import decode_json
+from tidelake.identifiers import quote
 from tidelake.runtime.base import PROVENANCE, ConnectorConfig, FlowContext, Transform
-from tidelake.transforms.sql import BATCH, BatchSQL, quote
+from tidelake.transforms.sql import BATCH, BatchSQL
 
 META = ("_op", "_ts", "_lsn", "_table")
 

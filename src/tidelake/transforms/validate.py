@@ -15,8 +15,9 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tidelake.errors import ConfigError
+from tidelake.identifiers import quote
 from tidelake.runtime.base import ConnectorConfig, FlowContext, Transform
-from tidelake.transforms.sql import BATCH, BatchSQL, quote
+from tidelake.transforms.sql import BATCH, BatchSQL
 
 _CASTS = {"int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "timestamp": "TIMESTAMPTZ"}
 Scalar = bool | int | float | str

@@ -43,8 +43,9 @@ import pyarrow.compute as pc
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tidelake.errors import ConfigError
+from tidelake.identifiers import quote
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Transform
-from tidelake.transforms.sql import BatchSQL, quote
+from tidelake.transforms.sql import BatchSQL
 
 log = logging.getLogger(__name__)
 

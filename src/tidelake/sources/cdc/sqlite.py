@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from tidelake.errors import ConfigError
+from tidelake.identifiers import quote as q
 from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Source
 from tidelake.sources.cdc.envelope import SCHEMA, VERSION, default_name, empty, now_ms
 from tidelake.sqlite_wal import open_wal
@@ -39,10 +40,6 @@ CHANGES = "_tidelake_changes"
 CONSUMERS = "_tidelake_cdc_consumers"
 TRIGGERS = "_tidelake_cdc_triggers"
 _NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
-
-
-def q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def lit(value: str) -> str:
