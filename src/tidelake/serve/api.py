@@ -30,7 +30,14 @@ from tidelake.config import Pipeline
 from tidelake.errors import ConnectorError, TidelakeError
 from tidelake.serve import ingest_route, prometheus, queries, sql_guard, status, tables
 from tidelake.serve.auth import bearer_guard
-from tidelake.serve.engine import EngineBusy, EnginePool, Limits, QueryTimeout, sanitize
+from tidelake.serve.engine import (
+    EngineBusy,
+    EnginePool,
+    Limits,
+    QueryTimeout,
+    ResultTooLarge,
+    sanitize,
+)
 from tidelake.serve.models import Problem
 from tidelake.serve.state import ApiState
 
@@ -56,6 +63,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.pool.warm()
         yield
         state.close()
 
@@ -76,6 +84,10 @@ def create_app(
     @app.exception_handler(QueryTimeout)
     async def _timeout(_: Request, e: QueryTimeout) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=408)
+
+    @app.exception_handler(ResultTooLarge)
+    async def _too_large(_: Request, e: ResultTooLarge) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=413)
 
     @app.exception_handler(EngineBusy)
     async def _busy(_: Request, e: EngineBusy) -> JSONResponse:

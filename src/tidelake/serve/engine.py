@@ -1,33 +1,37 @@
-"""The query layer as the API runs it: sandboxed connections, a pool, a deadline per query.
+"""The query layer as the API runs it: sandboxed engines in worker processes, a pool.
 
-Each pooled engine is a ``tidelake.lake.QueryEngine`` whose DuckDB connection is
-locked down once, right after the engine's own setup, and then frozen with
+Each engine is a ``tidelake.lake.QueryEngine`` whose DuckDB connection is locked
+down once, right after the engine's own setup, and then frozen with
 ``lock_configuration``:
 
 - ``enable_external_access = false`` with ``allowed_directories`` = the lake
   warehouse (set by ``QueryEngine``): no file outside the lake, no network,
-  no ``ATTACH``/``COPY``/``INSTALL``/``LOAD``;
+  no ``INSTALL``/``LOAD``;
+- only single ``SELECT`` statements run (DuckDB's own parser decides, on the exact
+  text that runs): no ``COPY``, ``ATTACH``, ``EXPORT``, ``SET``, DDL or DML;
 - ``autoinstall_known_extensions`` / ``autoload_known_extensions`` /
   ``allow_community_extensions`` off, ``python_enable_replacements`` off (a query
   cannot scan Python variables by name);
 - ``memory_limit``, ``threads`` and ``max_temp_directory_size = 0`` (no spill
   files): a query that needs more memory fails instead of filling the disk.
 
-A query runs in the request's worker thread; a timer interrupts the connection
-at the deadline (``duckdb.Connection.interrupt``), which surfaces as
-``QueryTimeout``. One engine runs one request at a time, so the interrupt can
-only hit the query it was armed for.
+User SQL runs in worker processes (``tidelake.serve.worker``), at most
+``Limits.engines`` at once: a query past its time limit, or a worker whose memory
+passes ``memory_limit``, is killed within ``worker._TICK`` seconds, and a result
+larger than ``max_bytes`` is refused before it leaves the worker. A request that
+finds every engine busy for ``Limits.wait`` seconds gets ``EngineBusy`` (503).
+Catalog calls (no user SQL) run on one in-process engine.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import duckdb
@@ -37,10 +41,15 @@ from tidelake.config import Pipeline
 from tidelake.errors import QueryError
 from tidelake.lake.query import AsOf, QueryEngine
 from tidelake.serve.sql_guard import Catalog
+from tidelake.serve.worker import STARTUP, ResultTooLarge, Worker, WorkerKilled, setup_frame
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
-_PATH = re.compile(r"(?:[A-Za-z]+://)?(?:/[^\s'\"/]+)+/?")
+_PATH = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+|(?<![\w/.])/(?!api/)(?:[^\s'\"/]+/)+[^\s'\"]*"
+)
+"""URLs and absolute paths of two or more segments (API routes like ``/api/tables`` stay)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,10 @@ class Limits:
     memory_limit: str = "1GB"
     threads: int = 2
     engines: int = 2
+    max_bytes: int = 64 * 2**20
+    """Largest result (Arrow bytes) a query may return; beyond it the answer is 413."""
+    wait: float = 1.0
+    """Seconds a request waits for a free engine before the answer is 503."""
 
 
 class QueryTimeout(QueryError):
@@ -73,8 +86,6 @@ class SandboxedEngine(QueryEngine):
 
     def __init__(self, pipeline: Pipeline, limits: Limits) -> None:
         super().__init__(pipeline)
-        self._running = False
-        self._state = threading.Lock()
         con = self._con
         if not self.warehouse.startswith("file://"):
             con.execute("SET enable_external_access = false")
@@ -101,31 +112,25 @@ class SandboxedEngine(QueryEngine):
         self, query: str, params: Sequence[Any] | None, bind: str | None, as_of: AsOf
     ) -> pa.Table:
         """Run ``query``; with ``params`` the table ``bind`` is bound first through ``sql``."""
-        self._set_running(True)
-        try:
-            if params is None:
-                return self.sql(query, as_of=as_of)
-            if bind is not None:
-                self.sql(f"SELECT * FROM {bind} LIMIT 0", as_of=as_of)
-            with self._lock:
-                try:
-                    return self._con.sql(query, params=list(params)).to_arrow_table()
-                except duckdb.Error as e:
-                    raise QueryError(str(e)) from None
-        finally:
-            self._set_running(False)
+        if params is None:
+            return self.sql(query, as_of=as_of)
+        _only_select(query)
+        if bind is not None:
+            self.sql(f"SELECT * FROM {bind} LIMIT 0", as_of=as_of)
+        with self._lock:
+            try:
+                return self._con.sql(query, params=list(params)).to_arrow_table()
+            except duckdb.Error as e:
+                raise QueryError(str(e)) from None
 
-    def _set_running(self, running: bool) -> None:
-        with self._state:
-            self._running = running
 
-    def interrupt(self) -> bool:
-        """Interrupt the running query, if one is running; True when interrupted."""
-        with self._state:
-            if self._running:
-                self._con.interrupt()
-                return True
-            return False
+def _only_select(query: str) -> None:
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as e:
+        raise QueryError(f"SQL syntax error: {e}") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise QueryError("only a single read-only SELECT statement is allowed")
 
 
 def _size(text: str) -> str:
@@ -134,48 +139,109 @@ def _size(text: str) -> str:
     return text.strip()
 
 
+def _bytes(text: str) -> int:
+    """``memory_limit`` in bytes, as DuckDB reads it (KB = 1000, KiB = 1024)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?)B", _size(text), re.IGNORECASE)
+    assert m is not None
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** (1 + "KMGT".index(m.group(2).upper())))
+
+
 class EnginePool:
-    """A few sandboxed engines, each used by one request at a time."""
+    """At most ``limits.engines`` worker processes, each used by one request at a time."""
 
     def __init__(self, pipeline: Pipeline, limits: Limits) -> None:
         self.pipeline = pipeline
         self.limits = limits
-        self._idle: queue.LifoQueue[SandboxedEngine] = queue.LifoQueue()
-        self._all: list[SandboxedEngine] = []
+        self._setup = setup_frame(pipeline, asdict(limits))
+        self._memory = _bytes(limits.memory_limit)
+        self._idle: queue.LifoQueue[Worker] = queue.LifoQueue()
+        self._all: list[Worker] = []
+        self._count = 0
         self._create = threading.Lock()
+        self._local: SandboxedEngine | None = None
 
-    @contextmanager
-    def engine(self, wait: float) -> Iterator[SandboxedEngine]:
-        engine = self._acquire(wait)
-        try:
-            yield engine
-        finally:
-            self._idle.put(engine)
-
-    def _acquire(self, wait: float) -> SandboxedEngine:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
+    def _acquire(self, wait: float) -> Worker:
+        while True:
+            try:
+                worker = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if worker.alive:
+                return worker
+            self._forget(worker)
         with self._create:
-            if len(self._all) < self.limits.engines:
-                engine = SandboxedEngine(self.pipeline, self.limits)
-                self._all.append(engine)
-                return engine
-        try:
-            return self._idle.get(timeout=max(wait, 0.0))
+            create = self._count < self.limits.engines
+            if create:
+                self._count += 1
+        if create:
+            try:
+                worker = Worker(self._setup, self._memory)
+            except BaseException:
+                with self._create:
+                    self._count -= 1
+                raise
+            with self._create:
+                self._all.append(worker)
+            return worker
+        with self._create:
+            starting = self._count > len(self._all)
+        try:  # a worker still starting is not busy: wait for it rather than answer 503
+            return self._idle.get(timeout=STARTUP if starting else max(wait, 0.0))
         except queue.Empty:
-            raise EngineBusy("every query engine is busy; retry in a moment") from None
+            raise EngineBusy(
+                f"all {self.limits.engines} query engines are busy; retry in a moment"
+            ) from None
+
+    def _release(self, worker: Worker) -> None:
+        if worker.alive:
+            self._idle.put(worker)
+        else:
+            self._forget(worker)
+            self.warm()  # a killed worker's replacement starts now, not on the next request
+
+    def warm(self) -> None:
+        """Start workers up to ``limits.engines`` in the background."""
+
+        def start() -> None:
+            with self._create:
+                if self._count >= self.limits.engines:
+                    return
+                self._count += 1
+            try:
+                worker = Worker(self._setup, self._memory)
+            except Exception:
+                with self._create:
+                    self._count -= 1
+                log.exception("could not start a query worker")
+                return
+            with self._create:
+                self._all.append(worker)
+            self._idle.put(worker)
+
+        for _ in range(self.limits.engines):
+            threading.Thread(target=start, daemon=True, name="tidelake-worker-start").start()
+
+    def _forget(self, worker: Worker) -> None:
+        with self._create:
+            if worker in self._all:
+                self._all.remove(worker)
+                self._count -= 1
+
+    def _engine(self) -> SandboxedEngine:
+        with self._create:
+            if self._local is None:
+                self._local = SandboxedEngine(self.pipeline, self.limits)
+            return self._local
 
     def catalog(self) -> Catalog:
         """The names user SQL may read right now."""
-        with self.engine(self.limits.timeout) as engine:
-            return Catalog(frozenset(engine.lake_names()), frozenset(engine.db.names()))
+        engine = self._engine()
+        return Catalog(frozenset(engine.lake_names()), frozenset(engine.db.names()))
 
     def call(self, fn: Callable[[SandboxedEngine], T]) -> T:
-        """Run a catalog call (no user SQL) on a pooled engine."""
-        with self.engine(self.limits.timeout) as engine:
-            return fn(engine)
+        """Run a catalog call (no user SQL) on the in-process engine."""
+        return fn(self._engine())
 
     def query(
         self,
@@ -185,35 +251,51 @@ class EnginePool:
         as_of: AsOf = None,
         timeout: float | None = None,
     ) -> pa.Table:
-        """Run one guarded query under the deadline; ``QueryTimeout`` when it is reached."""
+        """Run one guarded query in a worker under the time, memory and result-size limits."""
         limit = self.limits.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        with self.engine(limit) as engine:
-            fired = threading.Event()
-
-            def on_deadline() -> None:
-                if engine.interrupt():
-                    fired.set()
-
-            timer = threading.Timer(max(deadline - time.monotonic(), 0.0), on_deadline)
-            timer.daemon = True
-            timer.start()
-            try:
-                return engine.run(query, params, bind, as_of)
-            except QueryError as e:
-                if fired.is_set():
-                    raise QueryTimeout(
-                        f"query stopped after the {limit:g} s time limit "
-                        "(filter or aggregate more, or query fewer rows)"
-                    ) from None
-                raise QueryError(sanitize(str(e))) from None
-            finally:
-                timer.cancel()
+        worker = self._acquire(min(self.limits.wait, limit))
+        request = {
+            "sql": query,
+            "params": list(params) if params is not None else None,
+            "bind": bind,
+            "as_of": as_of,
+        }
+        try:
+            return worker.run(request, time.monotonic() + limit, limit)
+        except WorkerKilled as e:
+            if e.reason == "time":
+                raise QueryTimeout(
+                    f"query stopped after the {limit:g} s time limit "
+                    "(filter or aggregate more, or query fewer rows)"
+                ) from None
+            raise QueryError(
+                f"query stopped: it needed more than the {self.limits.memory_limit} memory "
+                "limit (filter or aggregate more, or query fewer rows)"
+            ) from None
+        except ResultTooLarge:
+            raise
+        except QueryError as e:
+            raise QueryError(sanitize(str(e))) from None
+        finally:
+            self._release(worker)
 
     def close(self) -> None:
-        for engine in self._all:
-            engine.close()
-        self._all.clear()
+        with self._create:
+            workers, self._all = list(self._all), []
+            self._count = 0
+            local, self._local = self._local, None
+        for worker in workers:
+            worker.close()
+        if local is not None:
+            local.close()
 
 
-__all__ = ["EngineBusy", "EnginePool", "Limits", "QueryTimeout", "SandboxedEngine", "sanitize"]
+__all__ = [
+    "EngineBusy",
+    "EnginePool",
+    "Limits",
+    "QueryTimeout",
+    "ResultTooLarge",
+    "SandboxedEngine",
+    "sanitize",
+]

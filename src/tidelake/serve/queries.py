@@ -23,11 +23,12 @@ def _strip_terminator(sql: str) -> str:
         tokens = duckdb.tokenize(sql)
     except duckdb.Error:
         return sql
+    text = sql.encode()  # token positions are byte offsets
     code = [(pos, kind) for pos, kind in tokens if kind != duckdb.token_type.comment]
-    while code and code[-1][1] == duckdb.token_type.operator and sql[code[-1][0]] == ";":
-        sql = sql[: code[-1][0]]
+    while code and code[-1][1] == duckdb.token_type.operator and text[code[-1][0]] == ord(";"):
+        text = text[: code[-1][0]]
         code.pop()
-    return sql
+    return text.decode()
 
 
 def add_routes(api: APIRouter, state: ApiState) -> None:
@@ -35,7 +36,9 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
 
     def run_sql(sql: str, limit: int | None, as_of: int | str | None) -> Response:
         started = time.perf_counter()
-        cap = min(limit or state.limits.max_rows, state.limits.max_rows)
+        if limit is not None and limit > state.limits.max_rows:
+            raise HTTPException(422, f"limit: at most {state.limits.max_rows} rows per query")
+        cap = limit or state.limits.max_rows
         catalog = state.pool.catalog()
         sql_guard.check(sql, catalog)
         wrapped = f"SELECT * FROM (\n{_strip_terminator(sql)}\n) AS tidelake_query LIMIT {cap + 1}"

@@ -238,13 +238,15 @@ def _check_nesting(sql: str) -> None:
         tokens = duckdb.tokenize(sql)
     except duckdb.Error:
         return  # the parsers report the syntax error
+    text = sql.encode()  # token positions are byte offsets
     depth = 0
     for pos, kind in tokens:
-        if kind == duckdb.token_type.operator and sql[pos] in "([{":
+        char = text[pos : pos + 1] if kind == duckdb.token_type.operator else b""
+        if char and char in b"([{":
             depth += 1
             if depth > MAX_NESTING:
                 raise SQLRefused(_TOO_DEEP)
-        elif kind == duckdb.token_type.operator and sql[pos] in ")]}":
+        elif char and char in b")]}":
             depth -= 1
 
 
