@@ -11,7 +11,7 @@ this module assembles them with the error handlers, auth and request metrics.
 
 Error bodies are ``{"detail": "<what to change>"}``: no stack traces, no paths.
 Status codes: 400 refused SQL or payload, 401 missing token, 404 unknown
-table/query, 408 query time limit, 413 body too large, 422 invalid request or
+table/query, 408 query time limit, 413 body or result too large, 422 invalid request or
 query error, 503 every engine busy.
 """
 
