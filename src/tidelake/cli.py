@@ -463,7 +463,7 @@ def query(
 def lake_tables(pipeline: PipelineArg) -> None:
     """List lake tables with rows, files, partitions and snapshots.
 
-    Example: tidelake lake tables scenarios/movies/pipeline.yaml
+    Example: tidelake lake tables tidelake-demo/movies/pipeline.yaml
     """
     from rich.table import Table
 
@@ -489,7 +489,7 @@ def lake_describe(
 ) -> None:
     """Show a lake table's schema, partitioning, files, snapshots and stored checkpoints.
 
-    Example: tidelake lake describe scenarios/movies/pipeline.yaml ratings
+    Example: tidelake lake describe tidelake-demo/movies/pipeline.yaml ratings
     """
     from rich.table import Table
 
@@ -527,7 +527,7 @@ def lake_compact(
 ) -> None:
     """Rewrite small data files into large ones (rows and checkpoints unchanged).
 
-    Example: tidelake lake compact scenarios/movies/pipeline.yaml ratings
+    Example: tidelake lake compact tidelake-demo/movies/pipeline.yaml ratings
     """
     from tidelake import lake
 
@@ -549,7 +549,7 @@ def lake_expire(
 ) -> None:
     """Expire old snapshots and delete files no snapshot references.
 
-    Example: tidelake lake expire scenarios/movies/pipeline.yaml ratings --keep 10
+    Example: tidelake lake expire tidelake-demo/movies/pipeline.yaml ratings --keep 10
     """
     from tidelake import lake
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from tidelake import __version__
@@ -104,3 +108,15 @@ def test_run_lands_and_query_reads_back(tmp_path: Path) -> None:
     assert saved.output.splitlines()[-1] == "500"
     refused = runner.invoke(app, ["query", str(p), "DELETE FROM events"])
     assert refused.exit_code == 2
+
+
+def test_the_demo_banner_names_a_tidelake_command_that_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tidelake.demo import command
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # as after `make demo`: the venv is not on PATH
+    shown = command()
+    assert shown != "tidelake" or shutil.which("tidelake")
+    ran = subprocess.run([*shlex.split(shown), "version"], capture_output=True, text=True)
+    assert ran.returncode == 0 and __version__ in ran.stdout, ran.stderr

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,19 @@ from tidelake.runtime.console import show_live
 from tidelake.runtime.runner import FlowRunner, run_flows
 
 LAKE_FLOW = {"movies": "ratings_lake", "datalake": "transactions_lake"}
+
+
+def command() -> str:
+    """How to run ``tidelake`` from here: the bare name when PATH finds this installation's
+    script, else that script's path (``.venv/bin/tidelake`` after ``make demo``)."""
+    script = Path(sys.executable).with_name("tidelake")
+    found = shutil.which("tidelake")
+    if not script.exists() or (found and Path(found).resolve() == script.resolve()):
+        return "tidelake"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _where(pipeline: Pipeline) -> dict[str, str]:
@@ -154,7 +169,7 @@ def run_demo(
     if dashboard:
         console.print(f"  dashboard    http://127.0.0.1:{dashboard_port}")
     example = next(iter(pipeline.queries), '"SELECT count(*) FROM ratings"')
-    console.print(f"  query        tidelake query {path} {example}")
+    console.print(f"  query        {command()} query {path} {example}")
     console.print("  Ctrl-C stops everything.\n")
 
     stop, done = threading.Event(), threading.Event()
