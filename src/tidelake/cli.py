@@ -6,7 +6,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -16,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tidelake import __version__
-from tidelake.errors import ConnectorError, TidelakeError
+from tidelake.errors import TidelakeError
 from tidelake.extras import missing_extra
 from tidelake.query_output import print_table
 
@@ -570,44 +569,9 @@ def cdc_drop_slot(
     connector is stopped, its offsets reset and it is deleted first (it holds the slot).
     Example: tidelake cdc drop-slot scenarios/movies/pipeline.yaml --flow capture
     """
-    from tidelake.sources.cdc import CdcConfig, drop_slot
-    from tidelake.sources.cdc.envelope import default_name
+    from tidelake.sources.cdc.retire import retire
 
-    p = _load(pipeline)
-    if flow not in p.flows or not isinstance(p.flows[flow].source, CdcConfig):
-        raise TidelakeError(f"flow {flow!r} is not a cdc flow of {pipeline}")
-    cfg = p.flows[flow].source
-    if cfg.engine == "sqlite":
-        raise TidelakeError(f"flow {flow!r} uses engine 'sqlite', which has no slot")
-    slot = cfg.slot or default_name(p.name, flow)
-    if cfg.engine == "debezium":
-        from tidelake.sources.cdc.debezium import ConnectClient, connector_name
-
-        name = connector_name(cfg, slot)
-        client = ConnectClient(cfg.connect_url)
-        try:
-            retired = client.retire(name)
-        finally:
-            client.close()
-        gone = "stopped, offsets reset, deleted" if retired else "did not exist"
-        console.print(f"connector {name} {gone}")
-    existed = _drop_when_released(
-        lambda: drop_slot(p.url(cfg.database or p.database), slot, cfg.publication or slot),
-        timeout=30.0 if cfg.engine == "debezium" else 0.0,
-    )
-    console.print(f"slot {slot} " + ("dropped" if existed else "did not exist"))
-
-
-def _drop_when_released(drop: Callable[[], bool], timeout: float) -> bool:
-    """A stopped connector's task lets go of its slot a moment later: retry while in use."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return drop()
-        except ConnectorError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    retire(_load(pipeline), flow, console.print)
 
 
 @app.command()
