@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tidelake import registry
 from tidelake.errors import ConfigError
-from tidelake.runtime.base import ConnectorConfig
+from tidelake.vocabulary import ConnectorConfig
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")

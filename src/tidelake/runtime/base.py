@@ -19,25 +19,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+
+from tidelake.vocabulary import PROVENANCE as PROVENANCE  # re-exported for connectors
+from tidelake.vocabulary import Checkpoint, ConnectorConfig
 
 if TYPE_CHECKING:
     from tidelake.broker import Broker
     from tidelake.config import Pipeline
     from tidelake.runtime.metrics import FlowMetrics
-
-Checkpoint = dict[str, int]
-"""Source position: position key (e.g. ``"ratings/0"`` = topic/partition) -> next offset."""
-
-PROVENANCE = ("_topic", "_partition", "_offset")
-"""Columns a topic source adds to every row so landed data is checkable by a query."""
-
-
-class ConnectorConfig(BaseModel):
-    """Base of every connector's config: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: str
 
 
 @dataclass
@@ -78,7 +67,11 @@ class FlowContext:
 
 
 class Source(ABC):
-    """Produces batches. Finite sources return ``None`` from ``read`` when exhausted."""
+    """Produces batches. Finite sources return ``None`` from ``read`` when exhausted.
+
+    The runner pulls: ``read`` is called only when the flow is ready for the next batch,
+    so a slow sink slows reading by itself (no pause/resume needed).
+    """
 
     Config: ClassVar[type[ConnectorConfig]]
 
@@ -96,12 +89,6 @@ class Source(ABC):
 
     def committed(self, checkpoint: Checkpoint) -> None:  # noqa: B027 - optional hook
         """The sink durably stored ``checkpoint``: acknowledge upstream (commit offsets, LSN)."""
-
-    def pause(self) -> None:  # noqa: B027
-        """Backpressure: stop fetching ahead until ``resume``."""
-
-    def resume(self) -> None:  # noqa: B027
-        """Undo ``pause``."""
 
     def close(self) -> None:  # noqa: B027
         """Release resources."""

@@ -97,12 +97,6 @@ class TopicSource(Source):
         mine = {position_key(*tp): tp for tp in self.consumer.assignment()}
         self.consumer.commit({tp: checkpoint[k] for k, tp in mine.items() if k in checkpoint})
 
-    def pause(self) -> None:
-        self.consumer.pause()
-
-    def resume(self) -> None:
-        self.consumer.resume()
-
     def close(self) -> None:
         if hasattr(self, "consumer"):  # open() may have failed before connecting
             self.consumer.close()

@@ -96,12 +96,6 @@ class CdcSource(Source):
     def committed(self, checkpoint: Checkpoint) -> None:
         self.engine.committed(checkpoint)
 
-    def pause(self) -> None:
-        self.engine.pause()
-
-    def resume(self) -> None:
-        self.engine.resume()
-
     def close(self) -> None:
         self.engine.close()
 

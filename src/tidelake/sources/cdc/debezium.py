@@ -272,12 +272,6 @@ class DebeziumCdc(Source):
     def committed(self, checkpoint: Checkpoint) -> None:
         self.reader.committed(checkpoint)
 
-    def pause(self) -> None:
-        self.reader.pause()
-
-    def resume(self) -> None:
-        self.reader.resume()
-
     def close(self) -> None:
         if hasattr(self, "reader"):
             self.reader.close()

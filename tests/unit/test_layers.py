@@ -1,0 +1,27 @@
+"""The ground floor: pipeline files (config) load without the runtime, and the shared
+vocabulary imports nothing of tidelake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _loaded_after(module: str) -> set[str]:
+    code = (
+        f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('tidelake')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_config_does_not_import_the_runtime() -> None:
+    assert not {m for m in _loaded_after("tidelake.config") if m.startswith("tidelake.runtime")}
+
+
+def test_the_vocabulary_imports_nothing_of_tidelake() -> None:
+    assert _loaded_after("tidelake.vocabulary") == {
+        "tidelake",
+        "tidelake.errors",
+        "tidelake.vocabulary",
+    }
