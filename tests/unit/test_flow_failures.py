@@ -103,3 +103,50 @@ def test_a_pipeline_bug_stops_its_flow_only_and_moves_no_position(tmp_path: Path
     runners = _run(tmp_path, ["orders_land"], until_rows=3)  # after the fix
     assert _amounts(tmp_path) == {1: 3.0, 3: 3.0, 4: 2.5}
     assert not failed(runners)
+
+
+TWIN = """\
+name: {name}
+database: sqlite:///{db}
+lake: file://{lake}
+flows:
+  land:
+    source: {{type: topic, topic: events}}
+    sink: {{type: {sink}, table: {table}}}
+    batch: {{size: 500, max_latency: 0.2}}
+"""
+
+
+def test_same_named_flows_of_two_pipelines_keep_their_own_positions(tmp_path: Path) -> None:
+    """Two pipelines, each with its own log holding a topic ``events`` and a flow ``land``,
+    share one database and one lake: each lands all of its own records."""
+    from tidelake.lake.query import QueryEngine
+    from tidelake.runtime.runner import FlowRunner
+
+    db, lake = tmp_path / "shared.db", tmp_path / "lake"
+    for sink in ("table", "lake"):
+        for name in ("first", "second"):
+            home = tmp_path / f"{name}_{sink}"
+            broker = EmbeddedBroker(str(home / ".tidelake" / "log.db"))
+            producer = broker.producer()
+            producer.produce("events", [orjson.dumps({"id": i}) for i in range(1000)])
+            producer.close()
+            broker.close()
+            text = TWIN.format(name=name, db=db, lake=lake, sink=sink, table=f"{name}_{sink}")
+            runner = FlowRunner(loads(text, home / "p.yaml"), "land", threading.Event())
+            t = threading.Thread(target=runner.run)
+            t.start()
+            for _ in range(200):
+                if runner.metrics.records_out >= 1000:
+                    break
+                t.join(0.05)
+            runner.stop.set()
+            t.join(30)
+            assert runner.metrics.records_out == 1000, (sink, name)
+    with sqlite3.connect(db) as c:
+        for name in ("first", "second"):
+            assert c.execute(f"SELECT count(*) FROM {name}_table").fetchone() == (1000,)
+    for name in ("first", "second"):
+        text = TWIN.format(name=name, db=db, lake=lake, sink="lake", table=f"{name}_lake")
+        engine = QueryEngine(loads(text, tmp_path / f"{name}_lake" / "p.yaml"))
+        assert engine.sql(f"SELECT count(*) FROM lake.{name}_lake").column(0)[0].as_py() == 1000
