@@ -73,7 +73,7 @@ from tidelake.broker.base import (
     TopicPartition,
     TransactionalProducer,
 )
-from tidelake.errors import ConfigError, ConnectorError
+from tidelake.errors import ConfigError, ConnectorError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,13 @@ _LEADER_MOVING = {
     KafkaError.FENCED_LEADER_EPOCH,
 }
 _DOWN = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN}
+_COMES_BACK = _DOWN | {
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+}
+"""Codes a broker restart causes: a later attempt will not see them."""
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -132,6 +139,14 @@ def parse_url(url: str) -> dict[str, Any]:
     return conf
 
 
+def kafka_transient(err: KafkaError) -> bool:
+    """A librdkafka error that a later attempt may not see: retriable, abortable, or the
+    broker unreachable (a restart)."""
+    if err.code() in _COMES_BACK:
+        return True
+    return not err.fatal() and bool(err.retriable() or err.txn_requires_abort())
+
+
 def _tp(tp: TopicPartition, offset: int = OFFSET_INVALID) -> _TP:
     return _TP(tp[0], tp[1], offset)
 
@@ -140,7 +155,8 @@ def _unreachable(what: str, servers: str, err: object) -> ConnectorError:
     code = err.args[0].code() if isinstance(err, KafkaException) and err.args else None
     down = not isinstance(err, KafkaException) or code in _DOWN
     hint = " Is it running? `tidelake infra up kafka` starts a local one." if down else ""
-    return ConnectorError(f"Kafka at {servers} failed to {what}: {err}.{hint}")
+    cls = TransientError if down else ConnectorError
+    return cls(f"Kafka at {servers} failed to {what}: {err}.{hint}")
 
 
 class KafkaBroker(Broker):
@@ -337,6 +353,7 @@ class KafkaProducer(Producer):
     def __init__(self, broker: KafkaBroker, **config: Any) -> None:
         self.broker = broker
         self._errors: list[str] = []
+        self._lasting = False  # an error among _errors that a retry cannot fix
         self._known: set[str] = set()
         self._p = _Producer(
             {
@@ -352,18 +369,22 @@ class KafkaProducer(Producer):
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+            self._lasting = self._lasting or not kafka_transient(err)
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             self._errors.append(f"fatal producer error: {err.str()}")
+            self._lasting = True
         else:
             log.debug("kafka producer: %s", err)
 
     def _raise_errors(self) -> None:
         if self._errors:
             errors, self._errors = self._errors, []
+            cls = ConnectorError if self._lasting else TransientError
+            self._lasting = False
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise ConnectorError(f"Kafka delivery failed: {errors[0]}{more}")
+            raise cls(f"Kafka delivery failed: {errors[0]}{more}")
 
     def produce(
         self, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None
@@ -410,7 +431,7 @@ class KafkaProducer(Producer):
         left = self._p.flush(timeout)
         if left:
             self._raise_errors()
-            raise ConnectorError(
+            raise TransientError(
                 f"{left} records not delivered to Kafka at {self.broker.servers} within {timeout}s"
             )
         self._raise_errors()
@@ -453,7 +474,8 @@ class KafkaTransactionalProducer(TransactionalProducer):
                 f"its transaction was not committed ({err.str()})"
             )
         kind = "fatal error" if err.fatal() else "error"
-        return ConnectorError(
+        cls = TransientError if kafka_transient(err) else ConnectorError
+        return cls(
             f"Kafka producer {tid!r} at {self.broker.servers} failed to {what}: {kind}: {err.str()}"
         )
 
@@ -672,7 +694,8 @@ class KafkaConsumer(Consumer):
                 ok.append(m)
             elif err.code() != KafkaError._PARTITION_EOF:
                 where = f"{m.topic()}[{m.partition()}]" if m.topic() else self.group
-                raise ConnectorError(f"Kafka consumer error on {where}: {err.str()}")
+                cls = TransientError if kafka_transient(err) else ConnectorError
+                raise cls(f"Kafka consumer error on {where}: {err.str()}")
         return ok
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:

@@ -86,11 +86,10 @@ def _transient(e: BaseException) -> bool:
         # the server went away or refused us (restart, shutdown, network), or a
         # serialization failure / deadlock that succeeds when run again
         return any(b.__name__ in _PSYCOPG_TRANSIENT for b in type(e).__mro__)
-    if module.startswith("confluent_kafka") and e.args:
-        err = e.args[0]
-        retriable = getattr(err, "retriable", lambda: False)()
-        abortable = getattr(err, "txn_requires_abort", lambda: False)()
-        return bool(retriable or abortable)
+    if name == "KafkaException" and e.args and hasattr(e.args[0], "retriable"):
+        from tidelake.broker.kafka import kafka_transient
+
+        return kafka_transient(e.args[0])
     if module.startswith("httpx"):
         return name in ("ConnectError", "ReadError", "WriteError", "RemoteProtocolError") or (
             "Timeout" in name
