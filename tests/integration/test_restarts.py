@@ -117,7 +117,7 @@ def test_a_table_flow_rides_through_a_postgresql_crash_restart(
     stack: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     state, urls = stack
-    log = f"embedded://{tmp_path}/log.db"
+    log = f"embedded:///{tmp_path}/log.db"  # four slashes: an absolute path
     _produce(log, "events")
     text = f"""\
 name: pgrestart
@@ -214,7 +214,7 @@ def test_a_lake_flow_waits_out_a_full_disk(tmp_path: Path) -> None:
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], check=True)
     try:
-        log = f"embedded://{tmp_path}/log.db"
+        log = f"embedded:///{tmp_path}/log.db"  # four slashes: an absolute path
         _produce(log, "events")
         text = f"""\
 name: diskfull
@@ -236,19 +236,14 @@ flows:
         try:
             flow.until(lambda: count() >= 4_000)
             ballast = disk / "ballast"
-            with ballast.open("wb") as f:  # fill the disk to the last byte
+            fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+            for size in (1 << 20, 4096, 1):  # fill the disk to the last byte
                 try:
                     while True:
-                        f.write(b"\0" * (1 << 20))
-                        f.flush()
+                        os.write(fd, b"\0" * size)
                 except OSError:
                     pass
-                try:
-                    while True:
-                        f.write(b"\0" * 4096)
-                        f.flush()
-                except OSError:
-                    pass
+            os.close(fd)
             flow.until(lambda: "disk full" in flow.runner.metrics.last_error, timeout=60)
             assert flow.runner.metrics.state == "retrying"
             ballast.unlink()
