@@ -147,20 +147,11 @@ def stop(daemon: Daemon) -> bool:
 
 def filesystem(endpoint: str | None = None) -> Any:
     """A ``pyarrow.fs.S3FileSystem`` for the local server (path-style, plain http)."""
-    from pyarrow import fs
+    from tidelake.s3_settings import S3Settings
 
     access, secret = credentials()
-    endpoint = endpoint or f"http://127.0.0.1:{port()}"
-    scheme, _, host = endpoint.partition("://")
-    return fs.S3FileSystem(
-        access_key=access,
-        secret_key=secret,
-        region=REGION,
-        endpoint_override=host,
-        scheme=scheme,
-        allow_bucket_creation=True,
-        allow_bucket_deletion=True,
-    )
+    settings = S3Settings(REGION, endpoint or f"http://127.0.0.1:{port()}", access, secret)
+    return settings.filesystem(allow_bucket_creation=True, allow_bucket_deletion=True)
 
 
 def create_bucket(name: str, endpoint: str | None = None) -> None:

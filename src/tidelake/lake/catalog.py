@@ -12,7 +12,6 @@ reserves replaced by ``_``), so two pipelines can share one catalog.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from pyiceberg.table import Table
 
 from tidelake.config import Pipeline
 from tidelake.errors import ConfigError, QueryError
+from tidelake.s3_settings import S3Settings
 
 CATALOG_NAME = "tidelake"
 _IDENT = re.compile(r"[^a-z0-9_]")
@@ -76,20 +76,7 @@ def catalog_url(pipeline: Pipeline) -> str:
 
 def s3_properties(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """pyiceberg FileIO properties for S3 from ``TIDELAKE_S3_ENDPOINT`` and the AWS variables."""
-    env = os.environ if env is None else env
-    props = {
-        "s3.region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-        "s3.path-style-access": "true",
-    }
-    for var, key in (
-        ("TIDELAKE_S3_ENDPOINT", "s3.endpoint"),
-        ("AWS_ACCESS_KEY_ID", "s3.access-key-id"),
-        ("AWS_SECRET_ACCESS_KEY", "s3.secret-access-key"),
-        ("AWS_SESSION_TOKEN", "s3.session-token"),
-    ):
-        if env.get(var):
-            props[key] = env[var]
-    return props
+    return S3Settings.from_env(env).iceberg_properties()
 
 
 def open_catalog(pipeline: Pipeline) -> SqlCatalog:

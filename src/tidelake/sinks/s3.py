@@ -45,12 +45,10 @@ Config::
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Mapping
 from typing import Literal
-from urllib.parse import urlparse
 
 import orjson
 import pyarrow as pa
@@ -61,6 +59,7 @@ from pydantic import Field, field_validator
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.formats import encode_json
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
+from tidelake.s3_settings import S3Settings
 from tidelake.sinks.table import fence
 
 PAD = 10
@@ -88,24 +87,8 @@ class S3SinkConfig(ConnectorConfig):
 
 
 def s3_filesystem(env: Mapping[str, str] | None = None) -> pafs.S3FileSystem:
-    """An S3 client from ``TIDELAKE_S3_ENDPOINT`` and the AWS variables (path-style)."""
-    env = os.environ if env is None else env
-    kwargs: dict[str, str] = {
-        "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    }
-    for var, key in (
-        ("AWS_ACCESS_KEY_ID", "access_key"),
-        ("AWS_SECRET_ACCESS_KEY", "secret_key"),
-        ("AWS_SESSION_TOKEN", "session_token"),
-    ):
-        if env.get(var):
-            kwargs[key] = env[var]
-    endpoint = env.get("TIDELAKE_S3_ENDPOINT")
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else "http://" + endpoint)
-        kwargs["endpoint_override"] = parsed.netloc
-        kwargs["scheme"] = parsed.scheme
-    return pafs.S3FileSystem(allow_bucket_creation=False, **kwargs)  # type: ignore[arg-type]
+    """An S3 client from ``TIDELAKE_S3_ENDPOINT`` and the AWS variables (see ``s3_settings``)."""
+    return S3Settings.from_env(env).filesystem(allow_bucket_creation=False)
 
 
 class S3Sink(Sink):

@@ -34,6 +34,7 @@ from pydantic import Field
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
 from tidelake.runtime.conform import Conformer, pa_type
+from tidelake.s3_settings import S3Settings
 
 Format = Literal["csv", "json", "jsonl", "parquet"]
 _EXTENSIONS: dict[str, Format] = {
@@ -124,7 +125,7 @@ class FileSource(Source):
         )
         endpoint: str | None = Field(
             None,
-            description="S3 endpoint URL (e.g. ${S3_ENDPOINT:-http://127.0.0.1:9000}); "
+            description="S3 endpoint URL (default: $TIDELAKE_S3_ENDPOINT, unset = AWS); "
             "credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
         )
 
@@ -143,11 +144,8 @@ class FileSource(Source):
         path = self.config.path
         if path.startswith("s3://"):
             bucket_path = path[len("s3://") :]
-            options = {"endpoint_override": self.config.endpoint} if self.config.endpoint else {}
-            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-            if region:
-                options["region"] = region
-            self.fs: pafs.FileSystem = pafs.S3FileSystem(**options)
+            settings = S3Settings.from_env(endpoint=self.config.endpoint)
+            self.fs: pafs.FileSystem = settings.filesystem()
             self._s3 = True
             self._pattern = bucket_path
         else:
