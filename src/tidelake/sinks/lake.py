@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import re
-import string
 import time
 from typing import Any, Literal
 
@@ -53,6 +52,7 @@ from pyiceberg.table import Table
 from pyiceberg.table import Transaction as IcebergTransaction
 from pyiceberg.transforms import Transform, parse_transform
 
+from tidelake import column_templates
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.lake import checkpoints, schema, upsert
 from tidelake.lake.catalog import guard, identifier_part, namespace, open_catalog
@@ -88,7 +88,7 @@ class LakeSinkConfig(ConnectorConfig):
     @field_validator("table")
     @classmethod
     def _table_ok(cls, v: str) -> str:
-        fields = _template_fields(v)
+        fields = column_templates.fields(v)
         if not fields and not _PLAIN.match(v):
             raise ValueError("use letters, digits and '_' (or a template such as events_{kind})")
         return v
@@ -114,10 +114,6 @@ class LakeSinkConfig(ConnectorConfig):
         return self
 
 
-def _template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
-
-
 class LakeSink(Sink):
     Config = LakeSinkConfig
     config: LakeSinkConfig
@@ -126,7 +122,7 @@ class LakeSink(Sink):
         self.ctx = ctx
         self.catalog: Catalog = open_catalog(ctx.pipeline)
         self.namespace = namespace(ctx.pipeline)
-        self.fields = _template_fields(self.config.table)
+        self.fields = column_templates.fields(self.config.table)
         self.maintainer = Maintainer(self.config.maintenance)
         self._tables: dict[str, Table] = {}
         self._last_table: str | None = None if self.fields else self.config.table
@@ -182,13 +178,7 @@ class LakeSink(Sink):
                     f"table template {self.config.table!r} needs column(s) {', '.join(missing)}",
                 )
             return {}
-        parts: list[pa.Array | pa.ChunkedArray | str] = []
-        for literal, name, _, _ in string.Formatter().parse(self.config.table):
-            if literal:
-                parts.append(literal)
-            if name:
-                parts.append(pc.cast(table.column(name), pa.string()))
-        names = pc.binary_join_element_wise(*parts, "")
+        names = column_templates.render(self.config.table, table)
         names = pc.replace_substring_regex(pc.utf8_lower(names), r"[^a-z0-9_]", "_")
         valid = pc.is_valid(names)
         if not pc.all(valid).as_py():

@@ -22,7 +22,6 @@ rows as Debezium's JSON payload ``{"before", "after", "source", "op", "ts_ms"}``
 from __future__ import annotations
 
 import logging
-import string
 from typing import Literal
 
 import duckdb
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from tidelake import column_templates
 from tidelake.broker.base import TransactionalProducer
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.formats import encode_json
@@ -71,7 +71,7 @@ class TopicSink(Sink):
     config: TopicSinkConfig
 
     def open(self, ctx: FlowContext) -> None:
-        self.fields = [f for _, f, _, _ in string.Formatter().parse(self.config.topic) if f]
+        self.fields = column_templates.fields(self.config.topic)
         self.created: set[str] = set()
         self.broker = ctx.broker
         self.ctx = ctx
@@ -141,18 +141,13 @@ class TopicSink(Sink):
 
     def _topics(self, table: pa.Table) -> pa.ChunkedArray:
         """The template rendered per row, vectorized (a NULL field is an error)."""
-        parts: list[pa.ChunkedArray | pa.Scalar] = []
-        for literal, name, _, _ in string.Formatter().parse(self.config.topic):
-            if literal:
-                parts.append(pa.scalar(literal))
-            if name:
-                if name not in table.column_names:
-                    raise ConfigError(
-                        f"topic sink: template field {{{name}}} is not a column of the batch "
-                        f"(columns: {', '.join(table.column_names)})"
-                    )
-                parts.append(table.column(name).cast(pa.string()))
-        topics = pc.binary_join_element_wise(*parts, "")
+        for name in self.fields:
+            if name not in table.column_names:
+                raise ConfigError(
+                    f"topic sink: template field {{{name}}} is not a column of the batch "
+                    f"(columns: {', '.join(table.column_names)})"
+                )
+        topics = column_templates.render(self.config.topic, table)
         if topics.null_count:
             raise ConnectorError(f"topic sink: {self.config.topic!r} rendered NULL for some rows")
         return topics
