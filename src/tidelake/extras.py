@@ -25,6 +25,7 @@ MODULES: dict[str, str] = {
     "fastapi_offline": "serve",
     "starlette": "serve",
     "uvicorn": "serve",
+    "prometheus_client": "serve",
     "streamlit": "dashboard",
     "pandas": "dashboard",
     "pyspark": "spark",

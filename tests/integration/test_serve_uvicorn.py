@@ -144,7 +144,11 @@ def test_refuses_public_bind_without_token(tmp_path: Path, monkeypatch: pytest.M
     pipeline = load(tmp_path / "pipeline.yaml")
     with pytest.raises(ConfigError, match="TIDELAKE_API_TOKEN"):
         serve(pipeline, "0.0.0.0", _free_port())
-    check_bind("0.0.0.0", "a-token")
+    check_bind("0.0.0.0", "kR7-q2ZxW9pLm4Tv8Yb3")
+    for weak in ("a", "a-token", "aaaaaaaaaaaaaaaaaaaaaaaa"):
+        with pytest.raises(ConfigError, match="weak TIDELAKE_API_TOKEN"):
+            check_bind("0.0.0.0", weak)
+    check_bind("127.0.0.1", "a")
     check_bind("127.0.0.1", None)
     assert is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("10.1.2.3")

@@ -298,13 +298,13 @@ def test_flows_report_state_lag_and_checkpoint_age(client: TestClient) -> None:
 def test_metrics_exposition(client: TestClient) -> None:
     client.get("/api/tables")
     text = client.get("/metrics").text
-    assert 'tidelake_flow_records_out_total{flow="load"} 480' in text
-    assert 'tidelake_flow_lag{flow="load"} 20' in text
-    assert 'tidelake_flow_state{flow="load",state="running"} 1' in text
+    assert 'tidelake_flow_records_out_total{flow="load"} 480.0' in text
+    assert 'tidelake_flow_lag{flow="load"} 20.0' in text
+    assert 'tidelake_flow_state{flow="load",state="running"} 1.0' in text
     assert 'tidelake_flow_last_checkpoint_age_seconds{flow="load"}' in text
     assert 'tidelake_api_requests_total{method="GET",route="/api/tables",status="200"}' in text
     assert (
-        'tidelake_api_request_duration_seconds_bucket{method="GET",route="/api/tables",le="+Inf"}'
+        'tidelake_api_request_duration_seconds_bucket{le="+Inf",method="GET",route="/api/tables"}'
         in text
     )
     for line in text.splitlines():

@@ -23,12 +23,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from tidelake.config import Pipeline
 from tidelake.errors import ConnectorError, TidelakeError
-from tidelake.serve import ingest_route, prometheus, queries, sql_guard, status, tables
+from tidelake.serve import bodies, ingest_route, prometheus, queries, sql_guard, status, tables
 from tidelake.serve.auth import bearer_guard
 from tidelake.serve.engine import (
     EngineBusy,
@@ -75,6 +76,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.tidelake = state
+    app.router.redirect_slashes = False  # the redirect would reflect the Host header
+    app.add_exception_handler(RequestValidationError, bodies.validation_error)
     auth = [Depends(bearer_guard(token))]
 
     @app.exception_handler(sql_guard.SQLRefused)
@@ -111,6 +114,7 @@ def create_app(
         module.add_routes(api, state)
     app.include_router(api)
     status.add_app_routes(app, state, auth)
+    app.add_middleware(bodies.BodyLimit, max_body=max_body)
     app.add_middleware(status.RequestMetrics, stats=state.stats)
     return app
 

@@ -160,6 +160,7 @@ class EnginePool:
         self._count = 0
         self._create = threading.Lock()
         self._local: SandboxedEngine | None = None
+        self._closed = False
 
     def _acquire(self, wait: float) -> Worker:
         while True:
@@ -216,8 +217,13 @@ class EnginePool:
                 log.exception("could not start a query worker")
                 return
             with self._create:
-                self._all.append(worker)
-            self._idle.put(worker)
+                closed = self._closed
+                if not closed:
+                    self._all.append(worker)
+            if closed:  # the pool closed while this worker started
+                worker.close()
+            else:
+                self._idle.put(worker)
 
         for _ in range(self.limits.engines):
             threading.Thread(target=start, daemon=True, name="tidelake-worker-start").start()
@@ -281,6 +287,7 @@ class EnginePool:
 
     def close(self) -> None:
         with self._create:
+            self._closed = True
             workers, self._all = list(self._all), []
             self._count = 0
             local, self._local = self._local, None

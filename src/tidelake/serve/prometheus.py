@@ -1,19 +1,27 @@
-"""``/metrics`` in the Prometheus text exposition format (version 0.0.4).
+"""``/metrics`` through ``prometheus_client``: flow counters and API request metrics.
 
-Flow counters come from the files the runners publish (``runtime.metrics``);
-API counters are kept here, per route template (never per raw path, so label
-cardinality stays bounded).
+Flow counters come from the files the runners publish (``runtime.metrics``), read at
+scrape time by a collector; API counters are kept per request. Every label is
+bounded: methods outside the HTTP set fold into ``other``, paths that match no
+route into ``<unmatched>`` (routes are templates such as ``/api/tables/{name}``,
+never raw paths), and statuses outside 100-599 into ``other``, so an
+unauthenticated client cannot grow the exposition.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily as _Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "<unmatched>"
 
 _FLOW_COUNTERS = (
     ("records_in", "records read by the flow's source"),
@@ -24,19 +32,9 @@ _FLOW_COUNTERS = (
     ("dead_letters", "records sent to the dead-letter topic"),
 )
 _FLOW_GAUGES = (
-    ("lag", "lag", "records in the log not yet read by the flow"),
-    ("last_batch_seconds", "last_batch_seconds", "duration of the last batch"),
+    ("lag", "records in the log not yet read by the flow"),
+    ("last_batch_seconds", "duration of the last batch"),
 )
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
 
 
 def _number(value: object) -> float:
@@ -46,87 +44,80 @@ def _number(value: object) -> float:
         return 0.0
 
 
+class _Flows:
+    """A collector over the flows' published counters, read on every scrape."""
+
+    def __init__(self, read: Callable[[], list[dict[str, object]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        flows = self.read()
+        now = time.time()
+        for key, help_text in _FLOW_COUNTERS:
+            counter = _Counter(f"tidelake_flow_{key}", help_text, labels=["flow"])
+            for f in flows:
+                counter.add_metric([str(f.get("flow", ""))], _number(f.get(key)))
+            yield counter
+        for key, help_text in _FLOW_GAUGES:
+            gauge = GaugeMetricFamily(f"tidelake_flow_{key}", help_text, labels=["flow"])
+            for f in flows:
+                gauge.add_metric([str(f.get("flow", ""))], _number(f.get(key)))
+            yield gauge
+        age = GaugeMetricFamily(
+            "tidelake_flow_last_checkpoint_age_seconds",
+            "seconds since the last checkpoint",
+            labels=["flow"],
+        )
+        for f in flows:
+            last = _number(f.get("last_checkpoint"))
+            if last > 0:
+                age.add_metric([str(f.get("flow", ""))], round(max(now - last, 0.0), 3))
+        yield age
+        state = GaugeMetricFamily(
+            "tidelake_flow_state", "1 for the flow's current state", labels=["flow", "state"]
+        )
+        for f in flows:
+            state.add_metric([str(f.get("flow", "")), str(f.get("state", ""))], 1)
+        yield state
+
+
 class RequestStats:
-    """API request counts and latency histograms, per method, route and status."""
+    """API request counts and latency histograms, per method, route template and status."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[tuple[str, str, str], int] = {}
-        self._hist: dict[tuple[str, str], list[float]] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "tidelake_api_requests",
+            "API requests served",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "tidelake_api_request_duration_seconds",
+            "API request latency",
+            ["method", "route"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self._flows: _Flows | None = None
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            key = (method, route, str(status))
-            self._counts[key] = self._counts.get(key, 0) + 1
-            h = self._hist.setdefault((method, route), [0.0] * (len(BUCKETS) + 2))
-            h[bisect.bisect_left(BUCKETS, seconds)] += 1
-            h[-1] += seconds
+    def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
+        """Count one request; unknown methods, unmatched paths and odd statuses fold."""
+        method = method if method in METHODS else "other"
+        route = route or UNMATCHED
+        code = str(status) if 100 <= status <= 599 else "other"
+        self._requests.labels(method, route, code).inc()
+        self._latency.labels(method, route).observe(seconds)
 
-    def lines(self) -> Iterable[str]:
-        with self._lock:
-            counts = dict(self._counts)
-            hist = {k: list(v) for k, v in self._hist.items()}
-        yield "# HELP tidelake_api_requests_total API requests served."
-        yield "# TYPE tidelake_api_requests_total counter"
-        for (method, route, status), n in sorted(counts.items()):
-            labels = _labels({"method": method, "route": route, "status": status})
-            yield f"tidelake_api_requests_total{labels} {n}"
-        yield "# HELP tidelake_api_request_duration_seconds API request latency."
-        yield "# TYPE tidelake_api_request_duration_seconds histogram"
-        for (method, route), h in sorted(hist.items()):
-            base = {"method": method, "route": route}
-            cumulative = 0.0
-            for bound, hits in zip((*BUCKETS, float("inf")), h[:-1], strict=True):
-                cumulative += hits
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                name = "tidelake_api_request_duration_seconds_bucket"
-                yield f"{name}{_labels(base | {'le': le})} {cumulative:g}"
-            yield f"tidelake_api_request_duration_seconds_sum{_labels(base)} {h[-1]:.6f}"
-            yield f"tidelake_api_request_duration_seconds_count{_labels(base)} {cumulative:g}"
+    def with_flows(self, read: Callable[[], list[dict[str, object]]]) -> None:
+        """Read flow counters with ``read`` on every scrape (once per app)."""
+        if self._flows is None:
+            self._flows = _Flows(read)
+            self.registry.register(self._flows)  # type: ignore[arg-type]
 
-
-def render(flows: list[dict[str, object]], stats: RequestStats, now: float | None = None) -> str:
-    """The whole exposition: per-flow counters and gauges, then API request metrics."""
-    now = time.time() if now is None else now
-    out: list[str] = []
-    names = [str(f.get("flow", "")) for f in flows]
-    for key, help_text in _FLOW_COUNTERS:
-        out += [
-            f"# HELP tidelake_flow_{key}_total {help_text}.",
-            f"# TYPE tidelake_flow_{key}_total counter",
-        ]
-        out += [
-            f"tidelake_flow_{key}_total{_labels({'flow': n})} {_number(f.get(key)):g}"
-            for n, f in zip(names, flows, strict=True)
-        ]
-    for key, metric, help_text in _FLOW_GAUGES:
-        out += [
-            f"# HELP tidelake_flow_{metric} {help_text}.",
-            f"# TYPE tidelake_flow_{metric} gauge",
-        ]
-        out += [
-            f"tidelake_flow_{metric}{_labels({'flow': n})} {_number(f.get(key)):g}"
-            for n, f in zip(names, flows, strict=True)
-        ]
-    out += [
-        "# HELP tidelake_flow_last_checkpoint_age_seconds seconds since the last checkpoint.",
-        "# TYPE tidelake_flow_last_checkpoint_age_seconds gauge",
-    ]
-    for n, f in zip(names, flows, strict=True):
-        last = _number(f.get("last_checkpoint"))
-        if last > 0:
-            age = max(now - last, 0.0)
-            out.append(f"tidelake_flow_last_checkpoint_age_seconds{_labels({'flow': n})} {age:.3f}")
-    out += [
-        "# HELP tidelake_flow_state 1 for the flow's current state.",
-        "# TYPE tidelake_flow_state gauge",
-    ]
-    out += [
-        f"tidelake_flow_state{_labels({'flow': n, 'state': str(f.get('state', ''))})} 1"
-        for n, f in zip(names, flows, strict=True)
-    ]
-    out += list(stats.lines())
-    return "\n".join(out) + "\n"
+    def render(self) -> bytes:
+        """The whole exposition in the Prometheus text format."""
+        return generate_latest(self.registry)
 
 
-__all__ = ["CONTENT_TYPE", "RequestStats", "render"]
+__all__ = ["CONTENT_TYPE", "METHODS", "UNMATCHED", "RequestStats"]

@@ -32,13 +32,26 @@ def is_loopback(host: str) -> bool:
     )
 
 
+MIN_TOKEN_LENGTH = 16
+"""Shortest token accepted beyond loopback (with at least ``MIN_TOKEN_LENGTH // 2`` distinct
+characters): ``secrets.token_urlsafe(24)`` gives 32."""
+
+
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse a non-loopback bind without a token (``ConfigError`` saying how to fix it)."""
-    if not token and not is_loopback(host):
+    """Refuse a non-loopback bind without a strong token (``ConfigError`` saying how to fix it)."""
+    if is_loopback(host):
+        return
+    if not token:
         raise ConfigError(
             f"refusing to serve on {host!r} without a token: anyone who can reach it could "
             f"query the lake and write to the log. Set {TOKEN_ENV} (clients then send "
             "'Authorization: Bearer <token>'), or bind to 127.0.0.1."
+        )
+    if len(token) < MIN_TOKEN_LENGTH or len(set(token)) < MIN_TOKEN_LENGTH // 2:
+        raise ConfigError(
+            f"refusing to serve on {host!r} with a weak {TOKEN_ENV} ({len(token)} characters, "
+            f"{len(set(token))} distinct): use at least {MIN_TOKEN_LENGTH} random characters, "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'"
         )
 
 
@@ -59,4 +72,4 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 
-__all__ = ["check_bind", "is_loopback", "serve"]
+__all__ = ["MIN_TOKEN_LENGTH", "check_bind", "is_loopback", "serve"]

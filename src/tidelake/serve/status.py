@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 
 from tidelake.runtime.metrics import read_all
 from tidelake.serve import prometheus
@@ -73,7 +73,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
+            route = getattr(scope.get("route"), "path", None)
             self.stats.observe(scope["method"], route, status, time.perf_counter() - started)
 
 
@@ -96,9 +96,10 @@ def add_app_routes(app: FastAPI, state: ApiState, auth: list[Any]) -> None:
         summary="Prometheus metrics: flows and API requests",
         responses={401: {"model": Problem}},
     )
-    def metrics() -> PlainTextResponse:
-        text = prometheus.render(read_all(state.pipeline.state_dir / "metrics"), state.stats)
-        return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)
+    def metrics() -> Response:
+        return Response(state.stats.render(), media_type=prometheus.CONTENT_TYPE)
+
+    state.stats.with_flows(lambda: read_all(state.pipeline.state_dir / "metrics"))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

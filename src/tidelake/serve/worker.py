@@ -16,6 +16,7 @@ Requests and errors are JSON; a result is an Arrow IPC stream.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import struct
@@ -206,7 +207,8 @@ def main() -> None:
     """``python -m tidelake.serve.worker``: answer queries on stdin/stdout until stdin ends."""
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, never into the frames
-    _serve(sys.stdin.buffer, out)
+    with contextlib.suppress(BrokenPipeError):  # the server went away: nothing to answer
+        _serve(sys.stdin.buffer, out)
 
 
 if __name__ == "__main__":
