@@ -261,7 +261,9 @@ def test_sink_rejects_survive_a_crash_right_after_the_commit(
     assert landed(pipeline) == 100 + 200 - len(bad), "the commit happened before the crash"
 
     restarted = killing.start(path, ["land"])
-    time.sleep(5)  # nothing is left to re-read: the checkpoint is past the rejected rows
+    running = killing.flow_running(pipeline.state_dir, "land")
+    wait_for("the restarted flow to run", lambda: running(restarted), restarted)
+    time.sleep(2)  # nothing is left to re-read: the checkpoint is past the rejected rows
     restarted.send_signal(signal.SIGTERM)
     assert restarted.wait(30) == 0, killing.stderr_tail(restarted)
     dlq = read_topic(kafka_url, dlq_topic, f"evo_dlq_{unique}", len(bad), timeout=10)

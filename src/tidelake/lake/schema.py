@@ -29,6 +29,8 @@ import pyarrow.compute as pc
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.schema import Schema
 
+from tidelake.runtime.dead_letters import quoted
+
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 
 
@@ -121,7 +123,8 @@ class Conformed:
     """A batch fitted to a table: the rows that land, and rejected rows with their reasons."""
 
     table: pa.Table
-    rejected: list[tuple[pa.Table, str]] = field(default_factory=list)
+    rejected: list[tuple[pa.Table, str | list[str]]] = field(default_factory=list)
+    """Rejected rows with one reason, or one per row."""
 
 
 def _row_mask(n: int, rows: list[int]) -> pa.BooleanArray:
@@ -148,24 +151,24 @@ def _failing_rows(values: pa.Array, target: pa.DataType) -> pa.BooleanArray:
 
 def _cast(
     column: pa.ChunkedArray, target: pa.DataType
-) -> tuple[pa.ChunkedArray, pa.BooleanArray | None, str]:
-    """Cast a column; on failure also the mask of failing rows and the first error."""
+) -> tuple[pa.ChunkedArray, pa.BooleanArray | None]:
+    """Cast a column; on failure also the mask of the rows that do not cast."""
     if column.type == target:
-        return column, None, ""
+        return column, None
     if pa.types.is_timestamp(column.type) and pa.types.is_timestamp(target):
-        return pc.cast(column, target, safe=False), None, ""  # sub-microsecond truncation intended
+        return pc.cast(column, target, safe=False), None  # sub-microsecond truncation intended
     try:
-        return pc.cast(column, target, safe=True), None, ""
-    except _CAST_ERRORS as e:
-        error = str(e).splitlines()[0]
+        return pc.cast(column, target, safe=True), None
+    except _CAST_ERRORS:
+        pass
     values = column.combine_chunks()
     try:
         pc.cast(pa.nulls(1, values.type), target, safe=True)
     except _CAST_ERRORS:  # no cast between these types at all: every non-null value fails
-        return pa.chunked_array([pa.nulls(len(values), target)]), values.is_valid(), error
+        return pa.chunked_array([pa.nulls(len(values), target)]), values.is_valid()
     bad = _failing_rows(values, target)
     cleared = pc.if_else(bad, pa.nulls(len(values), values.type), values)
-    return pa.chunked_array([pc.cast(cleared, target, safe=True)]), bad, error
+    return pa.chunked_array([pc.cast(cleared, target, safe=True)]), bad
 
 
 def conform(batch: pa.Table, table: Schema) -> Conformed:
@@ -173,30 +176,29 @@ def conform(batch: pa.Table, table: Schema) -> Conformed:
     target = arrow_schema(table)
     n = batch.num_rows
     columns: list[pa.ChunkedArray] = []
-    problems: list[tuple[pa.BooleanArray, str]] = []
+    problems: list[tuple[pa.BooleanArray, str, pa.ChunkedArray, pa.DataType]] = []
     for f in target:
         if f.name not in batch.column_names or pa.types.is_null(batch.schema.field(f.name).type):
             columns.append(pa.chunked_array([pa.nulls(n, f.type)]))
             continue
         source = batch.column(f.name)
-        cast, bad, error = _cast(source, f.type)
+        cast, bad = _cast(source, f.type)
         columns.append(cast)
         if bad is not None and pc.any(bad).as_py():
-            problems.append(
-                (
-                    bad,
-                    f"column {f.name!r}: {source.type} value does not fit the lake column type "
-                    f"{f.type} ({error}); fix the producer or cast it in a transform",
-                )
-            )
+            problems.append((bad, f.name, source, f.type))
     landed = pa.Table.from_arrays(columns, schema=target)
     if not problems:
         return Conformed(landed)
-    rejected: list[tuple[pa.Table, str]] = []
+    rejected: list[tuple[pa.Table, str | list[str]]] = []
     taken = pa.repeat(False, n)
-    for bad, reason in problems:
+    for bad, name, source, to in problems:
         mine = pc.and_(bad, pc.invert(taken))
         if pc.any(mine).as_py():
-            rejected.append((batch.filter(mine), reason))
+            reasons = [  # each quotes its own value: only rejected rows reach this loop
+                f"column {name!r}: {quoted(v)} ({source.type}) does not fit the lake column "
+                f"type {to}; fix the producer or cast it in a transform"
+                for v in pc.filter(source, mine).to_pylist()
+            ]
+            rejected.append((batch.filter(mine), reasons))
         taken = pc.or_(taken, bad)
     return Conformed(landed.filter(pc.invert(taken)), rejected)

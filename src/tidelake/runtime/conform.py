@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tidelake.errors import ConfigError
+from tidelake.runtime.dead_letters import quoted
 
 _ALIASES = {"int": "int64", "float": "double", "str": "string", "boolean": "bool"}
 _INT = r"\s*[-+]?\d+\s*"
@@ -111,7 +112,7 @@ class Conformer:
             texts = pc.filter(original.column(i), failed).to_pylist()
             for row, value in zip(pc.indices_nonzero(failed).to_pylist(), texts, strict=True):
                 reasons.setdefault(row, []).append(
-                    f"column {field.name!r}: {_quote(value)} is not a valid {target}"
+                    f"column {field.name!r}: {quoted(value)} is not a valid {target}"
                 )
         if bad is None:
             return table, table.slice(0, 0), []
@@ -154,8 +155,3 @@ def _cast(
         con.unregister("conform_input")
     failed = out.column("bad")
     return out.column("c").cast(target), failed if pc.any(failed).as_py() else None
-
-
-def _quote(text: object, limit: int = 80) -> str:
-    s = repr(text)
-    return s if len(s) <= limit else s[: limit - 3] + "..."

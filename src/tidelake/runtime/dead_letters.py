@@ -52,6 +52,12 @@ def dead_letter_topic(pipeline: Pipeline, flow: str) -> str:
     return pipeline.flows[flow].dead_letter or f"{pipeline.name}.{flow}.dlq"
 
 
+def quoted(value: object, limit: int = 80) -> str:
+    """A value as a reason quotes it: ``repr``, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def encode(flow: str, reason: str | Sequence[str], rows: pa.Table) -> list[bytes]:
     """One dead-letter record per row, with one reason for all or one per row (only rejected
     rows get here: not the hot path)."""
