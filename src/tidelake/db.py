@@ -14,39 +14,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from tidelake import extras
 from tidelake.errors import ConfigError, ConnectorError
+from tidelake.formats.json import nested_to_json
 from tidelake.identifiers import plain as ident
 from tidelake.runtime.base import Checkpoint
 from tidelake.sqlite_wal import open_wal
 
 CHECKPOINTS = "_tidelake_checkpoints"
-
-
-def _is_nested(t: pa.DataType) -> bool:
-    return bool(pa.types.is_nested(t))
-
-
-def nested_to_json(table: pa.Table) -> pa.Table:
-    """Struct/list/map columns become JSON text (vectorized in DuckDB)."""
-    nested = [f.name for f in table.schema if _is_nested(f.type)]
-    if not nested:
-        return table
-    con = duckdb.connect()
-    try:
-        con.register("b", table.select(nested))
-        exprs = ", ".join(f"CAST(to_json({ident(c)}) AS VARCHAR) AS {ident(c)}" for c in nested)
-        js = con.sql(f"SELECT {exprs} FROM b").to_arrow_table()
-    finally:
-        con.close()
-    for c in nested:
-        table = table.set_column(table.schema.get_field_index(c), c, js.column(c))
-    return table
 
 
 class Database(ABC):
@@ -257,7 +236,7 @@ class PostgresDatabase(Database):
             return "DATE"
         if pa.types.is_binary(t) or pa.types.is_large_binary(t):
             return "BYTEA"
-        if _is_nested(t):
+        if pa.types.is_nested(t):
             return "JSONB"
         return "TEXT"
 

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from tidelake.formats.times import parse_times
+from tidelake.identifiers import quote
 
 MAX_DEPTH = 64
 """Deepest nesting of objects and arrays a record may have."""
@@ -274,14 +275,43 @@ def _duckdb() -> duckdb.DuckDBPyConnection:
     return con
 
 
+def select(table: pa.Table, sql: str) -> pa.Table:
+    """Run ``sql`` over ``table`` registered as ``batch`` (on this thread's DuckDB)."""
+    con = _duckdb()
+    con.register("batch", table)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.unregister("batch")
+
+
+def json_text(table: pa.Table, column: str) -> str:
+    """DuckDB SQL giving ``column`` of ``table`` as JSON text: a string column is taken as JSON
+    already, a missing or NULL-typed one is NULL, any other goes through ``to_json``."""
+    if column not in table.column_names or pa.types.is_null(table.schema.field(column).type):
+        return "CAST(NULL AS VARCHAR)"
+    if pa.types.is_string(table.schema.field(column).type) or pa.types.is_large_string(
+        table.schema.field(column).type
+    ):
+        return quote(column)
+    return f"CAST(to_json({quote(column)}) AS VARCHAR)"
+
+
 def encode_json(table: pa.Table) -> list[bytes]:
     """One compact JSON object per row (DuckDB's ``to_json``, vectorized)."""
     if table.num_rows == 0:
         return []
-    con = _duckdb()
-    con.register("batch", table)
-    try:
-        out = con.sql("SELECT CAST(to_json(b) AS BLOB) FROM batch b").to_arrow_table()
-    finally:
-        con.unregister("batch")
+    out = select(table, "SELECT CAST(to_json(b) AS BLOB) FROM batch b")
     return out.column(0).to_pylist()  # type: ignore[no-any-return]
+
+
+def nested_to_json(table: pa.Table) -> pa.Table:
+    """Struct/list/map columns become JSON text (vectorized in DuckDB)."""
+    nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+    if not nested:
+        return table
+    exprs = ", ".join(f"{json_text(table, c)} AS {quote(c)}" for c in nested)
+    js = select(table.select(nested), f"SELECT {exprs} FROM batch")
+    for c in nested:
+        table = table.set_column(table.schema.get_field_index(c), c, js.column(c))
+    return table

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +33,7 @@ from tidelake import column_templates
 from tidelake.broker.base import TransactionalProducer
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.formats import encode_json
+from tidelake.formats.json import json_text, select
 from tidelake.runtime.base import Checkpoint, ConnectorConfig, FlowContext, Sink
 from tidelake.sinks.checkpoints import CheckpointStore
 
@@ -170,25 +170,9 @@ def encode_envelopes(table: pa.Table) -> list[bytes]:
 
     ``before``/``after``/``source`` may be JSON strings (cdc source) or structs (topic source).
     """
-    schema = table.schema
-
-    def embedded(col: str) -> str:
-        if col not in schema.names or pa.types.is_null(schema.field(col).type):
-            return "NULL"
-        if pa.types.is_string(schema.field(col).type) or pa.types.is_large_string(
-            schema.field(col).type
-        ):
-            return f'CAST("{col}" AS JSON)'
-        return f'to_json("{col}")'
-
     fields = ", ".join(
-        [f"'{c}', {embedded(c)}" for c in ("before", "after", "source")]
-        + ["'op', op", "'ts_ms', ts_ms" if "ts_ms" in schema.names else "'ts_ms', NULL"]
+        [f"'{c}', CAST({json_text(table, c)} AS JSON)" for c in ("before", "after", "source")]
+        + ["'op', op", "'ts_ms', ts_ms" if "ts_ms" in table.column_names else "'ts_ms', NULL"]
     )
-    con = duckdb.connect()
-    try:
-        con.register("batch", table)
-        out = con.sql(f"SELECT CAST(json_object({fields}) AS BLOB) FROM batch").to_arrow_table()
-    finally:
-        con.close()
+    out = select(table, f"SELECT CAST(json_object({fields}) AS BLOB) FROM batch")
     return out.column(0).to_pylist()  # type: ignore[no-any-return]

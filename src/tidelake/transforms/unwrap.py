@@ -29,6 +29,7 @@ from pydantic import Field
 
 from tidelake.errors import ConfigError
 from tidelake.formats import decode_json
+from tidelake.formats.json import json_text
 from tidelake.identifiers import quote
 from tidelake.runtime.base import PROVENANCE, ConnectorConfig, FlowContext, Transform
 from tidelake.transforms.sql import BATCH, BatchSQL
@@ -85,11 +86,7 @@ class Unwrap(Transform):
         schema = table.schema
 
         def as_json(col: str) -> str:
-            if col not in schema.names or pa.types.is_null(schema.field(col).type):
-                return "CAST(NULL AS VARCHAR)"
-            if pa.types.is_string(schema.field(col).type):
-                return quote(col)
-            return f"CAST(to_json({quote(col)}) AS VARCHAR)"
+            return json_text(table, col)
 
         def source_field(name: str, cast: str) -> str:
             if "source" not in schema.names or pa.types.is_null(schema.field("source").type):
