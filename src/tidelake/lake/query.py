@@ -557,9 +557,9 @@ def tables(pipeline: Pipeline) -> list[TableInfo]:
 
 
 def describe(pipeline: Pipeline, name: str) -> TableDetail:
-    """One table in detail (``tidelake lake describe NAME``)."""
+    """One lake table in detail (``tidelake lake describe NAME``)."""
     with QueryEngine(pipeline) as engine:
-        return engine.describe(name)
+        return engine.describe(name if name.startswith("lake.") else f"lake.{name}")
 
 
 __all__ = [

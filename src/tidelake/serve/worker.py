@@ -98,6 +98,9 @@ class Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
+            # out of the terminal's process group: Ctrl-C stops the server, which ends its
+            # workers (their stdin closes); it must not kill them mid-start with a traceback
+            start_new_session=True,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in = self.proc.stdin
