@@ -1,4 +1,4 @@
-"""Flow checkpoints stored in Iceberg snapshot summaries (DESIGN principle 1).
+"""Flow checkpoints stored in Iceberg snapshot summaries (docs/architecture.md, principle 1).
 
 Every snapshot tidelake commits carries, for every flow that ever wrote the
 table, a summary property ``tidelake.checkpoint.<flow>`` holding a JSON

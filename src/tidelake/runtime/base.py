@@ -3,7 +3,7 @@
 A flow moves micro-batches (``pyarrow.Table``) from one source, through
 transforms, into one sink. Positions travel with the data: every batch carries
 the source position after it (a ``Checkpoint``), and the sink stores that
-position *atomically with the rows* (DESIGN principle 1). On restart the runner
+position *atomically with the rows* (docs/architecture.md, principle 1). On restart the runner
 asks the sink for its checkpoint and the source resumes from there, so nothing
 is lost or written twice.
 

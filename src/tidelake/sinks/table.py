@@ -1,9 +1,9 @@
 """Land batches in a SQLite or PostgreSQL table, exactly once.
 
-Rows and the flow's source positions are written in one transaction (DESIGN
-principle 1). Rows that carry provenance (``_topic/_partition/_offset``) below
-the stored position of their partition are dropped inside that transaction,
-so a zombie writer or a re-delivered batch can never land twice.
+Rows and the flow's source positions are written in one transaction
+(docs/architecture.md, principle 1). Rows that carry provenance
+(``_topic/_partition/_offset``) below the stored position of their partition are dropped
+inside that transaction, so a zombie writer or a re-delivered batch can never land twice.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Write batches to a topic of the pipeline's log as JSON records, exactly once.
 
-Each ``write`` is ONE log transaction (DESIGN principle 1): the batch's records and the
-flow's checkpoint -- a JSON record keyed ``<pipeline>/<flow>`` in the compacted topic
-``_tidelake_checkpoints`` of the same log -- become visible together or not at all. A
+Each ``write`` is ONE log transaction (docs/architecture.md, principle 1): the batch's
+records and the flow's checkpoint -- a JSON record keyed ``<pipeline>/<flow>`` in the
+compacted topic ``_tidelake_checkpoints`` of the same log -- become visible together or
+not at all. A
 flow killed mid-batch leaves an open (Kafka) or unwritten (embedded) transaction that
 read_committed consumers never see; on restart the sink's transactional producer
 (id ``tidelake/<pipeline>/<flow>``) fences the dead one, aborting that transaction,

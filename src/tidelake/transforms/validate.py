@@ -1,6 +1,6 @@
 """``validate``: rows breaking a rule go to the dead-letter topic with the rule named.
 
-Bad input is data, not a crash (DESIGN principle 3): a row failing any rule
+Bad input is data, not a crash (docs/architecture.md, principle 3): a row failing any rule
 leaves the flow, is sent to ``<pipeline>.<flow>.dlq`` with a reason naming the first
 rule and column it failed, and valid rows continue in their original order.
 One DuckDB query per batch finds the first failing check of every row.
