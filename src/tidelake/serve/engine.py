@@ -161,6 +161,7 @@ class EnginePool:
         self._create = threading.Lock()
         self._local: SandboxedEngine | None = None
         self._closed = False
+        self._ever = False  # a worker has started (later, a replacement starting means busy)
 
     def _acquire(self, wait: float) -> Worker:
         while True:
@@ -184,11 +185,12 @@ class EnginePool:
                 raise
             with self._create:
                 self._all.append(worker)
+                self._ever = True
             return worker
         with self._create:
-            starting = self._count > len(self._all)
-        try:  # a worker still starting is not busy: wait for it rather than answer 503
-            return self._idle.get(timeout=STARTUP if starting else max(wait, 0.0))
+            cold = not self._ever and self._count > 0
+        try:  # at start-up no worker is busy, they are starting: wait rather than answer 503
+            return self._idle.get(timeout=STARTUP if cold else max(wait, 0.0))
         except queue.Empty:
             raise EngineBusy(
                 f"all {self.limits.engines} query engines are busy; retry in a moment"
@@ -220,6 +222,7 @@ class EnginePool:
                 closed = self._closed
                 if not closed:
                     self._all.append(worker)
+                self._ever = True
             if closed:  # the pool closed while this worker started
                 worker.close()
             else:
