@@ -242,6 +242,17 @@ def test_engine_itself_is_sandboxed(lake: Lake) -> None:
             with pytest.raises(Exception) as info:
                 engine._con.execute(sql).fetchall()
             assert CANARY not in str(info.value)
+        warehouse = lake.root / ".tidelake" / "lake"
+        for sql in (
+            f"COPY (SELECT 1) TO '{warehouse}/out.csv'",
+            f"ATTACH '{warehouse}/x.db' AS x",
+            f"EXPORT DATABASE '{warehouse}/export'",
+            "SET threads = 1",
+        ):
+            for params in (None, []):  # the SQL path and the parameter path
+                with pytest.raises(QueryError, match="only a single read-only SELECT"):
+                    engine.run(sql, params, None, None)
+        assert not [p for p in warehouse.rglob("*") if p.name in ("out.csv", "x.db", "export")]
         assert engine.settings()["enable_external_access"] == "false"
         assert not (lake.root / "out.csv").exists() and not (lake.root / "x.db").exists()
         assert engine.run("SELECT count(*) AS n FROM events", None, None, None).to_pylist() == [
