@@ -645,6 +645,29 @@ def demo(
 
 
 @app.command()
+def schema(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="the README's connector tables instead")
+    ] = False,
+) -> None:
+    """Print the JSON Schema of pipeline files (for editors), generated from the models.
+
+    Example: tidelake schema > tidelake.schema.json
+    """
+    import json
+
+    from tidelake import reference
+
+    if markdown:
+        print(reference.markdown(), end="")
+        return
+    skipped = [n for kind in reference.KINDS for n in reference.connectors(kind)[1]]
+    if skipped:
+        err.print(f"not in the schema (their extras are not installed): {', '.join(skipped)}")
+    print(json.dumps(reference.json_schema(), indent=2))
+
+
+@app.command()
 def init(
     name: Annotated[
         str, typer.Argument(help="a scenario (movies, datalake, stock, users) or 'minimal'")

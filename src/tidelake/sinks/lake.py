@@ -70,7 +70,7 @@ _RETRIES = 5
 
 
 class LakeSinkConfig(ConnectorConfig):
-    type: str = "lake"
+    type: Literal["lake"] = "lake"
     table: str = Field(description="table name, or a template like events_{kind} (fan-out)")
     partition_by: str | list[str] = Field(
         "auto", description="auto (day of a ts-like column), none, or [day(ts), bucket(8, id)]"
