@@ -9,8 +9,6 @@ answers a normal query after each attack.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_serve_uvicorn import _free_port, _lake
+from test_serve_uvicorn import _lake, running_server, server_url
 
 TOKEN = "attack-suite-token-7Qm2xV9k"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -67,30 +65,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("serve-attacks")
     _lake(root)
     (root / "canary.csv").write_text(f"secret\n{CANARY}\n")
-    port = _free_port()
-    env = dict(os.environ, TIDELAKE_API_TOKEN=TOKEN, TIDELAKE_ATTACK_SECRET=SECRET)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(root / "pipeline.yaml"), str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                r = httpx.post(f"{url}/api/query", headers=AUTH, json={"sql": "SELECT 1"})
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        assert proc.poll() is None, "server did not start"
-        yield Server(url, proc.pid, root)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    env = {"TIDELAKE_API_TOKEN": TOKEN, "TIDELAKE_ATTACK_SECRET": SECRET}
+    with running_server(SERVER, root, env) as proc:
+        yield Server(server_url(proc), proc.pid, root)
 
 
 def attacks(root: Path) -> list[str]:

@@ -9,8 +9,10 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from subprocess import Popen
 
 import httpx
 import pyarrow as pa
@@ -72,21 +74,20 @@ def _lake(root: Path) -> Pipeline:
     return pipeline
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("serve-live")
-    _lake(root)
+@contextmanager
+def running_server(script: str, root: Path, env: dict[str, str]) -> Iterator[Popen[bytes]]:
+    """``script`` serving ``root/pipeline.yaml`` on a free port (its argv 2), once /healthz
+    answers; yields the process (``server_url(proc)`` is its address), terminated on exit."""
     port = _free_port()
-    env = dict(os.environ, TIDELAKE_API_TOKEN=TOKEN)
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(root / "pipeline.yaml"), str(port)],
-        env=env,
+        [sys.executable, "-c", script, str(root / "pipeline.yaml"), str(port)],
+        env=dict(os.environ, **env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
@@ -96,10 +97,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.1)
-        yield url
+        yield proc
     finally:
         proc.terminate()
-        proc.wait(timeout=15)
+        proc.wait(timeout=30)
+
+
+def server_url(proc: Popen[bytes]) -> str:
+    return f"http://127.0.0.1:{proc.args[-1]}"  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("serve-live")
+    _lake(root)
+    with running_server(SERVER, root, {"TIDELAKE_API_TOKEN": TOKEN}) as proc:
+        yield server_url(proc)
 
 
 def test_real_server_requires_token_and_serves(server: str) -> None:
