@@ -22,12 +22,14 @@ from pathlib import Path
 import orjson
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
 from tidelake import infra
 from tidelake.broker import connect
 from tidelake.config import loads
 from tidelake.lake.query import QueryEngine
 from tidelake.runtime.runner import FlowRunner
+from tidelake.serve.api import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +141,10 @@ flows:
         flow.until(lambda: count() >= 10_000)
         _kill(state, "postgres", signal.SIGQUIT)  # what pg_ctl stop -m immediate sends
         flow.until(lambda: flow.runner.metrics.state == "retrying", timeout=30)
-        time.sleep(1)
+        with TestClient(create_app(loads(text, tmp_path / "p.yaml"))) as api:
+            (shown,) = api.get("/api/flows").json()  # what an operator sees meanwhile
+        assert shown["state"] == "retrying"
+        assert "PostgreSQL" in shown["last_error"] and "retry" in shown["last_error"]
         infra.up(["postgres"], state_dir=state)
         flow.until(lambda: count() >= RECORDS)
     finally:

@@ -51,7 +51,7 @@ def chain(exc: BaseException) -> Iterator[BaseException]:
 
 def classify(exc: BaseException) -> Fault:
     """Transient or permanent, with a one-line reason naming the cause (and the fix)."""
-    summary = f"{type(exc).__name__}: {_first_line(exc)}"
+    summary = f"{_system(exc)}{type(exc).__name__}: {_first_line(exc)}"
     for e in chain(exc):
         if isinstance(e, ConfigError):
             return Fault(False, summary)
@@ -60,6 +60,15 @@ def classify(exc: BaseException) -> Fault:
         if isinstance(e, TransientError) or _transient(e):
             return Fault(True, summary)
     return Fault(False, summary)
+
+
+def _system(e: BaseException) -> str:
+    """``PostgreSQL: `` for a driver's own exception, so the reason names the system."""
+    module = type(e).__module__
+    for prefix, name in (("psycopg", "PostgreSQL"), ("sqlite3", "SQLite"), ("cimpl", "Kafka")):
+        if module.startswith(prefix):
+            return f"{name}: "
+    return ""
 
 
 def _first_line(e: BaseException) -> str:
