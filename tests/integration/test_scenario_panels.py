@@ -10,6 +10,7 @@ same run then opens each dashboard in Chromium and checks the rendered charts' s
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,6 +149,10 @@ def test_dashboard_draws_the_right_scales(
             if panel.chart == "bar":
                 bars = browser.js(BARS % i)
                 assert 0 < bars <= READABLE_BARS, (panel.title, bars)
+        for flow in pipeline.flows:  # the run has ended: no flow moves records any more
+            health = wait_for(lambda f=flow: browser.text(f".st-key-flow-{f}"), 30, flow) or ""
+            rate = re.search(r"records/s\s+([\d,.]+)", health)
+            assert rate and float(rate.group(1).replace(",", "")) == 0, (flow, health)
         error_boxes = browser.js(
             "document.querySelectorAll('[data-testid=stAlertContentError]').length"
         )
