@@ -70,6 +70,9 @@ class Api(BaseHTTPRequestHandler):
         elif url.path == "/ndjson":
             body = b"".join(json.dumps(r).encode() + b"\n" for r in ITEMS[:5])
             self._send(200, body, "application/x-ndjson")
+        elif url.path == "/ndjson-poison":  # a leading null segfaults pyarrow 26's reader
+            body = b'null\n{"id": 1}\n{"id": 2, "x": NaN}\n\n{"id": 3}\n[4]\n'
+            self._send(200, body, "application/x-ndjson")
         elif url.path == "/auth":
             if self.headers.get("Authorization") != "Bearer s3cret":
                 self._send(401, {"error": "no token"})
@@ -240,6 +243,18 @@ def test_records_that_do_not_fit_a_schema_go_to_dead_letter(api: str, tmp_path: 
     assert rows == []
     assert len(dead) == 1 and dead[0][0].column("raw").to_pylist() == ['{"a":1}', '{"a":"x"}']
     assert "schema" in dead[0][1]
+
+
+def test_bad_json_lines_are_dead_letters_and_the_rest_lands(api: str, tmp_path: Path) -> None:
+    dead: list[tuple[pa.Table, str]] = []
+    rows, _ = drain(open_source(tmp_path, dead, url=f"{api}/ndjson-poison", max_polls=1))
+    assert rows == [{"id": 1}, {"id": 3}]
+    assert [d[0].column("raw").to_pylist() for d in dead] == [
+        ["null"],
+        ['{"id": 2, "x": NaN}'],
+        ["[4]"],
+    ]
+    assert all("invalid JSON Lines record" in reason for _, reason in dead)
 
 
 def test_wrong_records_path_names_what_exists(api: str, tmp_path: Path) -> None:

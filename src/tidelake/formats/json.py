@@ -66,6 +66,13 @@ def decode_json(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[in
     return parse_times(table), bad
 
 
+def split_lines(data: bytes) -> tuple[list[bytes], list[int]]:
+    """The non-blank lines of JSON Lines ``data`` (without ``\r``) and their 1-based numbers."""
+    raw = data.split(b"\n")
+    numbers = [n for n, line in enumerate(raw, start=1) if line.strip()]
+    return [raw[n - 1].rstrip(b"\r") for n in numbers], numbers
+
+
 def invalid_records(values: Sequence[bytes]) -> list[tuple[int, str]]:
     """(index, reason) of the values ``decode_json`` would refuse as records (types aside:
     fields whose kind varies between records are the flows' concern, not the log's)."""

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import orjson
 
 from tidelake.config import Pipeline
-from tidelake.formats.json import check_integers, invalid_records, kind
+from tidelake.formats.json import check_integers, invalid_records, kind, split_lines
 
 TOPIC = re.compile(r"^(?!__)[A-Za-z0-9][A-Za-z0-9._-]{0,248}$")
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
@@ -62,9 +62,7 @@ def records(body: bytes, content_type: str) -> list[bytes]:
 
 
 def _ndjson(body: bytes) -> list[bytes]:
-    raw = body.split(b"\n")
-    numbers = [n for n, line in enumerate(raw, start=1) if line.strip()]
-    lines = [raw[n - 1].rstrip(b"\r") for n in numbers]
+    lines, numbers = split_lines(body)
     if lines:
         _refuse_bad(lines, "line", numbers)
     return lines

@@ -16,11 +16,11 @@ from typing import Any, Literal
 import httpx
 import orjson
 import pyarrow as pa
-import pyarrow.json as pajson
 from httpx_retries import Retry, RetryTransport
 from pydantic import Field
 
 from tidelake.errors import ConnectorError
+from tidelake.formats.json import decode_json, split_lines
 from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
 from tidelake.sources import pagination
 from tidelake.sources.file import dig, records_table
@@ -174,11 +174,11 @@ class HttpSource(Source):
             return None, None
         ctype = response.headers.get("Content-Type", "")
         if "ndjson" in ctype or "jsonl" in ctype or "json-seq" in ctype:
-            try:
-                return pajson.read_json(pa.BufferReader(content)), None
-            except pa.ArrowInvalid as e:
-                self._reject(content.splitlines(), f"http source: invalid JSON Lines: {e}")
-                return None, None
+            lines, _ = split_lines(content)  # never pyarrow's reader: a leading null crashes it
+            table, bad = decode_json(lines)
+            for i, reason in bad:
+                self._reject([lines[i]], f"http source: invalid JSON Lines record: {reason}")
+            return (table if table.num_rows else None), None
         try:
             doc = orjson.loads(content)
         except orjson.JSONDecodeError as e:
