@@ -4,7 +4,6 @@ queries, and Ctrl-C stops the whole process tree cleanly."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from scenario_run import interrupt, read_until
 
 
 def _free_port() -> int:
@@ -49,17 +49,7 @@ def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
     )
     out: list[str] = []
     try:
-        assert proc.stdout is not None
-        while time.monotonic() - started < 60:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            out.append(line)
-            if "ratings flowing into the lake" in line:
-                break
-        else:
-            pytest.fail("no 'ratings flowing into the lake' within 60 s:\n" + "".join(out))
-        assert any("ratings flowing into the lake" in line for line in out), "".join(out)
+        out = read_until(proc, "ratings flowing into the lake", 60)
         elapsed = time.monotonic() - started
         assert elapsed < 60
 
@@ -84,11 +74,6 @@ def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
         n, valid = result.stdout.strip().splitlines()[1].split(",")
         assert int(n) > 0 and valid == "true"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rest, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        rest = interrupt(proc)
     assert proc.returncode == 0, "".join(out) + rest
     assert "demo stopped" in rest

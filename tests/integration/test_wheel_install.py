@@ -5,14 +5,13 @@ an empty folder until ratings reach the lake, keeping its state out of site-pack
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from scenario_run import interrupt, read_until
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +87,6 @@ def test_wheel_installs_core_then_extras_and_runs_the_movies_demo(tmp_path: Path
     _pip(venv, f"{wheel}[lake,serve]")
     demo = work / "empty"
     demo.mkdir()
-    started = time.monotonic()
     proc = subprocess.Popen(
         [str(venv / "bin" / "tidelake"), "demo", "movies", "--no-dashboard",
          "--api-port", str(_free_port()), "--ratings-port", str(_free_port())],
@@ -100,24 +98,9 @@ def test_wheel_installs_core_then_extras_and_runs_the_movies_demo(tmp_path: Path
     )  # fmt: skip
     out: list[str] = []
     try:
-        assert proc.stdout is not None
-        while time.monotonic() - started < 90:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            out.append(line)
-            if "ratings flowing into the lake" in line:
-                break
-        else:
-            pytest.fail("no 'ratings flowing into the lake' within 90 s:\n" + "".join(out))
-        assert any("ratings flowing into the lake" in line for line in out), "".join(out)
+        out = read_until(proc, "ratings flowing into the lake", 90)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rest, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        rest = interrupt(proc)
     state = demo / "tidelake-demo" / "movies" / ".tidelake"
     assert f"state        {state}" in "".join(out)
     assert (state / "lake").is_dir()
