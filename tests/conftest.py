@@ -81,3 +81,41 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
 def unique() -> str:
     """A short unique suffix for topic and group names on shared brokers."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def cassandra_url() -> str:
+    """``cassandra://127.0.0.1:9042`` of the shared node (tests use their own keyspaces)."""
+    from tidelake import infra
+
+    return infra.up(["cassandra"])["cassandra"]
+
+
+@pytest.fixture(scope="session")
+def mongodb_url() -> str:
+    """The shared MongoDB-wire server (FerretDB on SQLite; tests use their own databases)."""
+    from tidelake import infra
+
+    return infra.up(["mongodb"])["mongodb"]
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> str:
+    from tidelake import infra
+
+    return infra.up(["mariadb"])["mariadb"]
+
+
+@pytest.fixture
+def mysql_url(mariadb_server: str) -> Iterator[str]:
+    """A fresh database per test on the shared MariaDB, dropped afterwards."""
+    from tidelake.db import mysql_connect
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = mysql_connect(mariadb_server)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    yield f"{mariadb_server.rsplit('/', 1)[0]}/{name}"
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()

@@ -1,4 +1,5 @@
-"""The pipeline's operational database (SQLite or PostgreSQL) behind one small interface.
+"""The pipeline's operational database (SQLite, PostgreSQL, MySQL/MariaDB) behind one small
+interface.
 
 Used by the ``table`` sink (rows and checkpoints in one transaction) and by the
 query layer (reading tables as Arrow). Identifiers are always quoted and values
@@ -13,6 +14,7 @@ import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -71,7 +73,7 @@ class Database(ABC):
         """Create ``table`` from ``schema`` or add the columns it lacks (schema evolution)."""
         have = self.columns(table)
         if not have:
-            cols = ", ".join(f"{ident(f.name)} {self.sql_type(f.type)}" for f in schema)
+            cols = ", ".join(f"{ident(f.name)} {self._column_type(f)}" for f in schema)
             pk = f", PRIMARY KEY ({', '.join(map(ident, key))})" if key else ""
             self.execute(f"CREATE TABLE IF NOT EXISTS {ident(table)} ({cols}{pk})")
             return
@@ -80,6 +82,9 @@ class Database(ABC):
                 self.execute(
                     f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {self.sql_type(f.type)}"
                 )
+
+    def _column_type(self, f: pa.Field) -> str:
+        return self.sql_type(f.type)
 
     def create_checkpoints_table(self) -> None:
         self.execute(
@@ -320,17 +325,178 @@ class PostgresDatabase(Database):
         self.conn.close()
 
 
+class MysqlDatabase(Database):
+    """MySQL or MariaDB through PyMySQL (sessions in ``ANSI_QUOTES`` mode, so identifiers are
+    quoted as everywhere else); upserts are ``INSERT ... ON DUPLICATE KEY UPDATE``."""
+
+    param = "%s"
+    KEY_TEXT = "VARCHAR(255)"  # InnoDB cannot index TEXT without a prefix length
+
+    def __init__(self, url: str) -> None:
+        self.conn = mysql_connect(url)
+
+    @contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator[None]:
+        if lock is not None:  # a named lock, held by this session until released
+            self.execute("SELECT GET_LOCK(%s, 300)", (lock[:64],))
+        try:
+            self.conn.begin()
+            try:
+                yield
+            except BaseException:
+                self.conn.rollback()
+                raise
+            self.conn.commit()
+        finally:
+            if lock is not None:
+                self.execute("SELECT RELEASE_LOCK(%s)", (lock[:64],))
+
+    def columns(self, table: str) -> dict[str, str]:
+        rows = self.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = DATABASE() AND table_name = %s ORDER BY ordinal_position",
+            (table,),
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def sql_type(self, t: pa.DataType) -> str:
+        if pa.types.is_boolean(t):
+            return "BOOLEAN"
+        if pa.types.is_integer(t):
+            return "BIGINT"
+        if pa.types.is_floating(t):
+            return "DOUBLE"
+        if pa.types.is_decimal(t):
+            return "DECIMAL(38, 9)"
+        if pa.types.is_timestamp(t):
+            return "DATETIME(6)"
+        if pa.types.is_date(t):
+            return "DATE"
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return "LONGBLOB"
+        return "LONGTEXT"  # strings, and nested values as JSON text
+
+    _keys: frozenset[str] = frozenset()
+
+    def ensure_table(self, table: str, schema: pa.Schema, key: list[str] | None) -> None:
+        self._keys = frozenset(key or ())
+        super().ensure_table(table, schema, key)
+
+    def _column_type(self, f: pa.Field) -> str:
+        t = self.sql_type(f.type)
+        return self.KEY_TEXT if f.name in self._keys and t == "LONGTEXT" else t
+
+    def _rows(self, data: pa.Table) -> list[tuple[object, ...]]:
+        data = nested_to_json(data)
+        return list(zip(*(c.to_pylist() for c in data.columns), strict=True))
+
+    def insert(self, table: str, data: pa.Table, key: list[str] | None) -> None:
+        names = data.column_names
+        sql = (
+            f"INSERT INTO {ident(table)} ({', '.join(map(ident, names))})"
+            f" VALUES ({', '.join(['%s'] * len(names))})"
+        )
+        if key:  # rows apply in order, so the last row of a key wins
+            update = [c for c in names if c not in key] or key[:1]
+            sql += " ON DUPLICATE KEY UPDATE " + ", ".join(
+                f"{ident(c)} = VALUES({ident(c)})" for c in update
+            )
+        with self.conn.cursor() as cur:
+            cur.executemany(sql, self._rows(data))
+
+    def delete(self, table: str, keys: pa.Table) -> None:
+        where = " AND ".join(f"{ident(c)} = %s" for c in keys.column_names)
+        with self.conn.cursor() as cur:
+            cur.executemany(f"DELETE FROM {ident(table)} WHERE {where}", self._rows(keys))
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self.conn.cursor() as cur:
+            cur.execute(sql, params or None)
+            return list(cur.fetchall()) if cur.description else []
+
+    def run_script(self, sql: str) -> None:
+        with self.transaction(lock="tidelake:init_sql"):
+            for statement in filter(str.strip, sql.split(";")):
+                self.execute(statement)
+
+    def create_checkpoints_table(self) -> None:
+        k = self.KEY_TEXT
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (flow {k} NOT NULL, position {k} NOT NULL,"
+            " next_offset BIGINT NOT NULL, PRIMARY KEY (flow, position))"
+        )
+
+    def save_checkpoint(self, flow: str, checkpoint: Checkpoint) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {CHECKPOINTS} VALUES (%s, %s, %s)"
+                " ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset)",
+                [(flow, k, v) for k, v in checkpoint.items()],
+            )
+
+    def read_arrow(self, table: str) -> pa.Table:
+        with self.conn.cursor() as cur:
+            cur.execute(f"SELECT * FROM {ident(table)}")
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return (
+            pa.table({n: list(c) for n, c in zip(names, zip(*rows, strict=True), strict=True)})
+            if rows
+            else pa.table({n: [] for n in names})
+        )
+
+    def tables(self) -> list[str]:
+        rows = self.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+            " AND table_name != %s ORDER BY table_name",
+            (CHECKPOINTS,),
+        )
+        return [str(r[0]) for r in rows]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def mysql_connect(url: str, **options: object) -> Any:
+    """A PyMySQL connection (autocommit, ``ANSI_QUOTES``) for ``mysql://user:pw@host:port/db``."""
+    import urllib.parse
+
+    import pymysql
+
+    parts = urllib.parse.urlsplit(url)
+    try:
+        return pymysql.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=urllib.parse.unquote(parts.username or "root"),
+            password=urllib.parse.unquote(parts.password or ""),
+            database=parts.path.lstrip("/") or None,
+            autocommit=True,
+            charset="utf8mb4",
+            init_command="SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')",
+            **options,  # type: ignore[arg-type]
+        )
+    except pymysql.err.OperationalError as e:
+        raise ConnectorError(
+            f"cannot connect to MySQL at {_redact(url)}: {e.args[-1]} "
+            "(is it running? `tidelake infra up mariadb` starts a local one)"
+        ) from e
+
+
 def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def connect_db(url: str) -> Database:
-    """``sqlite:///path`` (or ``sqlite:///:memory:``) or ``postgresql://user@host:port/db``."""
+    """``sqlite:///path`` (or ``sqlite:///:memory:``), ``postgresql://user@host:port/db`` or
+    ``mysql://user:password@host:port/db`` (MySQL or MariaDB)."""
     if url.startswith("sqlite:///"):
         return SqliteDatabase(url.removeprefix("sqlite:///"))
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url)
+    if url.startswith(("mysql://", "mariadb://")):
+        return MysqlDatabase(url)
     raise ConfigError(
-        f"database url {_redact(url)!r} is not supported "
-        "(use 'sqlite:///path.db' or 'postgresql://user@host:port/db')"
+        f"database url {_redact(url)!r} is not supported (use 'sqlite:///path.db',"
+        " 'postgresql://user@host:port/db' or 'mysql://user@host:port/db')"
     )

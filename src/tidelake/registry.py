@@ -43,6 +43,7 @@ SINKS = {
     "console": "tidelake.sinks.console:ConsoleSink",
     "lake": "tidelake.sinks.lake:LakeSink [lake]",
     "s3": "tidelake.sinks.s3:S3Sink",
+    "cassandra": "tidelake.sinks.cassandra:CassandraSink",
 }
 _TABLES: dict[str, dict[str, str]] = {"source": SOURCES, "transform": TRANSFORMS, "sink": SINKS}
 

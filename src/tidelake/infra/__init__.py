@@ -1,5 +1,5 @@
 """Start and stop real local services natively, on loopback only: Kafka, Kafka Connect with
-Debezium, PostgreSQL and an S3 server.
+Debezium, PostgreSQL, an S3 server, Cassandra, a MongoDB-wire server (FerretDB) and MariaDB.
 
     from tidelake import infra
     urls = infra.up(["kafka", "postgres"])   # {"kafka": "kafka://127.0.0.1:9092", ...}
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tidelake.errors import InfraError
-from tidelake.infra import connect, kafka, postgres, s3
+from tidelake.infra import cassandra, connect, kafka, mariadb, mongodb, postgres, s3
 from tidelake.infra._process import Daemon, cache_root, dir_lock, say
 
 __all__ = [
@@ -63,6 +63,15 @@ SERVICES: dict[str, Service] = {
         requires=("kafka",),
     ),
     "s3": Service("s3", s3.ensure_cached, s3.start, s3.ready, s3.stop),
+    "cassandra": Service(
+        "cassandra", cassandra.ensure_cached, cassandra.start, cassandra.ready, cassandra.stop
+    ),
+    "mongodb": Service(
+        "mongodb", mongodb.ensure_cached, mongodb.start, mongodb.ready, mongodb.stop
+    ),
+    "mariadb": Service(
+        "mariadb", mariadb.ensure_cached, mariadb.start, mariadb.ready, mariadb.stop
+    ),
 }
 
 

@@ -294,6 +294,16 @@ class _Database:
             with psycopg.connect(self.url) as pg:
                 pcur = pg.execute(sql)
                 return [d.name for d in pcur.description or []], pcur.fetchall()
+        if self.url.startswith(("mysql://", "mariadb://")):
+            from tidelake.db import mysql_connect
+
+            my = mysql_connect(self.url)
+            try:
+                with my.cursor() as mcur:
+                    mcur.execute(sql)
+                    return [d[0] for d in mcur.description or []], list(mcur.fetchall())
+            finally:
+                my.close()
         return [], []
 
     def names(self) -> list[str]:
@@ -305,6 +315,8 @@ class _Database:
                 "SELECT name FROM sqlite_master "
                 "WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'"
             )
+        elif self.url.startswith(("mysql://", "mariadb://")):
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
         else:
             sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
         names = sorted(str(r[0]) for r in self._rows(sql)[1])

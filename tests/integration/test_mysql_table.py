@@ -1,0 +1,51 @@
+"""MariaDB as the pipeline's database: the table sink upserts with ``INSERT ... ON DUPLICATE
+KEY UPDATE`` and its positions in the same transaction (kill -9 mid-stream), and
+``tidelake query`` reads the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import stores
+
+from tidelake.config import load
+from tidelake.db import connect_db
+from tidelake.lake.query import QueryEngine
+
+pytestmark = pytest.mark.integration
+
+
+def test_upsert_under_kill_9_then_query(tmp_path: Path, unique: str, mysql_url: str) -> None:
+    sink = f'{{type: table, table: users, mode: upsert, key: [id], database: "{mysql_url}"}}'
+    db = connect_db(mysql_url)
+
+    def positions() -> int:
+        if "_tidelake_checkpoints" not in {str(r[0]) for r in db.execute("SHOW TABLES")}:
+            return 0
+        rows = db.execute(
+            "SELECT COALESCE(SUM(next_offset), 0) FROM _tidelake_checkpoints WHERE flow = 'land'"
+        )
+        return int(rows[0][0])  # type: ignore[call-overload]
+
+    try:
+        seen = stores.kill_while_streaming(tmp_path, unique, sink, positions)
+        assert len(seen) == stores.KILLS and seen[-1] < stores.RECORDS, seen
+        rows = db.execute("SELECT id, seq, name, score FROM users")
+    finally:
+        db.close()
+    assert len(rows) == stores.KEYS
+    assert {int(r[0]): int(r[1]) for r in rows} == stores.reference()  # type: ignore[call-overload]
+    for _, seq, name, score in rows:
+        expected = stores.record(int(seq))  # type: ignore[call-overload]
+        assert (name, score) == (expected["name"], expected["score"])
+
+    pipeline = tmp_path / "pipeline.yaml"
+    text = pipeline.read_text().replace(f"sqlite:///{tmp_path}/state.db", mysql_url)
+    pipeline.write_text(text)
+    engine = QueryEngine(load(pipeline))
+    try:
+        result = engine.sql("SELECT count(*) AS n, max(seq) AS top FROM db.users").to_pylist()
+    finally:
+        engine.close()
+    assert result == [{"n": stores.KEYS, "top": stores.RECORDS - 1}]
