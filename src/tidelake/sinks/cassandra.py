@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from tidelake.db import nested_to_json
 from tidelake.errors import ConfigError, ConnectorError
+from tidelake.formats.json import nested_to_json
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
 from tidelake.sinks.fit import fit
 from tidelake.sinks.table import fence, merge
