@@ -44,6 +44,7 @@ SINKS = {
     "lake": "tidelake.sinks.lake:LakeSink [lake]",
     "s3": "tidelake.sinks.s3:S3Sink",
     "cassandra": "tidelake.sinks.cassandra:CassandraSink",
+    "mongodb": "tidelake.sinks.mongodb:MongoSink",
 }
 _TABLES: dict[str, dict[str, str]] = {"source": SOURCES, "transform": TRANSFORMS, "sink": SINKS}
 

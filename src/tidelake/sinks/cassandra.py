@@ -16,13 +16,12 @@ import urllib.parse
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field
 
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.formats.json import nested_to_json
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
-from tidelake.sinks.fit import fit
+from tidelake.sinks.fit import fit, last_per_key
 from tidelake.sinks.table import fence, merge
 
 CHECKPOINTS = "tidelake_checkpoints"
@@ -252,7 +251,7 @@ class CassandraSink(Sink):
         table, rejected = fit(table, targets, self.key)
         for rows, reason in rejected:
             self.dead_letter(rows, f"cassandra {self.keyspace}.{self.table}: {reason}")
-        table = _last_per_key(table, self.key)
+        table = last_per_key(table, self.key)
         if not table.num_rows:
             return
         names = tuple(table.column_names)
@@ -297,18 +296,3 @@ class CassandraSink(Sink):
     def close(self) -> None:
         if hasattr(self, "cluster"):
             self.cluster.shutdown()
-
-
-def _last_per_key(table: pa.Table, key: list[str]) -> pa.Table:
-    """Keep the last row of every key (vectorized): concurrent writes of one key would race."""
-    if table.num_rows < 2:
-        return table
-    idx = pa.array(range(table.num_rows), pa.int64())
-    last = (
-        table.select(key)
-        .append_column("_i", idx)
-        .group_by(key, use_threads=False)
-        .aggregate([("_i", "max")])
-        .column("_i_max")
-    )
-    return table.take(pc.take(last, pc.sort_indices(last)))  # in arrival order

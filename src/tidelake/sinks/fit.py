@@ -68,3 +68,19 @@ def fit(
             bad_any = pc.or_(bad_any, flag)
     good = result.select(cols).filter(pc.invert(bad_any)) if rejected else result.select(cols)
     return good, rejected
+
+
+def last_per_key(table: pa.Table, key: list[str]) -> pa.Table:
+    """Keep the last row of every key, in arrival order (vectorized): stores that apply a
+    batch's writes concurrently or as a set would otherwise keep any of them."""
+    if table.num_rows < 2:
+        return table
+    idx = pa.array(range(table.num_rows), pa.int64())
+    last = (
+        table.select(key)
+        .append_column("_i", idx)
+        .group_by(key, use_threads=False)
+        .aggregate([("_i", "max")])
+        .column("_i_max")
+    )
+    return table.take(pc.take(last, pc.sort_indices(last)))  # in arrival order
