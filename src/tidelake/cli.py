@@ -584,7 +584,7 @@ def serve(
 ) -> None:
     """Serve the SQL, table, ingest and flow API (OpenAPI docs at /docs) and /metrics.
 
-    Example: TIDELAKE_API_TOKEN=s3cret tidelake serve pipeline.yaml --host 0.0.0.0
+    Example: TIDELAKE_API_TOKEN=$(openssl rand -hex 24) tidelake serve pipeline.yaml --host 0.0.0.0
     """
     from tidelake.serve.server import serve as run_server
 

@@ -149,6 +149,8 @@ def build(panel: Panel, result: pa.Table, time_zone: str = "UTC") -> Chart:
             f"column {', '.join(map(repr, missing))} is not in the result "
             f"(columns: {', '.join(data.column_names)})"
         )
+    if not ys:
+        raise ValueError(f"a {panel.chart} panel needs y: a numeric column of its result")
     if panel.x is None:
         raise ValueError(
             f"a {panel.chart} panel needs x: (columns: {', '.join(data.column_names)})"
