@@ -146,7 +146,8 @@ def run_example(command: str, folder: Path) -> None:
     interrupted = False
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
-        ready = _up(url) if url else time.monotonic() > deadline - 145  # a run: 5 s
+        started = time.monotonic() > deadline - 145  # 5 s: past start-up in any case
+        ready = started and (_up(url) if url else True)
         if ready and (url or " run " in f" {command} "):
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
             interrupted = True
