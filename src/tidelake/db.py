@@ -31,7 +31,8 @@ CHECKPOINTS = "_tidelake_checkpoints"
 
 
 class Database(ABC):
-    """One connection to the pipeline's database."""
+    """One connection to the pipeline's database, for the sinks that write it (queries read
+    it through ``lake.query``'s read-only reader)."""
 
     @abstractmethod
     @contextmanager
@@ -57,14 +58,8 @@ class Database(ABC):
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]: ...
 
     @abstractmethod
-    def read_arrow(self, table: str) -> pa.Table: ...
-
-    @abstractmethod
     def run_script(self, sql: str) -> None:
         """Run several ``;``-separated statements (trusted DDL from the pipeline author)."""
-
-    @abstractmethod
-    def tables(self) -> list[str]: ...
 
     @abstractmethod
     def close(self) -> None: ...
@@ -174,23 +169,6 @@ class SqliteDatabase(Database):
             f"INSERT OR REPLACE INTO {CHECKPOINTS} VALUES (?, ?, ?)",
             [(flow, k, v) for k, v in checkpoint.items()],
         )
-
-    def read_arrow(self, table: str) -> pa.Table:
-        cur = self.conn.execute(f"SELECT * FROM {ident(table)}")
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
-        return (
-            pa.table({n: list(c) for n, c in zip(names, zip(*rows, strict=True), strict=True)})
-            if rows
-            else pa.table({n: [] for n in names})
-        )
-
-    def tables(self) -> list[str]:
-        rows = self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            f" AND name != '{CHECKPOINTS}' ORDER BY name"
-        )
-        return [r[0] for r in rows]
 
     def close(self) -> None:
         self.conn.close()
@@ -302,24 +280,6 @@ class PostgresDatabase(Database):
                 " DO UPDATE SET next_offset = excluded.next_offset",
                 [(flow, k, v) for k, v in checkpoint.items()],
             )
-
-    def read_arrow(self, table: str) -> pa.Table:
-        buf = io.BytesIO()
-        with self.conn.cursor().copy(
-            f"COPY (SELECT * FROM {ident(table)}) TO STDOUT (FORMAT csv, HEADER)"
-        ) as cp:
-            for chunk in cp:
-                buf.write(chunk)
-        buf.seek(0)
-        return pcsv.read_csv(buf)
-
-    def tables(self) -> list[str]:
-        rows = self.conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-            " AND table_name != %s ORDER BY table_name",
-            (CHECKPOINTS,),
-        )
-        return [r[0] for r in rows]
 
     def close(self) -> None:
         self.conn.close()
