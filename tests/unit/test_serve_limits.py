@@ -78,7 +78,7 @@ def test_runaway_ends_within_its_limits(client: TestClient, sql: str) -> None:
     elapsed = time.monotonic() - started
     done.set()
     sampler.join()
-    assert r.status_code in (408, 413, 422), (r.status_code, r.text)
+    assert r.status_code in (408, 413, 422), (sql, r.status_code, r.text)
     assert "limit" in r.json()["detail"] or "Memory" in r.json()["detail"], r.text
     assert elapsed < LIMITS.timeout + 1, f"{sql}: answered after {elapsed:.2f} s"
     for pid, peak in peaks.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -271,14 +272,23 @@ def test_runaway_query_is_interrupted_and_engine_recovers(lake: Lake) -> None:
             "WHERE a.amount + b.amount + c.amount + d.amount + e.amount > -1"
         )
         for sql in (runaway, "SELECT count(*) FROM range(1000000000000) a, range(1000000) b"):
-            started = time.monotonic()
-            r = c.post("/api/query", json={"sql": sql})
-            elapsed = time.monotonic() - started
+            r, elapsed = _until_an_engine_answers(c, sql)
             assert r.status_code == 408, r.text
             assert "time limit" in r.json()["detail"]
-            assert elapsed < 6, f"interrupted after {elapsed:.1f}s"
-        ok = c.post("/api/query", json={"sql": "SELECT count(*) FROM events"})
+            assert elapsed < 3, f"interrupted after {elapsed:.1f}s"
+        ok, _ = _until_an_engine_answers(c, "SELECT count(*) FROM events")
         assert ok.status_code == 200 and ok.json()["rows"] == [[ROWS]]
+
+
+def _until_an_engine_answers(c: TestClient, sql: str) -> tuple[Any, float]:
+    """The answer and its time, retrying 503s (a killed engine's replacement is starting)."""
+    for _ in range(300):
+        started = time.monotonic()
+        r = c.post("/api/query", json={"sql": sql})
+        if r.status_code != 503:
+            return r, time.monotonic() - started
+        time.sleep(float(r.headers["retry-after"]) / 10)
+    raise AssertionError("no engine came back")
 
 
 def test_memory_limit_fails_the_query_not_the_server(lake: Lake) -> None:

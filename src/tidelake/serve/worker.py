@@ -33,7 +33,7 @@ from tidelake.config import Pipeline
 from tidelake.errors import QueryError
 
 _HEADER = struct.Struct(">Q")
-_TICK = 0.02
+_TICK = 0.01
 STARTUP = 120.0
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
