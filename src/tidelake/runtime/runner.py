@@ -94,7 +94,8 @@ class FlowRunner:
                 self.metrics.last_error = fault.reason
                 if not fault.transient or self.stop.is_set():
                     self.metrics.state = "failed"
-                    log.error("flow %s failed: %s", self.name, fault.reason, exc_info=e)
+                    log.error("flow %s failed: %s", self.name, fault.reason)
+                    log.debug("flow %s: traceback of the failure", self.name, exc_info=e)
                     raise FlowFailed(f"flow {self.name}: {fault.reason}") from e
                 attempt = 1 if self.metrics.batches > batches else attempt + 1
                 delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (attempt - 1))
