@@ -7,6 +7,7 @@ Three engines behind one source and one output shape:
 - ``debezium``: Debezium's PostgreSQL connector on Kafka Connect, registered over REST;
   its topics are read from the pipeline's (Kafka) broker.
 - ``sqlite``: triggers that record changes in a ``_tidelake_changes`` table.
+- ``mysql``: the MySQL/MariaDB row-based binlog, read as a replica (no Java).
 
 Delivery: the sink stores the source position (commit LSN, change sequence or topic
 offsets) with the rows, so a flow ``cdc -> unwrap -> table`` lands every change exactly
@@ -28,8 +29,10 @@ __all__ = ["CdcConfig", "CdcSource", "default_name", "drop_slot"]
 
 class CdcConfig(ConnectorConfig):
     type: Literal["cdc"]
-    engine: Literal["native", "debezium", "sqlite"] = Field(
-        "native", description="native: pgoutput over SQL; debezium: Kafka Connect; sqlite: triggers"
+    engine: Literal["native", "debezium", "sqlite", "mysql"] = Field(
+        "native",
+        description="native: pgoutput over SQL; debezium: Kafka Connect; sqlite: triggers;"
+        " mysql: the MySQL/MariaDB binlog",
     )
     database: str | None = Field(None, description="database URL (default: the pipeline's)")
     tables: list[str] = Field(min_length=1, description="tables to capture, e.g. [public.movies]")
@@ -82,6 +85,10 @@ class CdcSource(Source):
             from tidelake.sources.cdc.sqlite import SqliteCdc
 
             engine = SqliteCdc(config)
+        elif config.engine == "mysql":
+            from tidelake.sources.cdc.mysql import MysqlCdc
+
+            engine = MysqlCdc(config)
         else:
             debezium = extras.load("tidelake.sources.cdc.debezium", "cdc engine 'debezium'")
             engine = debezium.DebeziumCdc(config)
