@@ -352,7 +352,8 @@ def _dead_letter_topic(pipeline: Path, flow: str):  # noqa: ANN202
 @infra_app.command("up")
 def infra_up(
     services: Annotated[
-        list[str] | None, typer.Argument(help="kafka, postgres, connect, s3, cassandra, mongodb, mariadb")
+        list[str] | None,
+        typer.Argument(help="kafka, postgres, connect, s3, cassandra, mongodb, mariadb"),
     ] = None,
     with_: Annotated[
         list[str] | None, typer.Option("--with", help="add a service (e.g. connect)")
