@@ -205,3 +205,22 @@ def test_a_busy_database_is_ridden_through_without_a_restart(
     assert busy.raised == 2
     assert _landed(tmp_path) == (VALID, VALID)
     assert runner.metrics.errors == 2 and runner.metrics.state == "stopped"
+
+
+@pytest.mark.integration
+def test_a_failed_advisory_offset_commit_does_not_stop_the_flow(
+    broker_url: str, tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committing group offsets (e.g. refused with ILLEGAL_GENERATION after a rebalance) only
+    informs lag: the flow resumes from its sink's checkpoint, so it goes on."""
+    from tidelake.sources.topic import TopicSource
+
+    monkeypatch.setenv("TIDELAKE_PSEUDONYMIZE_KEY", "fault-injection-key-0123456789abcdef")
+    topic = f"fi-{unique}"
+    _produce(broker_url, tmp_path, topic)
+    refused = Fault(TopicSource, "committed", 3, lambda: RuntimeError("ILLEGAL_GENERATION"))
+    monkeypatch.setattr(TopicSource, "committed", refused.wrapper)
+    runner = _run(tmp_path, PIPELINE.format(broker=broker_url, topic=topic), until=VALID)
+    assert refused.raised > 1
+    assert _landed(tmp_path) == (VALID, VALID)
+    assert runner.metrics.errors == 0 and runner.metrics.state == "stopped"
