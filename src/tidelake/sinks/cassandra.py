@@ -1,4 +1,4 @@
-"""Land batches in an Apache Cassandra table (also ScyllaDB), effectively once for keyed tables.
+"""Land batches in an Apache Cassandra table, effectively once for keyed tables.
 
 Every write is an upsert by primary key, so a re-delivered batch overwrites itself with the
 same values. Rows go out as a prepared ``INSERT`` executed concurrently; within a batch the

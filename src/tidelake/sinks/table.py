@@ -1,4 +1,4 @@
-"""Land batches in a SQLite or PostgreSQL table, exactly once.
+"""Land batches in a SQLite, PostgreSQL or MySQL/MariaDB table, exactly once.
 
 Rows and the flow's source positions are written in one transaction
 (docs/architecture.md, principle 1). Rows that carry provenance
