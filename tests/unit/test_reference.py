@@ -51,4 +51,4 @@ def test_the_schema_refuses_what_the_loader_refuses(
 def test_readme_connector_tables_are_the_generated_ones() -> None:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- connectors:start -->\n")[1].split("<!-- connectors:end -->")[0]
-    assert block == reference.markdown(), "run: tidelake schema --markdown (and paste it)"
+    assert block == reference.markdown(), "run scripts/readme-connectors"
