@@ -150,3 +150,45 @@ def test_same_named_flows_of_two_pipelines_keep_their_own_positions(tmp_path: Pa
         text = TWIN.format(name=name, db=db, lake=lake, sink="lake", table=f"{name}_lake")
         engine = QueryEngine(loads(text, tmp_path / f"{name}_lake" / "p.yaml"))
         assert engine.sql(f"SELECT count(*) FROM lake.{name}_lake").column(0)[0].as_py() == 1000
+
+
+def test_rows_a_transform_fails_on_are_found_by_bisection_and_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    from tidelake.runtime.runner import FlowRunner
+
+    text = """\
+name: bisect
+flows:
+  land:
+    source: {type: topic, topic: codes}
+    transforms:
+      - {type: sql, query: "SELECT id, CAST(code AS INTEGER) AS code FROM batch"}
+    sink: {type: table, table: codes}
+    batch: {size: 1000, max_latency: 0.2}
+"""
+    broker = EmbeddedBroker(str(tmp_path / ".tidelake" / "log.db"))
+    producer = broker.producer()
+    codes = ["x" if i in (3, 500, 501, 998) else str(i) for i in range(1000)]
+    producer.produce("codes", [orjson.dumps({"id": i, "code": c}) for i, c in enumerate(codes)])
+    producer.close()
+    broker.close()
+    runner = FlowRunner(loads(text, tmp_path / "p.yaml"), "land", threading.Event())
+    t = threading.Thread(target=runner.run)
+    t.start()
+    for _ in range(200):
+        if runner.metrics.records_out >= 996:
+            break
+        t.join(0.05)
+    runner.stop.set()
+    t.join(30)
+    with sqlite3.connect(tmp_path / ".tidelake" / "pipeline.db") as c:
+        ids = [r[0] for r in c.execute("SELECT id FROM codes ORDER BY id")]
+    assert ids == [i for i in range(1000) if i not in (3, 500, 501, 998)]
+    letters = _dead_letters(tmp_path, "bisect.land.dlq")
+    assert sorted(letter["payload"]["id"] for letter in letters) == [3, 500, 501, 998]
+    assert all(
+        letter["reason"].startswith("transform sql failed on this row:")
+        and "'x'" in letter["reason"]
+        for letter in letters
+    )

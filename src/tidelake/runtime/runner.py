@@ -10,6 +10,14 @@ Commit order for every micro-batch (why exactly-once holds):
    on restart the source resumes from the sink's checkpoint, not from step 4.
 A crash between any two steps re-reads at most the uncommitted batch, and the
 sink's checkpoint makes re-landing it impossible.
+
+The same holds for failures that are not crashes, by one rule: once anything in an attempt
+raised (a transform, the sink, a dead-letter write, the source), that attempt commits
+nothing more: no rows, no positions, no group offsets, neither on close nor on partition
+revocation (``_broken``). The flow then restarts from the sink's checkpoint, after a backoff
+when the fault may clear by itself (``faults``), else after the user fixed the cause. Bad
+*records* never fail a batch: values that do not fit their column (``conform``) and rows a
+transform fails on (bisection, ``_apply``) become dead letters and the rest lands.
 """
 
 from __future__ import annotations
@@ -92,7 +100,10 @@ class FlowRunner:
                 fault = faults.classify(e)
                 self.metrics.errors += 1
                 self.metrics.last_error = fault.reason
-                if not fault.transient or self.stop.is_set():
+                if fault.transient and self.stop.is_set():
+                    self.metrics.state = "stopped"
+                    return self.metrics
+                if not fault.transient:
                     self.metrics.state = "failed"
                     log.error("flow %s failed: %s", self.name, fault.reason)
                     log.debug("flow %s: traceback of the failure", self.name, exc_info=e)
@@ -226,8 +237,9 @@ class FlowRunner:
         """Run one transform; when it raises, find the rows it fails on.
 
         A failure without any row (on the batch's empty slice: a column that does not exist,
-        a syntax error) or on every row is the pipeline's, not the data's: it is raised and
-        the flow stops where its positions are. Otherwise the batch is retried in halves
+        a syntax error) or on every row of a batch of several is the pipeline's, not the
+        data's: it is raised and the flow stops where its positions are. Otherwise the batch
+        is retried in halves
         (bisection, O(bad rows x log rows) calls) and the rows that fail alone become dead
         letters with the transform's error. Transforms that keep state across batches
         (``window``) cannot be replayed in parts: their errors are raised."""
