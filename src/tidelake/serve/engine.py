@@ -68,11 +68,11 @@ class Limits:
 
 
 class QueryTimeout(QueryError):
-    """The query ran past its deadline and was interrupted."""
+    """The query ran past its time limit and its worker was killed."""
 
 
 class EngineBusy(QueryError):
-    """Every engine stayed busy until the request's deadline."""
+    """Every engine stayed busy for ``Limits.wait`` seconds."""
 
 
 def sanitize(message: str) -> str:

@@ -143,11 +143,6 @@ class Worker:
             if not self.alive:
                 raise QueryError("the query worker stopped unexpectedly")
 
-    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """A request answered with JSON only (settings, diagnostics)."""
-        _write(self._in, orjson.dumps(request))
-        return self._answer(time.monotonic() + timeout, self.ceiling, "its time limit")
-
     def kill(self) -> None:
         if self.alive:
             self.proc.kill()
@@ -184,9 +179,6 @@ def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
             request = orjson.loads(_read_frame(fd))
         except EOFError:
             return
-        if request.get("settings"):
-            _write(out, orjson.dumps({"settings": engine.settings()}))
-            continue
         try:
             table = engine.run(request["sql"], request["params"], request["bind"], request["as_of"])
         except QueryError as e:
