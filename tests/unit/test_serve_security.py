@@ -275,7 +275,7 @@ def test_runaway_query_is_interrupted_and_engine_recovers(lake: Lake) -> None:
             r, elapsed = _until_an_engine_answers(c, sql)
             assert r.status_code == 408, r.text
             assert "time limit" in r.json()["detail"]
-            assert elapsed < 3, f"interrupted after {elapsed:.1f}s"
+            assert elapsed < 6, f"interrupted after {elapsed:.1f}s"
         ok, _ = _until_an_engine_answers(c, "SELECT count(*) FROM events")
         assert ok.status_code == 200 and ok.json()["rows"] == [[ROWS]]
 
