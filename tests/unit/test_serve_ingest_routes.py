@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
 from tidelake.config import loads
 from tidelake.serve.api import create_app
+from tidelake.serve.engine import Limits
 from tidelake.serve.ingest import Routes
 
 PIPELINE = """
@@ -60,3 +64,23 @@ def test_http_ingest_refuses_unrouted_topics_and_non_records(tmp_path: Path) -> 
         r = c.post("/api/ingest/orders", json=[{"a": 1}, "b"])
         assert r.status_code == 400 and "item 1: expected a JSON object" in r.json()["detail"]
         assert c.post("/api/ingest/orders", json=[{"a": 1}]).json()["accepted"] == 1
+
+
+def test_ingest_beyond_its_concurrency_is_503(tmp_path: Path) -> None:
+    app = create_app(loads(PIPELINE, tmp_path / "p.yaml"), limits=Limits(ingests=1))
+    release = threading.Event()
+    produce = app.state.tidelake.produce
+
+    def slow_produce(topic: str, values: list[bytes]) -> None:  # the log is slow today
+        release.wait(30)
+        produce(topic, values)
+
+    app.state.tidelake.produce = slow_produce
+    with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(c.post, "/api/ingest/orders", json={"a": 1})
+        time.sleep(0.5)
+        r = c.post("/api/ingest/orders", json={"a": 2})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        release.set()
+        assert first.result().json()["accepted"] == 1
+        assert c.post("/api/ingest/orders", json={"a": 3}).json()["accepted"] == 1

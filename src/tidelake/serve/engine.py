@@ -65,6 +65,8 @@ class Limits:
     """Largest result (Arrow bytes) a query may return; beyond it the answer is 413."""
     wait: float = 1.0
     """Seconds a request waits for a free engine before the answer is 503."""
+    ingests: int = 8
+    """Ingest requests at once; one more is a 503 before its body is read."""
 
 
 class QueryTimeout(QueryError):

@@ -16,6 +16,7 @@ from tidelake.serve.state import ApiState
 def add_routes(api: APIRouter, state: ApiState) -> None:
     """The ingest route of one app, on its ``/api`` router."""
     routes = ingest.Routes(state.pipeline)
+    in_flight = [0]  # requests being read, checked or produced (the event loop's own count)
 
     @api.post(
         "/ingest/{topic}",
@@ -48,13 +49,24 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
         refused = routes.check(topic)
         if refused is not None:
             raise HTTPException(*refused)
-        body = await _read_body(request, state.max_body)
+        if in_flight[0] >= state.limits.ingests:  # checked before the body is read
+            raise HTTPException(
+                503,
+                f"{state.limits.ingests} ingest requests are in flight; retry in a moment",
+                headers={"Retry-After": "1"},
+            )
+        in_flight[0] += 1
         try:
-            values = ingest.records(body, request.headers.get("content-type", "application/json"))
-        except ingest.BadPayload as e:
-            raise HTTPException(400, str(e)) from None
-        if values:
-            await run_in_threadpool(state.produce, topic, values)
+            body = await _read_body(request, state.max_body)
+            ctype = request.headers.get("content-type", "application/json")
+            try:
+                values = await run_in_threadpool(ingest.records, body, ctype)
+            except ingest.BadPayload as e:
+                raise HTTPException(400, str(e)) from None
+            if values:
+                await run_in_threadpool(state.produce, topic, values)
+        finally:
+            in_flight[0] -= 1
         return IngestResult(topic=topic, accepted=len(values))
 
 
