@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 
 from tidelake.broker.embedded import EmbeddedBroker
-from tidelake.config import loads
-from tidelake.runtime.runner import failed, run_flows
+from tidelake.config import Pipeline, loads
+from tidelake.runtime.runner import FlowRunner, failed, run_flows
 
 ORDERS = """\
 order_id,product,quantity,unit_price
@@ -72,6 +72,21 @@ def _run(tmp_path: Path, names: list[str], until_rows: int | None, **kw: str):
     return result
 
 
+def _run_until_out(pipeline: Pipeline, rows: int) -> FlowRunner:
+    """Run the flow ``land`` until it landed ``rows`` rows (or 10 s passed), then stop it."""
+    runner = FlowRunner(pipeline, "land", threading.Event())
+    t = threading.Thread(target=runner.run)
+    t.start()
+    for _ in range(200):
+        if runner.metrics.records_out >= rows:
+            break
+        t.join(0.05)
+    runner.stop.set()
+    t.join(30)
+    assert not t.is_alive()
+    return runner
+
+
 def _dead_letters(tmp_path: Path, topic: str) -> list[dict]:
     broker = EmbeddedBroker(str(tmp_path / ".tidelake" / "log.db"))
     consumer = broker.consumer("check", [topic])
@@ -121,7 +136,6 @@ def test_same_named_flows_of_two_pipelines_keep_their_own_positions(tmp_path: Pa
     """Two pipelines, each with its own log holding a topic ``events`` and a flow ``land``,
     share one database and one lake: each lands all of its own records."""
     from tidelake.lake.query import QueryEngine
-    from tidelake.runtime.runner import FlowRunner
 
     db, lake = tmp_path / "shared.db", tmp_path / "lake"
     for sink in ("table", "lake"):
@@ -133,15 +147,7 @@ def test_same_named_flows_of_two_pipelines_keep_their_own_positions(tmp_path: Pa
             producer.close()
             broker.close()
             text = TWIN.format(name=name, db=db, lake=lake, sink=sink, table=f"{name}_{sink}")
-            runner = FlowRunner(loads(text, home / "p.yaml"), "land", threading.Event())
-            t = threading.Thread(target=runner.run)
-            t.start()
-            for _ in range(200):
-                if runner.metrics.records_out >= 1000:
-                    break
-                t.join(0.05)
-            runner.stop.set()
-            t.join(30)
+            runner = _run_until_out(loads(text, home / "p.yaml"), 1000)
             assert runner.metrics.records_out == 1000, (sink, name)
     with sqlite3.connect(db) as c:
         for name in ("first", "second"):
@@ -155,8 +161,6 @@ def test_same_named_flows_of_two_pipelines_keep_their_own_positions(tmp_path: Pa
 def test_rows_a_transform_fails_on_are_found_by_bisection_and_dead_lettered(
     tmp_path: Path,
 ) -> None:
-    from tidelake.runtime.runner import FlowRunner
-
     text = """\
 name: bisect
 flows:
@@ -173,15 +177,7 @@ flows:
     producer.produce("codes", [orjson.dumps({"id": i, "code": c}) for i, c in enumerate(codes)])
     producer.close()
     broker.close()
-    runner = FlowRunner(loads(text, tmp_path / "p.yaml"), "land", threading.Event())
-    t = threading.Thread(target=runner.run)
-    t.start()
-    for _ in range(200):
-        if runner.metrics.records_out >= 996:
-            break
-        t.join(0.05)
-    runner.stop.set()
-    t.join(30)
+    _run_until_out(loads(text, tmp_path / "p.yaml"), 996)
     with sqlite3.connect(tmp_path / ".tidelake" / "pipeline.db") as c:
         ids = [r[0] for r in c.execute("SELECT id FROM codes ORDER BY id")]
     assert ids == [i for i in range(1000) if i not in (3, 500, 501, 998)]

@@ -11,13 +11,11 @@ numeric column into text for the whole batch, and never stops the flow.
 
 from __future__ import annotations
 
-import threading
-
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tidelake.errors import ConfigError
+from tidelake.formats.json import select
 from tidelake.runtime.dead_letters import quoted
 
 _ALIASES = {"int": "int64", "float": "double", "str": "string", "boolean": "bool"}
@@ -70,16 +68,6 @@ def _pattern(t: pa.DataType) -> str | None:
 
 def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-_local = threading.local()
-
-
-def _duckdb() -> duckdb.DuckDBPyConnection:
-    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
-    if con is None:
-        con = _local.con = duckdb.connect()
-    return con
 
 
 class Conformer:
@@ -144,14 +132,9 @@ def _cast(
     value = f"TRY_CAST(trim(v) AS {sql_type})"
     if pattern:  # DuckDB would round '12.5' into an integer column
         value = f"CASE WHEN regexp_full_match(v, '{pattern}') THEN {value} END"
-    con = _duckdb()
-    con.register("conform_input", pa.table({"v": column}))
-    try:
-        out = con.sql(
-            f"SELECT {value} AS c, (c IS NULL AND nullif(trim(v), '') IS NOT NULL) AS bad "
-            "FROM conform_input"
-        ).to_arrow_table()
-    finally:
-        con.unregister("conform_input")
+    out = select(
+        pa.table({"v": column}),
+        f"SELECT {value} AS c, (c IS NULL AND nullif(trim(v), '') IS NOT NULL) AS bad FROM batch",
+    )
     failed = out.column("bad")
     return out.column("c").cast(target), failed if pc.any(failed).as_py() else None
