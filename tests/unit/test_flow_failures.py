@@ -188,3 +188,17 @@ flows:
         and "'x'" in letter["reason"]
         for letter in letters
     )
+
+
+def test_tidelake_run_reports_the_failed_flow_and_exits_1(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tidelake.cli import app
+
+    _pipeline(tmp_path)
+    (tmp_path / "p.yaml").write_text(PIPELINE.format(amount="no_such_column"))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 1
+    assert "rows out per flow: orders_file 3, orders_land 0" in result.output
+    assert "error: flow orders_land failed:" in result.output
+    assert "no_such_column" in result.output
