@@ -25,6 +25,7 @@ from typing import Literal
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.json as pajson
@@ -32,8 +33,10 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from tidelake.errors import ConfigError, ConnectorError
+from tidelake.formats import decode_json
 from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
 from tidelake.runtime.conform import Conformer, pa_type
+from tidelake.runtime.dead_letters import RAW
 from tidelake.s3_settings import S3Settings
 
 Format = Literal["csv", "json", "jsonl", "parquet"]
@@ -48,6 +51,9 @@ _EXTENSIONS: dict[str, Format] = {
 }
 _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
 _BLOCK_BYTES = 4 << 20
+_DECODE_LINES = 8192
+_REASON = "_reason"
+"""Column of ``_jsonl`` rows holding why the line did not decode (null for good rows)."""
 
 
 def dig(doc: object, path: str) -> object:
@@ -187,7 +193,7 @@ class FileSource(Source):
                 self._current = None
                 continue
             self.positions[key] = self.positions.get(key, 0) + chunk.num_rows
-            table = pa.Table.from_batches([chunk])
+            table = self._undecodable(pa.Table.from_batches([chunk]))
             if self.config.file_column:
                 table = table.append_column(
                     self.config.file_column, pa.repeat(pa.scalar(key), table.num_rows)
@@ -196,6 +202,15 @@ class FileSource(Source):
             table, rejected, reasons = self._conform(table, text=csv)
             self.ctx.dead_letter(rejected, reasons)
             return Batch(table, {key: self.positions[key]})
+
+    def _undecodable(self, table: pa.Table) -> pa.Table:
+        """Dead-letter the lines ``_jsonl`` could not decode; the rows that remain."""
+        if _REASON not in table.column_names:
+            return table
+        bad = pc.is_valid(table.column(_REASON))
+        rejected = table.filter(bad)
+        self.ctx.dead_letter(rejected.select([RAW]), rejected.column(_REASON).to_pylist())
+        return table.filter(pc.invert(bad)).drop_columns([RAW, _REASON])
 
     def _bad_file(self, key: str, e: Exception) -> ConnectorError:
         return ConnectorError(
@@ -279,12 +294,7 @@ class FileSource(Source):
             if fmt == "csv":
                 reader: Iterator[pa.RecordBatch] = self._csv(path, stream)
             elif fmt == "jsonl":
-                schema = pa.schema(self._types) if self._types else None
-                reader = pajson.open_json(
-                    stream,
-                    read_options=pajson.ReadOptions(block_size=_BLOCK_BYTES),
-                    parse_options=pajson.ParseOptions(explicit_schema=schema),
-                )
+                reader = _jsonl(stream)
             else:
                 table = self._json(stream.read())
                 if self._types:
@@ -337,6 +347,46 @@ class FileSource(Source):
         if not groups:
             return iter(())
         return _skip(f.iter_batches(batch_size=65_536, row_groups=groups), skip - first)
+
+
+def _jsonl(stream: pa.NativeFile) -> Iterator[pa.RecordBatch]:
+    """JSON Lines through ``decode_json``, which no line can crash (Arrow's streaming reader
+    segfaults on a block starting with ``null`` and fails the file on a type change). Every
+    non-blank line stays a row, so positions count lines; a line that does not decode is a
+    row holding only its text (``_raw``) and reason (``_reason``), for ``read`` to
+    dead-letter."""
+    tail = b""
+    while block := stream.read(_BLOCK_BYTES):
+        block = tail + block
+        cut = block.rfind(b"\n") + 1
+        tail = block[cut:]
+        yield from _decode_lines(block[:cut])
+    yield from _decode_lines(tail)
+
+
+def _decode_lines(text: bytes) -> Iterator[pa.RecordBatch]:
+    lines = [line.rstrip(b"\r") for line in text.split(b"\n") if line.strip()]
+    for start in range(0, len(lines), _DECODE_LINES):  # a bad line slows only its chunk
+        yield from _decode_chunk(lines[start : start + _DECODE_LINES])
+
+
+def _decode_chunk(lines: list[bytes]) -> Iterator[pa.RecordBatch]:
+    table, bad = decode_json(lines)
+    if bad:  # rows back in line order, the bad lines as rows of their text and reason
+        reasons = dict(bad)
+        good = iter(range(table.num_rows))
+        at = pa.array([None if i in reasons else next(good) for i in range(len(lines))], pa.int64())
+        texts = [line.decode("utf-8", "replace") for line in lines]
+        marks = {
+            RAW: pa.array([t if i in reasons else None for i, t in enumerate(texts)], pa.string()),
+            _REASON: pa.array([reasons.get(i) for i in range(len(lines))], pa.string()),
+        }
+        table = table.take(at) if table.num_columns else pa.table({})
+        for name, column in marks.items():
+            table = (
+                table.append_column(name, column) if table.num_columns else pa.table({name: column})
+            )
+    yield from table.to_batches()
 
 
 def _skip(batches: Iterator[pa.RecordBatch], n: int) -> Iterator[pa.RecordBatch]:
