@@ -160,6 +160,10 @@ def _run(pipeline_dir: Path, text: str, until: int | None) -> FlowRunner:
     return runner
 
 
+TRANSFORMS = ("pseudonymize", "derive", "validate", "sql")
+"""Stages that never touch the log: on Kafka they would repeat the embedded runs."""
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("stage", list(_stages()))
 def test_a_fault_at_each_stage_then_a_fixed_restart_lands_every_record_once(
@@ -169,6 +173,8 @@ def test_a_fault_at_each_stage_then_a_fixed_restart_lands_every_record_once(
     unique: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if stage in TRANSFORMS and broker_url != "embedded":
+        pytest.skip("a transform fault does not depend on the log: run on the embedded log")
     monkeypatch.setenv("TIDELAKE_PSEUDONYMIZE_KEY", "fault-injection-key-0123456789abcdef")
     topic = f"fi-{unique}"
     _produce(broker_url, tmp_path, topic)
