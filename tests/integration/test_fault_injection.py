@@ -164,8 +164,16 @@ TRANSFORMS = ("pseudonymize", "derive", "validate", "sql")
 """Stages that never touch the log: on Kafka they would repeat the embedded runs."""
 
 
+CASES = [
+    (stage, log)
+    for stage in _stages()
+    for log in ("embedded", "kafka")
+    if log == "embedded" or stage not in TRANSFORMS
+]
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("stage", list(_stages()))
+@pytest.mark.parametrize(("stage", "broker_url"), CASES, indirect=["broker_url"])
 def test_a_fault_at_each_stage_then_a_fixed_restart_lands_every_record_once(
     stage: str,
     broker_url: str,
@@ -173,8 +181,6 @@ def test_a_fault_at_each_stage_then_a_fixed_restart_lands_every_record_once(
     unique: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if stage in TRANSFORMS and broker_url != "embedded":
-        pytest.skip("a transform fault does not depend on the log: run on the embedded log")
     monkeypatch.setenv("TIDELAKE_PSEUDONYMIZE_KEY", "fault-injection-key-0123456789abcdef")
     topic = f"fi-{unique}"
     _produce(broker_url, tmp_path, topic)
