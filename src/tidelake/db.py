@@ -421,8 +421,7 @@ def mysql_connect(url: str, **options: object) -> Any:
     """A PyMySQL connection (autocommit, ``ANSI_QUOTES``) for ``mysql://user:pw@host:port/db``."""
     import urllib.parse
 
-    import pymysql
-
+    pymysql = extras.load("pymysql", "a mysql:// database")
     parts = urllib.parse.urlsplit(url)
     try:
         return pymysql.connect(

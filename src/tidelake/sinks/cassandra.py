@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
+from tidelake import extras
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.formats.json import nested_to_json
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
@@ -120,6 +121,7 @@ class CassandraSink(Sink):
     config: CassandraSinkConfig
 
     def open(self, ctx: FlowContext) -> None:
+        extras.load("cassandra", "the cassandra sink")
         from cassandra import ConsistencyLevel
         from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
         from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy

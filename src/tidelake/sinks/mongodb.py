@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from tidelake import extras
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
 from tidelake.sinks.fit import fit, last_per_key
@@ -69,6 +70,7 @@ class MongoSink(Sink):
     config: MongoSinkConfig
 
     def open(self, ctx: FlowContext) -> None:
+        extras.load("pymongo", "the mongodb sink")
         import pymongo
 
         cfg = self.config

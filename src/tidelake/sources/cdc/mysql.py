@@ -33,6 +33,7 @@ import urllib.parse
 import zlib
 from typing import TYPE_CHECKING, Any
 
+from tidelake import extras
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Source
 from tidelake.sources.cdc.envelope import VERSION, EnvelopeBuilder, default_name, empty, now_ms
@@ -63,6 +64,7 @@ class MysqlCdc(Source):
     def open(self, ctx: FlowContext, checkpoint: Checkpoint) -> None:
         from tidelake.db import mysql_connect
 
+        extras.load("pymysqlreplication", "cdc engine 'mysql'")
         cfg = self.config
         self.ctx = ctx
         url = ctx.pipeline.url(cfg.database or ctx.pipeline.database)
