@@ -64,3 +64,15 @@ flows:
     with pytest.raises(ConfigError) as e:
         loads(text, tmp_path / "p.yaml")
     assert "p.yaml:6" in str(e.value) and "integre" in str(e.value)
+
+
+def test_declared_widths_reject_values_past_them() -> None:
+    conform = Conformer({"a": pa.int32(), "b": pa.uint8(), "f": pa.float32()})
+    good, _, reasons = conform(
+        pa.table({"a": ["1", "3000000000"], "b": ["7", "-1"], "f": ["1.5", "x"]})
+    )
+    assert good.to_pylist() == [{"a": 1, "b": 7, "f": 1.5}]
+    assert reasons == [
+        "column 'a': '3000000000' is not a valid int32; column 'b': '-1' is not a valid uint8; "
+        "column 'f': 'x' is not a valid float"
+    ]

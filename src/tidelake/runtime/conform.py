@@ -41,10 +41,11 @@ def pa_type(name: str) -> pa.DataType:
 
 def _sql_type(t: pa.DataType) -> str | None:
     """The DuckDB type to TRY_CAST text into, for the types text can be checked against."""
-    if pa.types.is_integer(t):
-        return "BIGINT"
+    if pa.types.is_integer(t):  # exact width: a value past int32 does not fit an int32 column
+        signed = {8: "TINYINT", 16: "SMALLINT", 32: "INTEGER", 64: "BIGINT"}[t.bit_width]
+        return signed if pa.types.is_signed_integer(t) else f"U{signed}"
     if pa.types.is_floating(t):
-        return "DOUBLE"
+        return "FLOAT" if t.bit_width == 32 else "DOUBLE"
     if pa.types.is_boolean(t):
         return "BOOLEAN"
     if pa.types.is_timestamp(t):
