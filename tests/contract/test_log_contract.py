@@ -193,8 +193,8 @@ def test_restarted_consumer_resumes_from_committed_offset(broker: Broker, name: 
     second = broker.consumer(group, [topic])
     rest = consume(second, 1500 - len(processed))
     assert quiet(second, 0.5) == []
-    for tp, start in positions.items():
-        assert min(r[2] for r in rest if (r[0], r[1]) == tp) == start
+    for tp, start in positions.items():  # a partition the first consumer drained may get none
+        assert min((r[2] for r in rest if (r[0], r[1]) == tp), default=start) == start
     seen = [(r[1], r[2]) for r in processed + rest]
     assert len(seen) == len(set(seen)) == 1500  # no duplicates, no gaps
     assert sorted(int(r[4] or b"") for r in processed + rest) == list(range(1500))

@@ -89,6 +89,12 @@ def _connect(run: Path) -> object:
     return pymysql.connect(unix_socket=str(run / "mariadb.sock"), user="root", autocommit=True)
 
 
+def _socket_answers(run: Path) -> bool:
+    """True once root can log in over the Unix socket (raises while it refuses)."""
+    _connect(run).close()  # type: ignore[attr-defined]
+    return True
+
+
 def ready(daemon: Daemon) -> bool:
     """True once the server answers over TCP as root@127.0.0.1."""
     p = daemon.info().get("port")
@@ -142,9 +148,11 @@ def start(daemon: Daemon) -> str:
             ],
             what="mariadb-install-db",
         )
+    for stale in ("mariadb.sock", "mariadb.sock.lock", "mariadb.pid"):  # left by a killed server
+        (run / stale).unlink(missing_ok=True)
     daemon.start([str(mariadbd), f"--defaults-file={cnf}"])
     daemon.write_info(url=url(p), port=p, socket=str(run / "mariadb.sock"))
-    daemon.wait_ready(lambda: (run / "mariadb.sock").exists(), timeout=READY_TIMEOUT, what="socket")
+    daemon.wait_ready(lambda: _socket_answers(run), timeout=READY_TIMEOUT, what="socket")
     _bootstrap_users(run)
     daemon.wait_ready(lambda: ready(daemon), timeout=READY_TIMEOUT, what="TCP login")
     return url(p)
