@@ -3,6 +3,7 @@
 python -m bench report [--records N] [--after YYYYmmdd_HHMMSS] [--workload W3] prints the
 results table (median per system; W1, W2 and W3 rows, plus what is pending).
 python -m bench prepare --records N  produces the input topic only.
+python -m bench setup [--system S]  creates the peers' pinned venvs (``run`` does it when needed).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 import sys
 
-from bench import harness
+from bench import harness, venvs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     pr = sub.add_parser("prepare", help="produce the input topic (cached) and its reference")
     pr.add_argument("--records", type=int, default=5_000_000)
     pr.add_argument("--seed", type=int, default=42)
+    st = sub.add_parser("setup", help="create the peers' pinned virtual environments")
+    st.add_argument("--system", action="append", choices=harness.SYSTEMS)
     rep = sub.add_parser("report", help="results table from the recorded runs")
     rep.add_argument("--records", type=int, default=None, help="only runs with this input size")
     rep.add_argument(
@@ -38,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.cmd == "prepare":
         harness.prepare(harness.kafka_up(), a.records, a.seed)
+        return 0
+    if a.cmd == "setup":
+        for system in a.system or harness.DEFAULT_SYSTEMS:
+            if venvs.needs_venv(system):
+                print(venvs.ensure(system, harness.VENVS))
         return 0
     if a.cmd == "report":
         rows = [json.loads(line) for line in harness.RESULTS.read_text().splitlines() if line]
@@ -62,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --all, or --workload and/or --system")
     systems = harness.DEFAULT_SYSTEMS if a.all or not a.system else a.system
     workloads = harness.WORKLOADS if a.all or not a.workload else a.workload
+    for system in systems:
+        if venvs.needs_venv(system):
+            venvs.ensure(system, harness.VENVS)
     rows = harness.run(systems, workloads, a.records, a.seed, a.runs, a.timeout)
     print(harness.summarize(rows))
     return 0 if all(r.get("ok") or "pending" in r for r in rows) else 1
