@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tidelake.broker.embedded import EmbeddedBroker
 from tidelake.config import Pipeline, loads
@@ -204,21 +205,24 @@ def test_tidelake_run_reports_the_failed_flow_and_exits_1(tmp_path: Path) -> Non
     assert "no_such_column" in result.output
 
 
-def test_bad_json_lines_in_a_file_are_dead_letters_and_restarts_skip_them(tmp_path: Path) -> None:
-    """Arrow's JSON Lines reader segfaults on a block starting with ``null`` and fails the file
-    when a field's type changes after its first block; the file source decodes line chunks
-    through ``decode_json`` instead."""
+@pytest.mark.parametrize("name", ["events.jsonl", "events.json"])
+def test_bad_json_lines_in_a_file_are_dead_letters_and_restarts_skip_them(
+    tmp_path: Path, name: str
+) -> None:
+    """Arrow's JSON reader segfaults on input starting with ``null`` and fails the file when a
+    field's type changes after its first block; the file source decodes line chunks through
+    ``decode_json`` instead, also for JSON Lines in a ``.json`` file."""
     lines = [orjson.dumps({"id": i, "amount": i}) for i in range(20_000)]
     bad = {0: b"null", 9000: b'{"id": 9000, "amount": "lots"}', 15_000: b"{oops", 19_999: b"[1]"}
     for i, line in bad.items():
         lines[i] = line
-    (tmp_path / "events.jsonl").write_bytes(b"\n".join(lines) + b"\n\n")
-    text = """\
+    (tmp_path / name).write_bytes(b"\n".join(lines) + b"\n\n")
+    text = f"""\
 name: jsonl
 flows:
   land:
-    source: {type: file, path: events.jsonl}
-    sink: {type: table, table: events}
+    source: {{type: file, path: {name}}}
+    sink: {{type: table, table: events}}
 """
     for _ in range(2):  # the second run finds the file read to its end: nothing again
         FlowRunner(loads(text, tmp_path / "p.yaml"), "land", threading.Event()).run()

@@ -28,7 +28,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -296,7 +295,10 @@ class FileSource(Source):
             elif fmt == "jsonl":
                 reader = _jsonl(stream)
             else:
-                table = self._json(stream.read())
+                data = stream.read()
+                table = self._json(data)
+                if table is None:  # JSON Lines in a .json file
+                    return _Open(key, _skip(_jsonl(pa.BufferReader(data)), skip))
                 if self._types:
                     table = table.cast(
                         pa.schema(
@@ -325,14 +327,17 @@ class FileSource(Source):
         text = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
         return pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=text)
 
-    def _json(self, data: bytes) -> pa.Table:
-        """A JSON array, an object holding the records at ``records``, or JSON Lines."""
-        if not self.config.records and not data.lstrip().startswith(b"["):
-            try:
-                return pajson.read_json(pa.BufferReader(data))
-            except pa.ArrowInvalid:
-                pass  # not JSON Lines: one (possibly pretty-printed) object
-        return records_table(orjson.loads(data), self.config.records)
+    def _json(self, data: bytes) -> pa.Table | None:
+        """A JSON array, or an object holding the records at ``records`` (or being one);
+        None for JSON Lines, which ``_jsonl`` decodes line by line (never Arrow's whole-file
+        reader: pyarrow 26.0.1 segfaults on input starting with ``null``)."""
+        try:
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if self.config.records or data.lstrip().startswith(b"["):
+                raise
+            return None  # more than one document: one per line
+        return records_table(document, self.config.records)
 
     def _parquet(self, path: str, skip: int) -> Iterator[pa.RecordBatch]:
         f = pq.ParquetFile(self.fs.open_input_file(path))
