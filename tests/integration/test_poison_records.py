@@ -14,6 +14,7 @@ import pytest
 from tidelake.broker import connect
 from tidelake.config import loads
 from tidelake.lake.query import QueryEngine
+from tidelake.runtime import dead_letters
 from tidelake.runtime.runner import run_flows
 
 RECORDS = 200_000
@@ -155,6 +156,47 @@ def test_poison_records_are_dead_letters_and_every_valid_record_lands_once(
         letters = _dead_letters(tmp_path, f"poison.{flow}.dlq")
         assert len(letters) == poison, flow
         assert all(letter["reason"] for letter in letters)
+        (huge,) = [x for x in letters if "truncated" in x["payload"]]
+        assert huge["payload"]["truncated"]["bytes"] > 6_000_000, flow
+        assert huge["payload"]["truncated"]["head"].startswith('{"id":199,"amount":1'), flow
     csv_letters = _dead_letters(tmp_path, "poison.csv.dlq")
     assert len(csv_letters) == csv_bad
     assert all("'quantity'" in letter["reason"] for letter in csv_letters)
+
+
+@pytest.mark.integration
+def test_a_record_too_large_for_kafka_is_a_truncated_dead_letter(
+    tmp_path: Path, kafka_url: str, unique: str
+) -> None:
+    """Kafka refuses messages over ~1 MB, so a letter quoting a 3 MB record in full could
+    never be written and would stop the flow: it keeps the start of the payload instead."""
+    lines = [orjson.dumps({"id": i, "name": f"n{i}"}) for i in range(1000)]
+    lines[500] = b'{"id": 500, "name": "' + b"y" * 3_000_000 + b'"}'
+    (tmp_path / "people.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    pipeline = loads(
+        f"""\
+name: big{unique}
+broker: {kafka_url}
+database: sqlite:///out.db
+flows:
+  load:
+    source: {{type: file, path: people.jsonl}}
+    sink: {{type: table, table: people}}
+""",
+        tmp_path / "p.yaml",
+    )
+    (runner,) = run_flows(pipeline, ["load"], threading.Event())
+    assert runner.metrics.state == "finished"
+    with sqlite3.connect(tmp_path / "out.db") as c:
+        assert c.execute("SELECT count(*), sum(id) FROM people").fetchone() == (
+            999,
+            sum(range(1000)) - 500,
+        )
+    broker = connect(kafka_url)
+    try:
+        (letter,) = dead_letters.read(broker, f"big{unique}.load.dlq")
+    finally:
+        broker.close()
+    assert "bytes" in letter.reason
+    truncated = letter.value["payload"]["truncated"]
+    assert truncated["bytes"] > 3_000_000 and len(truncated["head"]) == dead_letters.HEAD_CHARS

@@ -13,7 +13,10 @@ default ``<pipeline>.<flow>.dlq``), of this shape (stable; new keys may be added
 rows of other sources. A record a source could not decode (its text in a ``_raw`` column)
 has its JSON object as ``payload`` when it is one, else ``{"raw": "<its text>"}``.
 ``payload`` is the record as the stage that rejected it saw it (after the transforms before
-that stage).
+that stage). A letter that would pass ``MAX_LETTER_BYTES`` (an oversized record is a common
+reason for rejecting it, and Kafka refuses messages over about 1 MB) keeps only the start of
+its payload: ``{"truncated": {"bytes": <size of the payload's JSON>, "head": "<its first
+HEAD_CHARS characters>"}}``.
 
 The topic is written at least once: a crash between a dead-letter write and the sink's
 commit may write the same letter again when the batch is re-read (a redrive skips such
@@ -36,6 +39,10 @@ from tidelake.runtime.base import PROVENANCE
 
 RAW = "_raw"
 """Column holding the text of a record a source could not decode into a row."""
+
+MAX_LETTER_BYTES = 512 * 1024
+"""Largest dead letter written whole (below Kafka's default ``message.max.bytes``, 1 MB)."""
+HEAD_CHARS = 4096
 
 if TYPE_CHECKING:
     from tidelake.broker import Broker
@@ -68,7 +75,13 @@ def encode(flow: str, reason: str | Sequence[str], rows: pa.Table) -> list[bytes
         origin = {k.lstrip("_"): row.pop(k) for k in PROVENANCE} if tracked else None
         payload = _undecoded(row.pop(RAW)) if RAW in row else row
         letter = {"flow": flow, "reason": why, "origin": origin, "payload": payload}
-        out.append(orjson.dumps(letter, default=str))
+        encoded = orjson.dumps(letter, default=str)
+        if len(encoded) > MAX_LETTER_BYTES:
+            text = orjson.dumps(payload, default=str)
+            head = text[: HEAD_CHARS * 4].decode("utf-8", "ignore")[:HEAD_CHARS]
+            letter["payload"] = {"truncated": {"bytes": len(text), "head": head}}
+            encoded = orjson.dumps(letter, default=str)
+        out.append(encoded)
     return out
 
 
