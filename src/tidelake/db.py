@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import urllib.parse
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -417,19 +418,24 @@ class MysqlDatabase(Database):
         self.conn.close()
 
 
+def mysql_settings(url: str) -> dict[str, str | int | None]:
+    """``mysql://user:pw@host:port/db`` -> host, port, user, password, database (or None)."""
+    parts = urllib.parse.urlsplit(url)
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 3306,
+        "user": urllib.parse.unquote(parts.username or "root"),
+        "password": urllib.parse.unquote(parts.password or ""),
+        "database": parts.path.lstrip("/") or None,
+    }
+
+
 def mysql_connect(url: str, **options: object) -> Any:
     """A PyMySQL connection (autocommit, ``ANSI_QUOTES``) for ``mysql://user:pw@host:port/db``."""
-    import urllib.parse
-
     pymysql = extras.load("pymysql", "a mysql:// database")
-    parts = urllib.parse.urlsplit(url)
     try:
         return pymysql.connect(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
-            user=urllib.parse.unquote(parts.username or "root"),
-            password=urllib.parse.unquote(parts.password or ""),
-            database=parts.path.lstrip("/") or None,
+            **mysql_settings(url),
             autocommit=True,
             charset="utf8mb4",
             init_command="SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')",

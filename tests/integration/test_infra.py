@@ -168,13 +168,14 @@ def test_down_stops_everything(stack: tuple[Path, dict]) -> None:
 @pytest.mark.skipif(
     os.environ.get("TIDELAKE_SKIP_CONNECT") == "1", reason="TIDELAKE_SKIP_CONNECT=1"
 )
-def test_connect_lists_debezium_postgres(ports: None, state: Path) -> None:
+def test_connect_lists_debezium_postgres_and_mysql(ports: None, state: Path) -> None:
     try:
         urls = infra.up(["connect"], state_dir=state)
         assert set(urls) == {"kafka", "connect"}
         with urllib.request.urlopen(f"{urls['connect']}/connector-plugins", timeout=10) as r:
             classes = {p["class"] for p in json.loads(r.read())}
         assert "io.debezium.connector.postgresql.PostgresConnector" in classes
+        assert "io.debezium.connector.mysql.MySqlConnector" in classes
     finally:
         assert sorted(infra.down(state_dir=state)) == ["connect", "kafka"]
     assert _processes_mentioning(str(state)) == []

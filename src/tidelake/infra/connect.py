@@ -1,4 +1,5 @@
-"""Kafka Connect distributed worker with the Debezium PostgreSQL connector, REST on loopback."""
+"""Kafka Connect distributed worker with Debezium's PostgreSQL, MySQL and MariaDB connectors,
+REST on loopback."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from tidelake.infra._process import Daemon, cache_root, env_port, port_open
 
 VERSION = kafka.VERSION  # connect-runtime must match the broker's Kafka version
 DEBEZIUM_VERSION = "3.4.3.Final"  # built against Kafka 4.1.x
+# connector -> Debezium version of its plugin archive (io.debezium:debezium-connector-<name>);
+# each plugin bundles its own Debezium core. 3.4.1 is the newest MySQL archive that resolves
+# here; the MySQL connector also reads MariaDB.
+CONNECTORS = {"postgres": DEBEZIUM_VERSION, "mysql": "3.4.1.Final"}
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 READY_TIMEOUT = 180.0
 
@@ -21,13 +26,14 @@ def cache_dir() -> Path:
     return cache_root() / f"connect-{VERSION}"
 
 
-def plugin_path() -> Path:
-    """The worker's plugin.path: holds ``debezium-connector-postgres/``."""
-    return cache_dir() / "plugins" / f"debezium-postgres-{DEBEZIUM_VERSION}"
+def plugin_dirs() -> list[Path]:
+    """The worker's plugin.path: one directory per connector, holding
+    ``debezium-connector-<name>/``."""
+    return [cache_dir() / "plugins" / f"debezium-{name}-{v}" for name, v in CONNECTORS.items()]
 
 
-def ensure_cached() -> tuple[Path, Path]:
-    """Return (worker lib dir, plugin.path), downloading both on first use."""
+def ensure_cached() -> tuple[Path, list[Path]]:
+    """Return (worker lib dir, plugin.path dirs), downloading them on first use."""
     lib = _maven.copy_dependencies(
         cache_dir(),
         [
@@ -37,11 +43,14 @@ def ensure_cached() -> tuple[Path, Path]:
         ],
         what=f"Kafka Connect {VERSION}",
     )
-    plugins = _maven.unpack(
-        plugin_path(),
-        f"io.debezium:debezium-connector-postgres:{DEBEZIUM_VERSION}:tar.gz:plugin",
-        what=f"Debezium PostgreSQL connector {DEBEZIUM_VERSION}",
-    )
+    plugins = [
+        _maven.unpack(
+            path,
+            f"io.debezium:debezium-connector-{name}:{version}:tar.gz:plugin",
+            what=f"Debezium {name} connector {version}",
+        )
+        for (name, version), path in zip(CONNECTORS.items(), plugin_dirs(), strict=True)
+    ]
     return lib, plugins
 
 
@@ -67,7 +76,7 @@ def ready(daemon: Daemon) -> bool:
     )
 
 
-def _worker_properties(bootstrap: str, rest_port: int, plugins: Path) -> str:
+def _worker_properties(bootstrap: str, rest_port: int, plugins: list[Path]) -> str:
     return f"""\
 bootstrap.servers={bootstrap}
 group.id=tidelake-connect
@@ -87,7 +96,7 @@ offset.flush.interval.ms=1000
 listeners=http://127.0.0.1:{rest_port}
 rest.advertised.host.name=127.0.0.1
 rest.advertised.port={rest_port}
-plugin.path={plugins}
+plugin.path={",".join(map(str, plugins))}
 plugin.discovery=service_load
 """
 
@@ -136,7 +145,7 @@ def start(daemon: Daemon) -> str:
         bootstrap_servers=bootstrap,
         version=VERSION,
         debezium_version=DEBEZIUM_VERSION,
-        plugin_path=str(plugins),
+        plugin_path=",".join(map(str, plugins)),
     )
     daemon.wait_ready(
         lambda: ready(daemon),

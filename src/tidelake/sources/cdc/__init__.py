@@ -4,8 +4,8 @@ Three engines behind one source and one output shape:
 
 - ``native`` (default): PostgreSQL logical replication with the built-in ``pgoutput``
   plugin, read over SQL (no Java). The slot is advanced only after the sink committed.
-- ``debezium``: Debezium's PostgreSQL connector on Kafka Connect, registered over REST;
-  its topics are read from the pipeline's (Kafka) broker.
+- ``debezium``: Debezium's PostgreSQL or MySQL connector (by the database URL) on Kafka
+  Connect, registered over REST; its topics are read from the pipeline's (Kafka) broker.
 - ``sqlite``: triggers that record changes in a ``_tidelake_changes`` table.
 - ``mysql``: the MySQL/MariaDB row-based binlog, read as a replica (no Java).
 

@@ -1,7 +1,9 @@
-"""Debezium CDC: the PostgreSQL connector on Kafka Connect, then its topics as envelopes.
+"""Debezium CDC: the PostgreSQL or MySQL connector on Kafka Connect, then its topics as envelopes.
 
-``open`` registers the connector idempotently (``PUT /connectors/<name>/config``, the
-movies reference's settings plus ``connector_config`` overrides), waits until the
+``open`` registers the connector for the database URL's scheme idempotently (``PUT
+/connectors/<name>/config``; PostgreSQL: the movies reference's settings; MySQL/MariaDB:
+the binlog connector with its schema history in a topic ``<connector>.schema-history`` of
+the same Kafka; then ``connector_config`` overrides), waits until the
 connector and its task are RUNNING (a FAILED task raises with its trace), and reads
 ``<topic_prefix>.<schema>.<table>`` from the pipeline's broker through the ``topic``
 source's consumer handling (positions are topic offsets stored by the sink, resumed on
@@ -16,6 +18,7 @@ unwrapped too. Rows have the native engine's columns plus the topic provenance
 from __future__ import annotations
 
 import time
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from tidelake.sources.cdc import CdcConfig
 
 CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
+MYSQL_CONNECTOR_CLASS = "io.debezium.connector.mysql.MySqlConnector"
 JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"
 
 
@@ -62,13 +66,48 @@ def connector_config(
         "publication.name": publication,
         "publication.autocreate.mode": "filtered",
         "snapshot.mode": "initial" if cfg.snapshot == "initial" else "no_data",
+    }
+    return settings | _common(cfg) | cfg.connector_config
+
+
+def mysql_connector_config(
+    cfg: CdcConfig, database_url: str, name: str, bootstrap: str
+) -> dict[str, str]:
+    """The MySQL connector's settings (it reads MariaDB too), then the user's overrides.
+
+    Its replica id is derived from the connector's name (two readers with one id would
+    disconnect each other) and differs from the native engine's."""
+    from tidelake.db import mysql_settings
+
+    server = mysql_settings(database_url)
+    tables = [f"{s}.{t}" for s, t in cfg.qualified_tables(str(server["database"] or ""))]
+    settings = {
+        "connector.class": MYSQL_CONNECTOR_CLASS,
+        "tasks.max": "1",
+        "database.hostname": str(server["host"]),
+        "database.port": str(server["port"]),
+        "database.user": str(server["user"]),
+        "database.password": str(server["password"]),
+        "database.server.id": str(0x20000000 | zlib.crc32(name.encode()) & 0x0FFFFFFF),
+        "database.include.list": ",".join(sorted({t.split(".")[0] for t in tables})),
+        "topic.prefix": cfg.topic_prefix,
+        "table.include.list": ",".join(tables),
+        "schema.history.internal.kafka.bootstrap.servers": bootstrap,
+        "schema.history.internal.kafka.topic": f"{name}.schema-history",
+        "snapshot.mode": "initial" if cfg.snapshot == "initial" else "no_data",
+    }
+    return settings | _common(cfg) | cfg.connector_config
+
+
+def _common(cfg: CdcConfig) -> dict[str, str]:
+    """Settings of every engine's connector: bare JSON envelopes, the decimal mode."""
+    return {
         "decimal.handling.mode": cfg.decimal_handling,
         "key.converter": JSON_CONVERTER,
         "key.converter.schemas.enable": "false",
         "value.converter": JSON_CONVERTER,
         "value.converter.schemas.enable": "false",
     }
-    return settings | cfg.connector_config
 
 
 class ConnectClient:
@@ -90,8 +129,16 @@ class ConnectClient:
     def put_config(self, name: str, config: dict[str, str]) -> None:
         resp = self._call("PUT", f"/connectors/{name}/config", json=config)
         if resp.status_code >= 400:
+            hint = ""
+            if "Failed to find any class that implements Connector" in resp.text:
+                hint = (
+                    f" (the worker lacks {config.get('connector.class')}: a worker started by"
+                    " `tidelake infra up connect` loads Debezium's PostgreSQL and MySQL"
+                    " connectors; restart an older one with `tidelake infra down connect`)"
+                )
             raise ConnectorError(
-                f"cdc: Kafka Connect refused connector {name!r}: {resp.status_code} {resp.text}"
+                f"cdc: Kafka Connect refused connector {name!r}: {resp.status_code} "
+                f"{resp.text}{hint}"
             )
 
     def status(self, name: str) -> dict[str, Any] | None:
@@ -237,9 +284,11 @@ class DebeziumCdc(Source):
     def open(self, ctx: FlowContext, checkpoint: Checkpoint) -> None:
         cfg = self.config
         url = ctx.pipeline.url(cfg.database or ctx.pipeline.database)
-        if not url.startswith(("postgresql://", "postgres://")):
+        mysql = url.startswith(("mysql://", "mariadb://"))
+        if not mysql and not url.startswith(("postgresql://", "postgres://")):
             raise ConfigError(
-                f"flow {ctx.flow}: cdc engine 'debezium' needs a PostgreSQL database URL"
+                f"flow {ctx.flow}: cdc engine 'debezium' needs a PostgreSQL or MySQL/MariaDB "
+                "database URL (postgresql://... or mysql://...)"
             )
         if not ctx.broker.url.startswith("kafka://"):
             raise ConfigError(
@@ -248,7 +297,11 @@ class DebeziumCdc(Source):
             )
         slot = cfg.slot or default_name(ctx.pipeline.name, ctx.flow)
         self.name = connector_name(cfg, slot)
-        self.settings = connector_config(cfg, url, slot, cfg.publication or slot)
+        if mysql:
+            bootstrap = ctx.broker.url.removeprefix("kafka://")
+            self.settings = mysql_connector_config(cfg, url, self.name, bootstrap)
+        else:
+            self.settings = connector_config(cfg, url, slot, cfg.publication or slot)
         self.client = ConnectClient(cfg.connect_url)
         self.client.put_config(self.name, self.settings)
         try:
@@ -284,5 +337,6 @@ __all__ = [
     "DebeziumCdc",
     "connector_config",
     "connector_name",
+    "mysql_connector_config",
     "decode_envelopes",
 ]

@@ -29,7 +29,6 @@ import datetime as dt
 import decimal
 import logging
 import time
-import urllib.parse
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +61,7 @@ class MysqlCdc(Source):
         self.config: CdcConfig = config
 
     def open(self, ctx: FlowContext, checkpoint: Checkpoint) -> None:
-        from tidelake.db import mysql_connect
+        from tidelake.db import mysql_connect, mysql_settings
 
         extras.load("pymysqlreplication", "cdc engine 'mysql'")
         cfg = self.config
@@ -74,15 +73,11 @@ class MysqlCdc(Source):
                 "(set the source's 'database: mysql://user@host:port/db')"
             )
         self.url = url
-        parts = urllib.parse.urlsplit(url)
-        self.settings = {
-            "host": parts.hostname or "127.0.0.1",
-            "port": parts.port or 3306,
-            "user": urllib.parse.unquote(parts.username or "root"),
-            "passwd": urllib.parse.unquote(parts.password or ""),
-        }
+        server = mysql_settings(url)
+        self.settings = {k: server[k] for k in ("host", "port", "user")}
+        self.settings["passwd"] = server["password"]
         self.conn = mysql_connect(url)
-        default_db = parts.path.lstrip("/")
+        default_db = str(server["database"] or "")
         self.tables = [(s or default_db, n) for s, n in cfg.qualified_tables(default_db)]
         self._check_server()
         self.name = f"binlog:{cfg.slot or default_name(ctx.pipeline.name, ctx.flow)}"
