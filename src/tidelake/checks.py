@@ -93,7 +93,7 @@ def _apply(transform: Any, schema: pa.Schema, con: duckdb.DuckDBPyConnection) ->
     kind = getattr(transform, "type", None)
     if kind in ("validate",):
         return schema
-    if kind == "pseudonymize":
+    if kind in ("pseudonymize", "redact"):
         fields = set(transform.fields)
         return pa.schema([pa.field(f.name, pa.string()) if f.name in fields else f for f in schema])
     if kind == "sql":

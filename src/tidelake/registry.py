@@ -32,6 +32,7 @@ TRANSFORMS = {
     "drop": "tidelake.transforms.fields:Drop",
     "flatten": "tidelake.transforms.fields:Flatten",
     "pseudonymize": "tidelake.transforms.pseudonymize:Pseudonymize",
+    "redact": "tidelake.transforms.redact:Redact",
     "validate": "tidelake.transforms.validate:Validate",
     "python": "tidelake.transforms.python:PythonTransform",
     "unwrap": "tidelake.transforms.unwrap:Unwrap",

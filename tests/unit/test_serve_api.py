@@ -83,7 +83,7 @@ def build_lake(root: Path) -> Lake:
     metrics = pipeline.state_dir / "metrics"
     FlowMetrics("load", state="running", records_in=500, records_out=480, dead_letters=2,
                 errors=1, lag=20, last_checkpoint=time.time() - 5,
-                started=time.time() - 10).save(metrics)  # fmt: skip
+                started=time.time() - 10, counts={"redacted_email": 7}).save(metrics)  # fmt: skip
     canary = root / "canary.csv"
     canary.write_text("CANARY_7f3a9,secret\n")
     return Lake(pipeline, root, canary)
@@ -300,6 +300,7 @@ def test_metrics_exposition(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'tidelake_flow_records_out_total{flow="load"} 480.0' in text
     assert 'tidelake_flow_lag{flow="load"} 20.0' in text
+    assert 'tidelake_flow_count_total{flow="load",name="redacted_email"} 7.0' in text
     assert 'tidelake_flow_state{flow="load",state="running"} 1.0' in text
     assert 'tidelake_flow_last_checkpoint_age_seconds{flow="load"}' in text
     assert 'tidelake_api_requests_total{method="GET",route="/api/tables",status="200"}' in text

@@ -29,6 +29,8 @@ class FlowMetrics:
     last_checkpoint: float = 0.0
     started: float = field(default_factory=time.time)
     last_error: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Named counts transforms report (``redact``: ``redacted_email``, ...)."""
 
     @property
     def rate_out(self) -> float:

@@ -58,6 +58,14 @@ class _Flows:
             for f in flows:
                 counter.add_metric([str(f.get("flow", ""))], _number(f.get(key)))
             yield counter
+        counts = _Counter(
+            "tidelake_flow_count", "counts transforms report (redact)", labels=["flow", "name"]
+        )
+        for f in flows:
+            named = f.get("counts")
+            for name, n in named.items() if isinstance(named, dict) else ():
+                counts.add_metric([str(f.get("flow", "")), str(name)], _number(n))
+        yield counts
         for key, help_text in _FLOW_GAUGES:
             gauge = GaugeMetricFamily(f"tidelake_flow_{key}", help_text, labels=["flow"])
             for f in flows:

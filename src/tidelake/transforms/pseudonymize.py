@@ -24,6 +24,25 @@ MIN_KEY_BYTES = 16
 _BLOCK = 64  # SHA-256 block size (RFC 2104)
 
 
+def read_key(ctx: FlowContext, transform: str, key_env: str) -> tuple[bytes, bytes]:
+    """The HMAC pads of the secret in ``key_env``; a ConfigError saying how to set it."""
+    key = os.environ.get(key_env, "")
+    if len(key.encode()) < MIN_KEY_BYTES:
+        state = "is not set" if not key else f"is shorter than {MIN_KEY_BYTES} bytes"
+        raise ConfigError(
+            f"flow {ctx.flow}: {transform}: environment variable {key_env} "
+            f"{state}; set it to a secret, e.g. export {key_env}="
+            '"$(python -c "import secrets; print(secrets.token_hex(32))")"'
+            " (keep it: the same key gives the same pseudonyms)"
+        )
+    return hmac_pads(key.encode())
+
+
+def hmac_sql(expr: str) -> str:
+    """DuckDB SQL for the hex HMAC-SHA256 of ``expr``'s text, the pads bound as $1 and $2."""
+    return f"sha256($2::BLOB || unhex(sha256($1::BLOB || encode(({expr})::VARCHAR))))"
+
+
 def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     """The RFC 2104 inner and outer padded keys."""
     if len(key) > _BLOCK:
@@ -63,16 +82,7 @@ class Pseudonymize(Transform):
         self._pads: tuple[bytes, bytes] | None = None
 
     def open(self, ctx: FlowContext) -> None:
-        key = os.environ.get(self.config.key_env, "")
-        if len(key.encode()) < MIN_KEY_BYTES:
-            state = "is not set" if not key else f"is shorter than {MIN_KEY_BYTES} bytes"
-            raise ConfigError(
-                f"flow {ctx.flow}: pseudonymize: environment variable {self.config.key_env} "
-                f"{state}; set it to a secret, e.g. export {self.config.key_env}="
-                '"$(python -c "import secrets; print(secrets.token_hex(32))")"'
-                " (keep it: the same key gives the same pseudonyms)"
-            )
-        self._pads = hmac_pads(key.encode())
+        self._pads = read_key(ctx, "pseudonymize", self.config.key_env)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if self._pads is None:
@@ -87,11 +97,7 @@ class Pseudonymize(Transform):
             )
         if not present:
             return table
-        exprs = ", ".join(
-            f"sha256($2::BLOB || unhex(sha256($1::BLOB || encode({quote(f)}::VARCHAR)))) "
-            f"AS {quote(f)}"
-            for f in present
-        )
+        exprs = ", ".join(f"{hmac_sql(quote(f))} AS {quote(f)}" for f in present)
         hashed = self.engine.query(
             table, f"SELECT {exprs} FROM {BATCH}", "pseudonymize", params=list(self._pads)
         )
