@@ -46,6 +46,7 @@ SINKS = {
     "s3": "tidelake.sinks.s3:S3Sink",
     "cassandra": "tidelake.sinks.cassandra:CassandraSink",
     "mongodb": "tidelake.sinks.mongodb:MongoSink",
+    "webhook": "tidelake.sinks.webhook:WebhookSink",
 }
 _TABLES: dict[str, dict[str, str]] = {"source": SOURCES, "transform": TRANSFORMS, "sink": SINKS}
 

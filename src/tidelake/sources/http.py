@@ -16,17 +16,16 @@ from typing import Any, Literal
 import httpx
 import orjson
 import pyarrow as pa
-from httpx_retries import Retry, RetryTransport
+from httpx_retries import RetryTransport
 from pydantic import Field
 
 from tidelake.errors import ConnectorError
 from tidelake.formats.json import decode_json, split_lines
+from tidelake.http_retry import RETRYABLE, retry_policy
 from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
 from tidelake.sources import pagination
 from tidelake.sources.file import dig, records_table
 from tidelake.sources.pagination import Pages, Pagination
-
-_RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 
 
 class _Spaced(httpx.BaseTransport):
@@ -83,15 +82,7 @@ class HttpSource(Source):
         self.requests = checkpoint.get("requests", 0)
         self.polls = 0
         c = self.config
-        retry = Retry(  # Retry-After (seconds or HTTP date) wins over the backoff
-            total=c.retries,
-            allowed_methods=["GET", "POST"],
-            status_forcelist=_RETRYABLE,
-            backoff_factor=c.backoff / 2,  # its first retry waits 2 * factor
-            backoff_jitter=0.0,
-            max_backoff_wait=max(c.backoff_max, 1e-3),
-            respect_retry_after_header=True,
-        )
+        retry = retry_policy(c.retries, c.backoff, c.backoff_max)
         self.client = httpx.Client(
             headers={"User-Agent": "tidelake", **c.headers},
             timeout=c.timeout,
@@ -157,7 +148,7 @@ class HttpSource(Source):
                 self.requests += 1
                 return response
             problem = f"HTTP {response.status_code}: {response.text[:200]}"
-            if response.status_code not in _RETRYABLE:
+            if response.status_code not in RETRYABLE:
                 raise ConnectorError(
                     f"http source: {c.method} {url} failed with {problem} "
                     "(check url, params and headers; this status is not retried)"
