@@ -8,6 +8,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,26 @@ def mysql_url(mariadb_server: str) -> Iterator[str]:
     with conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     conn.close()
+
+
+@pytest.fixture
+def cql(cassandra_url: str) -> Iterator[Any]:
+    """A CQL session on the shared Cassandra node."""
+    from cassandra.cluster import Cluster
+
+    host, _, port = cassandra_url.removeprefix("cassandra://").partition(":")
+    cluster = Cluster([host], port=int(port))
+    session = cluster.connect()
+    yield session
+    cluster.shutdown()
+
+
+@pytest.fixture
+def mongo(mongodb_url: str, unique: str) -> Iterator[Any]:
+    """This test's database (``db_<unique>``) on the shared server, dropped afterwards."""
+    import pymongo
+
+    client: Any = pymongo.MongoClient(mongodb_url)
+    yield client[f"db_{unique}"]
+    client.drop_database(f"db_{unique}")
+    client.close()

@@ -3,7 +3,6 @@ that do not fit the column type, a clear error on a key mismatch, and kill -9 mi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import killing
@@ -16,17 +15,6 @@ from tidelake.config import load
 from tidelake.runtime.runner import FlowFailed, FlowRunner
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cql(cassandra_url: str) -> Iterator[object]:
-    from cassandra.cluster import Cluster
-
-    host, _, port = cassandra_url.removeprefix("cassandra://").partition(":")
-    cluster = Cluster([host], port=int(port))
-    session = cluster.connect()
-    yield session
-    cluster.shutdown()
 
 
 def _keyspace(unique: str) -> str:

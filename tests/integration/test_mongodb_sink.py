@@ -4,7 +4,6 @@ dead letters for null keys and values BSON cannot hold, kill -9 mid-stream."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,6 @@ from tidelake.config import load
 from tidelake.runtime.runner import FlowFailed, FlowRunner
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def mongo(mongodb_url: str, unique: str) -> Iterator[Any]:
-    """This test's database on the shared server, dropped afterwards."""
-    import pymongo
-
-    client: Any = pymongo.MongoClient(mongodb_url)
-    yield client[f"db_{unique}"]
-    client.drop_database(f"db_{unique}")
-    client.close()
 
 
 def test_upserts_by_key_and_dead_letters(

@@ -84,3 +84,52 @@ def test_whole_value_variables_are_typed_like_yaml(tmp_path: Path) -> None:
     p = loads(text, tmp_path / "p.yaml")
     assert p.flows["land"].batch.size == 250
     assert p.flows["land"].source.group is None  # type: ignore[attr-defined]
+
+
+STORE = """\
+name: demo
+flows:
+  land:
+    source: {type: topic, topic: events}
+    sink:
+      type: table
+      table: events
+      mode: ${TL_MODE:-upsert}
+      key: [id]
+      database: ${TL_STORE:-}
+"""
+
+
+def test_a_table_sink_store_is_picked_by_the_database_url(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tidelake.sinks.cassandra import CassandraSink
+    from tidelake.sinks.mongodb import MongoSink
+    from tidelake.sinks.table import other_store
+
+    assert loads(STORE, tmp_path / "p.yaml").flows["land"].sink.database is None  # the pipeline's
+    for url, kind in [
+        ("cassandra://127.0.0.1:9042/ks", CassandraSink),
+        ("mongodb://127.0.0.1:27017/db", MongoSink),
+    ]:
+        monkeypatch.setenv("TL_STORE", url)
+        sink = loads(STORE, tmp_path / "p.yaml").flows["land"].sink
+        store = other_store(sink, url)  # type: ignore[arg-type]
+        assert isinstance(store, kind) and store.config.key == ["id"]
+    assert other_store(sink, "mysql://root@127.0.0.1/db") is None  # type: ignore[arg-type]
+
+
+def test_a_bad_store_url_names_file_line_key_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TL_STORE", "redis://127.0.0.1/0")
+    with pytest.raises(ConfigError) as e:
+        loads(STORE, tmp_path / "p.yaml")
+    assert "p.yaml:10: flows.land.sink.database:" in str(e.value)
+    assert "'redis' is not a store" in str(e.value) and "cassandra://host:port/keyspace" in str(
+        e.value
+    )
+    monkeypatch.setenv("TL_STORE", "cassandra://127.0.0.1/ks")
+    monkeypatch.setenv("TL_MODE", "append")
+    with pytest.raises(ConfigError, match=r"p.yaml:5: flows.land.sink: .*set 'mode: upsert'"):
+        loads(STORE, tmp_path / "p.yaml")

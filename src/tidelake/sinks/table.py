@@ -1,21 +1,43 @@
-"""Land batches in a SQLite, PostgreSQL or MySQL/MariaDB table, exactly once.
+"""Land batches in a SQLite, PostgreSQL or MySQL/MariaDB table, exactly once; or in a
+Cassandra table or MongoDB collection when ``database`` names one.
 
 Rows and the flow's source positions are written in one transaction
 (docs/architecture.md, principle 1). Rows that carry provenance
 (``_topic/_partition/_offset``) below the stored position of their partition are dropped
 inside that transaction, so a zombie writer or a re-delivered batch can never land twice.
+
+A ``cassandra://`` or ``mongodb://`` ``database`` hands the batches to the ``cassandra`` or
+``mongodb`` sink (``table`` is the table or collection, ``key`` its key), so one pipeline
+file switches a flow's store by an environment variable; their delivery is theirs.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from tidelake.db import Database, connect_db
 from tidelake.runtime.base import Checkpoint, ConnectorConfig, FlowContext, Sink
+
+#: ``database`` URL prefix -> the store it names (``sql``: ``db.connect_db``).
+STORES = {
+    "sqlite:///": "sql",
+    "postgresql://": "sql",
+    "postgres://": "sql",
+    "mysql://": "sql",
+    "mariadb://": "sql",
+    "cassandra://": "cassandra",
+    "mongodb://": "mongodb",
+    "mongodb+srv://": "mongodb",
+}
+
+
+def store_of(url: str) -> str | None:
+    """``sql``, ``cassandra`` or ``mongodb`` for a database URL; None for an unknown scheme."""
+    return next((kind for prefix, kind in STORES.items() if url.startswith(prefix)), None)
 
 
 class TableSinkConfig(ConnectorConfig):
@@ -26,8 +48,68 @@ class TableSinkConfig(ConnectorConfig):
     delete_when: str | None = Field(
         None, description="SQL predicate over the batch; matching rows delete their key"
     )
-    database: str | None = Field(None, description="database URL (default: the pipeline's)")
+    database: str | None = Field(
+        None,
+        description="database URL (empty: the pipeline's); cassandra://host:port/keyspace or"
+        " mongodb://host:port/db land in that store",
+    )
     keep_provenance: bool = Field(True, description="store _topic/_partition/_offset columns")
+
+    @field_validator("database")
+    @classmethod
+    def _known_store(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if store_of(v) is None:
+            raise ValueError(
+                f"{v.split('://')[0]!r} is not a store the table sink writes (use sqlite:///path,"
+                " postgresql://..., mysql://..., cassandra://host:port/keyspace or"
+                " mongodb://host:port/database)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _store_options(self) -> Self:
+        store = store_of(self.database or "sqlite:///")
+        if store != "sql" and self.delete_when:
+            raise ValueError(f"delete_when works on SQL databases, not on {store} (remove it)")
+        if store == "cassandra" and not (self.mode == "upsert" and self.key):
+            raise ValueError(
+                "a cassandra:// database writes upserts by primary key: set 'mode: upsert'"
+                " and 'key: [column, ...]'"
+            )
+        return self
+
+
+def other_store(cfg: TableSinkConfig, url: str) -> Sink | None:
+    """The ``cassandra`` or ``mongodb`` sink for a URL naming one; None for SQL databases."""
+    store = store_of(url)
+    if store == "cassandra":
+        from tidelake.sinks.cassandra import CassandraSink, CassandraSinkConfig
+
+        return CassandraSink(
+            CassandraSinkConfig(
+                type="cassandra",
+                url=url,
+                table=cfg.table,
+                key=cfg.key,
+                keep_provenance=cfg.keep_provenance,
+            )
+        )
+    if store == "mongodb":
+        from tidelake.sinks.mongodb import MongoSink, MongoSinkConfig
+
+        key = cfg.key if cfg.mode == "upsert" else []
+        return MongoSink(
+            MongoSinkConfig(
+                type="mongodb",
+                url=url,
+                collection=cfg.table,
+                key=key,
+                keep_provenance=cfg.keep_provenance,
+            )
+        )
+    return None
 
 
 def fence(table: pa.Table, stored: Checkpoint) -> pa.Table:
@@ -54,20 +136,31 @@ class TableSink(Sink):
     Config = TableSinkConfig
     config: TableSinkConfig
 
+    store: Sink | None = None  # the cassandra or mongodb sink the database URL names
+
     def open(self, ctx: FlowContext) -> None:
         cfg = self.config
         if cfg.mode == "upsert" and not cfg.key:
             from tidelake.errors import ConfigError
 
             raise ConfigError(f"flow {ctx.flow}: sink mode 'upsert' needs 'key: [column, ...]'")
+        url = ctx.pipeline.url(cfg.database or ctx.pipeline.database)
+        self.store = other_store(cfg, url)
+        if self.store is not None:
+            self.store.open(ctx)
+            return
         self.flow = ctx.owner
-        self.db: Database = connect_db(ctx.pipeline.url(cfg.database or ctx.pipeline.database))
+        self.db: Database = connect_db(url)
         self.db.load_checkpoint(self.flow)  # creates the checkpoint table if missing
 
     def checkpoint(self) -> Checkpoint:
+        if self.store is not None:
+            return self.store.checkpoint()
         return self.db.load_checkpoint(self.flow)
 
     def write(self, table: pa.Table, checkpoint: Checkpoint) -> None:
+        if self.store is not None:
+            return self.store.write(table, checkpoint)
         cfg = self.config
         with self.db.transaction(lock=f"tidelake:{self.flow}"):
             stored = self.db.load_checkpoint(self.flow)
@@ -89,6 +182,8 @@ class TableSink(Sink):
             self.db.save_checkpoint(self.flow, merge(stored, checkpoint))
 
     def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
         if hasattr(self, "db"):  # open() may have failed before connecting
             self.db.close()
 
