@@ -15,7 +15,7 @@ import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,6 +27,7 @@ from tidelake.formats.json import nested_to_json
 from tidelake.identifiers import plain as ident
 from tidelake.runtime.base import Checkpoint
 from tidelake.sqlite_wal import open_wal
+from tidelake.store_types import Store, column_type
 
 CHECKPOINTS = "_tidelake_checkpoints"
 
@@ -44,8 +45,10 @@ class Database(ABC):
     def columns(self, table: str) -> dict[str, str]:
         """Column name -> declared type; empty when the table does not exist."""
 
-    @abstractmethod
-    def sql_type(self, t: pa.DataType) -> str: ...
+    STORE: ClassVar[Store]
+
+    def sql_type(self, t: pa.DataType) -> str:
+        return column_type(t, self.STORE)
 
     @abstractmethod
     def insert(self, table: str, data: pa.Table, key: list[str] | None) -> None:
@@ -106,6 +109,8 @@ class Database(ABC):
 
 
 class SqliteDatabase(Database):
+    STORE = "sqlite"
+
     def __init__(self, path: str) -> None:
         self.conn = open_wal(path)
 
@@ -121,15 +126,6 @@ class SqliteDatabase(Database):
 
     def columns(self, table: str) -> dict[str, str]:
         return {r[1]: r[2] for r in self.conn.execute(f"PRAGMA table_info({ident(table)})")}
-
-    def sql_type(self, t: pa.DataType) -> str:
-        if pa.types.is_integer(t) or pa.types.is_boolean(t):
-            return "INTEGER"
-        if pa.types.is_floating(t) or pa.types.is_decimal(t):
-            return "REAL"
-        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-            return "BLOB"
-        return "TEXT"
 
     def _prepare(self, data: pa.Table) -> pa.Table:
         data = nested_to_json(data)
@@ -178,6 +174,8 @@ class SqliteDatabase(Database):
 class PostgresDatabase(Database):
     """PostgreSQL through psycopg 3; bulk loads go through COPY."""
 
+    STORE = "postgresql"
+
     param = "%s"
 
     def __init__(self, url: str) -> None:
@@ -204,25 +202,6 @@ class PostgresDatabase(Database):
             (table,),
         ).fetchall()
         return {r[0]: r[1] for r in rows}
-
-    def sql_type(self, t: pa.DataType) -> str:
-        if pa.types.is_boolean(t):
-            return "BOOLEAN"
-        if pa.types.is_integer(t):
-            return "BIGINT"
-        if pa.types.is_floating(t):
-            return "DOUBLE PRECISION"
-        if pa.types.is_decimal(t):
-            return "NUMERIC"
-        if pa.types.is_timestamp(t):
-            return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"  # type: ignore[attr-defined]
-        if pa.types.is_date(t):
-            return "DATE"
-        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-            return "BYTEA"
-        if pa.types.is_nested(t):
-            return "JSONB"
-        return "TEXT"
 
     def _copy(self, table: str, data: pa.Table) -> None:
         buf = io.BytesIO()
@@ -290,6 +269,8 @@ class MysqlDatabase(Database):
     """MySQL or MariaDB through PyMySQL (sessions in ``ANSI_QUOTES`` mode, so identifiers are
     quoted as everywhere else); upserts are ``INSERT ... ON DUPLICATE KEY UPDATE``."""
 
+    STORE = "mysql"
+
     param = "%s"
     KEY_TEXT = "VARCHAR(255)"  # InnoDB cannot index TEXT without a prefix length
 
@@ -319,23 +300,6 @@ class MysqlDatabase(Database):
             (table,),
         )
         return {str(r[0]): str(r[1]) for r in rows}
-
-    def sql_type(self, t: pa.DataType) -> str:
-        if pa.types.is_boolean(t):
-            return "BOOLEAN"
-        if pa.types.is_integer(t):
-            return "BIGINT"
-        if pa.types.is_floating(t):
-            return "DOUBLE"
-        if pa.types.is_decimal(t):
-            return "DECIMAL(38, 9)"
-        if pa.types.is_timestamp(t):
-            return "DATETIME(6)"
-        if pa.types.is_date(t):
-            return "DATE"
-        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-            return "LONGBLOB"
-        return "LONGTEXT"  # strings, and nested values as JSON text
 
     _keys: frozenset[str] = frozenset()
 

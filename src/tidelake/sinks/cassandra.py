@@ -24,6 +24,7 @@ from tidelake.formats.json import nested_to_json
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
 from tidelake.sinks.fit import fit, last_per_key
 from tidelake.sinks.table import fence, merge
+from tidelake.store_types import column_type
 
 CHECKPOINTS = "tidelake_checkpoints"
 
@@ -93,27 +94,7 @@ def _q(name: str) -> str:
 
 def cql_type(t: pa.DataType) -> str:
     """The CQL type a new column of Arrow type ``t`` gets."""
-    if pa.types.is_boolean(t):
-        return "boolean"
-    if pa.types.is_int8(t):
-        return "tinyint"
-    if pa.types.is_int16(t) or pa.types.is_uint8(t):
-        return "smallint"
-    if pa.types.is_int32(t) or pa.types.is_uint16(t):
-        return "int"
-    if pa.types.is_integer(t):
-        return "bigint"
-    if pa.types.is_float32(t):
-        return "float"
-    if pa.types.is_floating(t) or pa.types.is_decimal(t):
-        return "double"
-    if pa.types.is_timestamp(t):
-        return "timestamp"
-    if pa.types.is_date(t):
-        return "date"
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return "blob"
-    return "text"  # strings, and nested values as JSON text
+    return column_type(t, "cassandra")
 
 
 class CassandraSink(Sink):
