@@ -31,6 +31,7 @@ MODULES: dict[str, str] = {
     "pyspark": "spark",
     "cassandra": "cassandra",
     "pymongo": "mongodb",
+    "parsel": "crawl",
 }
 
 

@@ -23,6 +23,7 @@ SOURCES = {
     "topic": "tidelake.sources.topic:TopicSource",
     "dead_letters": "tidelake.sources.dead_letters:DeadLetterSource",
     "cdc": "tidelake.sources.cdc:CdcSource",
+    "crawl": "tidelake.sources.crawl:CrawlSource [crawl]",
 }
 TRANSFORMS = {
     "sql": "tidelake.transforms.sql:SqlTransform",
