@@ -100,12 +100,12 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return "embedded"
 
 
-def _produce(url: str, pipeline_dir: Path, topic: str) -> None:
+def _produce(url: str, pipeline_dir: Path, topic: str, records: int = RECORDS) -> None:
     broker = connect(url if url != "embedded" else f"embedded://{pipeline_dir}/.tidelake/log.db")
     broker.create_topic(topic, 4)
     producer = broker.producer()
-    step = 20_000
-    for start in range(0, RECORDS, step):
+    step = min(20_000, records)
+    for start in range(0, records, step):
         ids = range(start, start + step)
         producer.produce(
             topic,
@@ -137,8 +137,12 @@ def _landed(pipeline_dir: Path) -> tuple[int, int]:
             return 0, 0
 
 
-def _run(pipeline_dir: Path, text: str, until: int | None) -> FlowRunner:
-    """Run the flow until ``until`` rows landed, or until it ends by itself."""
+def _run(
+    pipeline_dir: Path, text: str, until: int | None, landed: Callable[[], int] | None = None
+) -> FlowRunner:
+    """Run the flow until ``until`` rows landed (in ``out.db``, or as ``landed()`` counts
+    them), or until it ends by itself."""
+    count = landed or (lambda: _landed(pipeline_dir)[0])
     runner = FlowRunner(loads(text, pipeline_dir / "p.yaml"), "land", threading.Event())
     errors: list[BaseException] = []
 
@@ -151,7 +155,7 @@ def _run(pipeline_dir: Path, text: str, until: int | None) -> FlowRunner:
     t = threading.Thread(target=target)
     t.start()
     for _ in range(1200):
-        if not t.is_alive() or (until is not None and _landed(pipeline_dir)[0] >= until):
+        if not t.is_alive() or (until is not None and count() >= until):
             break
         t.join(0.1)
     runner.stop.set()
@@ -236,3 +240,74 @@ def test_a_failed_advisory_offset_commit_does_not_stop_the_flow(
     assert refused.raised > 1
     assert _landed(tmp_path) == (VALID, VALID)
     assert runner.metrics.errors == 0 and runner.metrics.state == "stopped"
+
+
+STORE_RECORDS = 2_500
+STORE_VALID = STORE_RECORDS - len(range(0, STORE_RECORDS, POISON_EVERY))
+
+
+def _cassandra_case(request: pytest.FixtureRequest, unique: str) -> tuple[str, Callable[[], int]]:
+    """The sink's URL, and how many distinct ids landed (rows are upserts by id)."""
+    url, cql = request.getfixturevalue("cassandra_url"), request.getfixturevalue("cql")
+
+    def landed() -> int:
+        try:
+            return int(cql.execute(f"SELECT count(*) FROM fi_{unique}.out").one()[0])
+        except Exception:  # noqa: BLE001 - created by the first batch
+            return 0
+
+    return f"{url}/fi_{unique}", landed
+
+
+def _mongodb_case(request: pytest.FixtureRequest, unique: str) -> tuple[str, Callable[[], int]]:
+    url, mongo = request.getfixturevalue("mongodb_url"), request.getfixturevalue("mongo")
+    return f"{url}{mongo.name}", lambda: int(mongo["out"].count_documents({}))
+
+
+def _store_faults() -> dict[str, tuple[Any, str, int]]:
+    """Where each store sink fails after its rows landed and before its positions did."""
+    import pymongo.collection
+
+    from tidelake.sinks.cassandra import CassandraSink
+
+    return {
+        # _run executes the rows, then the checkpoint: the 12th call is the 6th checkpoint
+        "cassandra": (CassandraSink, "_run", 12),
+        # the checkpoint document is the sink's only replace_one
+        "mongodb": (pymongo.collection.Collection, "replace_one", 6),
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("store", ["cassandra", "mongodb"])
+def test_a_store_sink_failing_between_rows_and_positions_lands_every_record_once(
+    store: str,
+    tmp_path: Path,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The same pipeline through ``table`` with a cassandra:// or mongodb:// database: a fault
+    after a batch's rows and before its positions, then a fixed restart that re-delivers that
+    batch (an upsert by id overwrites it) and the rest."""
+    monkeypatch.setenv("TIDELAKE_PSEUDONYMIZE_KEY", "fault-injection-key-0123456789abcdef")
+    url, landed = (_cassandra_case if store == "cassandra" else _mongodb_case)(request, unique)
+    topic = f"fi-{unique}"
+    _produce("embedded", tmp_path, topic, STORE_RECORDS)
+    text = PIPELINE.format(broker="embedded", topic=topic).replace(
+        "sink: {type: table, table: out}",
+        f'sink: {{type: table, table: out, mode: upsert, key: [id], database: "{url}"}}',
+    )
+    text = text.replace("size: 5000", "size: 250")
+    owner, attr, after = _store_faults()[store]
+    fault = Fault(owner, attr, after, _injected)
+    monkeypatch.setattr(owner, attr, fault.wrapper)
+
+    runner = FlowRunner(loads(text, tmp_path / "p.yaml"), "land", threading.Event())
+    with pytest.raises(FlowFailed, match="injected fault"):
+        runner.run()
+    assert 0 < landed() < STORE_VALID  # stopped mid-stream
+    fault.fixed = True
+    runner = _run(tmp_path, text, until=STORE_VALID, landed=landed)
+    assert landed() == STORE_VALID
+    assert runner.metrics.state == "stopped"
