@@ -3,9 +3,10 @@
 Guarantees:
 
 - **Position** ``{binlog:<name>: file_number << 32 | offset}``: the end of the last
-  transaction handed out. Each poll opens the binlog at that position and hands out whole
-  transactions only (rows are buffered until their ``COMMIT``/XID event), so resuming
-  from the sink's stored position re-reads nothing and skips nothing.
+  transaction handed out. One replica connection reads on from that position, kept open
+  between reads (the server's heartbeat wakes an idle one every ``poll_interval``), and
+  hands out whole transactions only (rows are buffered until their ``COMMIT``/XID event),
+  so resuming from the sink's stored position re-reads nothing and skips nothing.
 - **Acknowledged after the sink committed**: the only copy of the position is the sink's
   checkpoint (a replica's position lives with the replica); the binlog must be retained
   (``binlog_expire_logs_seconds``) longer than a flow may be stopped.
@@ -56,6 +57,8 @@ def unpack(position: int, base: str) -> tuple[str, int]:
 class MysqlCdc(Source):
     """The ``mysql`` engine of the ``cdc`` source."""
 
+    _stream: Any = None  # the replica connection, open between reads
+
     def __init__(self, config: CdcConfig) -> None:
         super().__init__(config)
         self.config: CdcConfig = config
@@ -85,6 +88,7 @@ class MysqlCdc(Source):
         self.server_id = 0x10000000 | zlib.crc32(self.name.encode()) & 0x0FFFFFFF
         self._keys: dict[tuple[str, str], list[str]] = {}
         self._builder = EnvelopeBuilder()
+        self._close_stream()  # reopened at the position by the next read
         stored = checkpoint.get(self.name)
         self._snapshot: _Snapshot | None = None
         if stored is None and cfg.snapshot == "initial":
@@ -157,15 +161,7 @@ class MysqlCdc(Source):
                 self._reported = self._position
                 return Batch(batch, {self.name: self._position})
             return Batch(batch)
-        deadline = time.monotonic() + timeout
-        while True:
-            moved = self._poll(max(1, max_records))
-            if len(self._builder) or moved:
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            time.sleep(min(self.config.poll_interval, left))
+        self._poll(max(1, max_records), time.monotonic() + timeout)
         table = self._builder.take() if len(self._builder) else empty()
         positions: Checkpoint = {}
         if self._position != self._reported:
@@ -173,22 +169,23 @@ class MysqlCdc(Source):
             self._reported = self._position
         return Batch(table, positions)
 
-    def _poll(self, max_records: int) -> bool:
-        """Read whole transactions from the position until ``max_records`` or the binlog's
-        end; True when the position moved."""
+    def _open_stream(self) -> Any:
+        """A replica connection reading from the position, kept open between reads; the
+        server's heartbeat every ``poll_interval`` wakes an idle read up."""
         from pymysqlreplication import BinLogStreamReader
-        from pymysqlreplication.event import QueryEvent, RotateEvent, XidEvent
+        from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, RotateEvent, XidEvent
         from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
         file, pos = unpack(self._position, self.base)
-        wanted = {f"{s}.{n}" for s, n in self.tables}
-        stream = BinLogStreamReader(
+        self._pending: list[tuple[Any, str]] = []  # row events of the open transaction
+        return BinLogStreamReader(
             connection_settings=self.settings,
             server_id=self.server_id,
             log_file=file,
             log_pos=pos,
             resume_stream=True,
-            blocking=False,
+            blocking=True,
+            slave_heartbeat=self.config.poll_interval,
             is_mariadb=False,  # with True it ignores log_file/log_pos (resumes by GTID only)
             only_events=[
                 WriteRowsEvent,
@@ -197,20 +194,27 @@ class MysqlCdc(Source):
                 XidEvent,
                 QueryEvent,
                 RotateEvent,
+                HeartbeatLogEvent,
             ],
             freeze_schema=False,
         )
-        start = self._position
-        pending: list[tuple[Any, str]] = []  # row events of the open transaction
+
+    def _poll(self, max_records: int, deadline: float) -> None:
+        """Read whole transactions until ``max_records`` or ``deadline``; a transaction open
+        at the deadline stays buffered for the next read. Any error closes the stream, which
+        reopens at the position (the end of the last whole transaction)."""
+        from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, RotateEvent, XidEvent
+
+        if self._stream is None:
+            self._stream = self._open_stream()
+        stream, pending = self._stream, self._pending
+        wanted = {f"{s}.{n}" for s, n in self.tables}
         try:
             for event in stream:
-                if isinstance(event, RotateEvent):
-                    file = event.next_binlog
-                    continue
-                end = event.packet.log_pos
                 if isinstance(event, XidEvent) or (
                     isinstance(event, QueryEvent) and event.query.strip().upper() == "COMMIT"
                 ):
+                    end = event.packet.log_pos
                     for rows_event, f in pending:
                         self._emit(rows_event, f, end)
                     pending.clear()
@@ -218,16 +222,24 @@ class MysqlCdc(Source):
                     if len(self._builder) >= max_records:
                         break
                 elif isinstance(event, QueryEvent):
-                    if event.query.strip().upper() in ("BEGIN", "XA START"):
-                        continue
-                    self._keys.clear()  # DDL (e.g. ALTER TABLE): keys may have changed
-                    if not pending:
-                        self._position = pack(stream.log_file, end)
-                elif f"{event.schema}.{event.table}" in wanted:
+                    if event.query.strip().upper() not in ("BEGIN", "XA START"):
+                        self._keys.clear()  # DDL (e.g. ALTER TABLE): keys may have changed
+                        if not pending:
+                            self._position = pack(stream.log_file, event.packet.log_pos)
+                elif not isinstance(event, (RotateEvent, HeartbeatLogEvent)) and (
+                    f"{event.schema}.{event.table}" in wanted
+                ):
                     pending.append((event, stream.log_file))
-        finally:
-            stream.close()
-        return self._position != start
+                if time.monotonic() >= deadline:
+                    break
+        except BaseException:
+            self._close_stream()
+            raise
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def _emit(self, event: Any, file: str, end: int) -> None:
         from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent
@@ -272,6 +284,7 @@ class MysqlCdc(Source):
     def close(self) -> None:
         if getattr(self, "_snapshot", None) is not None:
             self._snapshot.close()  # type: ignore[union-attr]
+        self._close_stream()
         if hasattr(self, "conn"):
             self.conn.close()
 
