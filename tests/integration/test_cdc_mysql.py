@@ -180,6 +180,7 @@ def test_debezium_mysql_cdc_into_the_lake(tmp_path: Path, unique: str, mysql_url
         time.sleep(1.0)  # a duplicate would land after the count first reached the target
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, killing.stderr_tail(proc)
+        assert f"tidelake-mycdc{unique}-capture.schema-history" in broker.topics()
     finally:
         if proc.poll() is None:
             proc.kill()

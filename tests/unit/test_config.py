@@ -133,3 +133,6 @@ def test_a_bad_store_url_names_file_line_key_and_the_fix(
     monkeypatch.setenv("TL_MODE", "append")
     with pytest.raises(ConfigError, match=r"p.yaml:5: flows.land.sink: .*set 'mode: upsert'"):
         loads(STORE, tmp_path / "p.yaml")
+    monkeypatch.setenv("TL_STORE", "mongodb://127.0.0.1/db")
+    with pytest.raises(ConfigError, match=r"delete_when works on SQL databases, not on mongodb"):
+        loads(STORE.replace("key: [id]", "key: [id]\n      delete_when: gone"), tmp_path / "p.yaml")
