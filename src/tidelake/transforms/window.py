@@ -1,39 +1,60 @@
-"""``window``: event-time tumbling or hopping window aggregates, exactly once across restarts.
+"""``window``: event-time window aggregates, exactly once across restarts.
 
-A row falls into the window ``[start, start + size)`` of its ``time`` (with ``hop``: into
-the ``size / hop`` overlapping ones); numbers are epoch seconds below 1e11, else ms, and
-text without an offset is UTC. Per window, ``by`` keys and source partition only
-mergeable partials are kept, in the transform's DuckDB: count, sum, min, max (avg is
-sum / count). The watermark is the newest event time seen minus ``allowed_lateness``; a
-window is emitted once the watermark reaches its end, and when a finite source ends (a
-stop emits nothing: open windows are held, below). A row for an already emitted window
-is late and goes to the dead-letter topic (with ``hop``, it still counts in the windows
-still open). Each batch is a few SQL statements, never a loop over rows.
+Three kinds, chosen by which length is given:
 
-Exactly once. Open windows live in memory only, so the checkpoint must not pass their
-rows: ``checkpoint`` lowers each ``topic/partition`` position to the lowest ``_offset``
-still in an open window, and a restarted flow re-reads from there, rebuilding them. That
-re-read also returns rows of windows emitted before the crash; counting them again would
-emit partial duplicates. So the same atomic checkpoint carries ``window:watermark`` and,
-per partition, ``window:<topic>/<partition>``: the next offset already processed. After a
-restart a row below that offset whose window ends by the stored watermark was emitted (or
-dead-lettered) before and is skipped; every other row is processed as new. Offsets a
-source delivers twice within a run (a rebalance seeks back) are skipped too. These
-positions only move forward, and each window is emitted in the commit that moves the
-checkpoint past its rows, so it lands once: the sink may append (no upsert needed).
+- ``size``: tumbling windows ``[start, start + size)`` of a row's ``time``; with ``every``
+  (or its older name ``hop``) sliding ones, the ``size / every`` overlapping windows that
+  start every ``every``. Per window, ``by`` keys and source partition only mergeable
+  partials are kept (count, sum, min, max; avg and vwap are two sums; first and last keep
+  the value at the lowest or highest time).
+- ``over``: per-row moving aggregates, what a trader calls a moving average: each row is
+  emitted with the aggregates over the rows of its ``by`` keys in the last ``over``
+  (``5m``: event times in ``(t - 5m, t]``) or the last ``N rows`` (by time, then offset).
+  An aggregate may name its own frame: ``avg(price) over 1m``. The rows still needed as
+  context are kept.
+- ``gap``: session windows: the rows of a key whose times lie less than ``gap`` apart form
+  one session ``[first, last + gap)``. Open sessions keep their rows.
+
+Numbers are epoch seconds below 1e11, else ms, and text without an offset is UTC. The
+watermark is the newest event time seen minus ``allowed_lateness``; a window or session is
+emitted once the watermark reaches its end, a moving row once the watermark passes its time,
+and everything when a finite source ends (a stop emits nothing: open state is held, below).
+A row for an already emitted window, or (moving and session) older than the watermark, is
+late and goes to the dead-letter topic (with ``every``, it still counts in the windows still
+open; a late moving row still counts as context for rows not yet emitted). Each batch is a
+few SQL statements in the transform's DuckDB, never a loop over rows.
+
+Exactly once. State lives in memory only, so the checkpoint must not pass its rows:
+``checkpoint`` lowers each ``topic/partition`` position to the lowest ``_offset`` still in
+the state, and a restarted flow re-reads from there, rebuilding it. That re-read also
+returns rows emitted before the crash; counting them again would emit duplicates. So the
+same atomic checkpoint carries ``window:watermark`` and, per partition,
+``window:<topic>/<partition>``: the next offset already processed. After a restart a row
+below that offset whose window ends by the stored watermark (moving: whose time is before
+it) was emitted (or dead-lettered) before and is skipped (moving: kept as context only); a
+re-read session that ends by the stored watermark was emitted and is dropped; every other
+row is processed as new. Nothing is emitted until the re-read reaches that offset on every
+held partition (what is complete is unknown before). Offsets a source delivers twice within
+a run (a rebalance seeks back) are skipped too. These positions only move forward, and each
+result is emitted in the commit that moves the checkpoint past its rows, so it lands once:
+the sink may append (no upsert needed). One limit: a late row re-read after a crash cannot
+be told from the rows of a still-open session, so it may then count in a session within
+``gap`` of it (it is in the dead letters too); rows within ``allowed_lateness`` are always
+exact.
 
 This needs ``_topic``/``_partition``/``_offset`` on every row (a ``topic`` source adds them;
-keep them through earlier transforms) and one instance of the flow (a window spans all
-partitions). Without provenance the transform refuses to run unless ``exactly_once:
-false``: then nothing is held back and windows still open at a stop or crash lose their
-rows so far (at most once); a finite source run to its end is still exact. Partitions
-are read in turns, so ``allowed_lateness`` must also cover the skew between them.
+keep them through earlier transforms; moving rows keep them) and one instance of the flow
+(a window spans all partitions). Without provenance the transform refuses to run unless
+``exactly_once: false``: then nothing is held back and state still open at a stop or crash
+loses its rows so far (at most once); a finite source run to its end is still exact.
+Partitions are read in turns, so ``allowed_lateness`` must also cover the skew between them.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -50,10 +71,22 @@ from tidelake.transforms.sql import BatchSQL
 log = logging.getLogger(__name__)
 
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_PARTIALS = {"count": "count", "sum": "sum", "min": "min", "max": "max", "avg": "sum count"}
-_MERGE = {"count": "sum", "sum": "sum", "min": "min", "max": "max"}
-_FINAL = {"avg": "sum({})::DOUBLE / nullif(sum({}), 0)"} | {
-    k: v + "({})" for k, v in _MERGE.items()
+_AGGREGATES: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
+    # function -> ((partial over rows, merge of partial columns {0}, {1}), ...), combination
+    "count": ((("count({a})", "sum({0})"),), "{0}"),
+    "sum": ((("sum({a})", "sum({0})"),), "{0}"),
+    "min": ((("min({a})", "min({0})"),), "{0}"),
+    "max": ((("max({a})", "max({0})"),), "{0}"),
+    "avg": (
+        (("sum({a})", "sum({0})"), ("count({a})", "sum({1})")),
+        "({0})::DOUBLE / nullif({1}, 0)",
+    ),
+    "first": ((("arg_min({a}, __ms)", "arg_min({0}, {1})"), ("min(__ms)", "min({1})")), "{0}"),
+    "last": ((("arg_max({a}, __ms)", "arg_max({0}, {1})"), ("max(__ms)", "max({1})")), "{0}"),
+    "vwap": (
+        (("sum(({a}) * ({b}))", "sum({0})"), ("sum({b})", "sum({1})")),
+        "({0})::DOUBLE / nullif({1}, 0)",
+    ),
 }
 _ZONED = r"':[0-9]{2}(\.[0-9]+)?\s*([zZ]|[+-][0-9]{2}(:?[0-9]{2})?)$'"
 KEY = "window:"
@@ -69,44 +102,130 @@ def millis(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
-def parse_aggregate(expr: str) -> tuple[str, str]:
-    """``avg(age)`` -> (``avg``, ``age``)."""
-    m = re.fullmatch(r"\s*(\w+)\s*\((.*)\)\s*", expr, re.S)
-    fn, arg = (m.group(1).lower(), m.group(2).strip()) if m else ("", "")
-    if fn not in _PARTIALS:
-        raise ValueError(
-            f"{expr!r}: unknown aggregate (use count(*), count(x), sum(x), min(x), max(x) or "
-            "avg(x), where x is a column or SQL expression)"
-        )
-    if not arg or arg.lower().startswith("distinct") or (arg == "*" and fn != "count"):
-        raise ValueError(f"{expr!r}: give one column or expression (DISTINCT is not mergeable)")
-    return fn, arg
+@dataclass(frozen=True)
+class Frame:
+    """A moving frame: the last ``length`` ms of event time, or the last ``length`` rows."""
+
+    length: int
+    rows: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Frame:
+        """``5m`` or ``20 rows``."""
+        m = re.fullmatch(r"\s*(\d+)\s*rows?\s*", text)
+        frame = cls(int(m.group(1)), True) if m else cls(millis(text), False)
+        if frame.length == 0:
+            raise ValueError(f"{text!r}: must be longer than 0")
+        return frame
+
+    def sql(self, keys: str, order: str) -> str:
+        part = f"PARTITION BY {keys} " if keys else ""
+        if self.rows:
+            return f"({part}ORDER BY __ms, {order} ROWS {self.length - 1} PRECEDING)"
+        return f"({part}ORDER BY __ms RANGE BETWEEN {self.length - 1} PRECEDING AND CURRENT ROW)"
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One declared aggregate: ``avg(price)``, ``vwap(price, volume)``, ``avg(x) over 1m``."""
+
+    fn: str
+    args: tuple[str, ...]
+    over: Frame | None = None
+
+    @classmethod
+    def parse(cls, expr: str) -> Aggregate:
+        m = re.fullmatch(r"\s*(\w+)\s*\((.*)\)(?:\s+over\s+(.+?))?\s*", expr, re.S | re.I)
+        fn, arg = (m.group(1).lower(), m.group(2).strip()) if m else ("", "")
+        if fn not in _AGGREGATES:
+            raise ValueError(
+                f"{expr!r}: unknown aggregate (use count(*), count(x), sum(x), min(x), max(x), "
+                "avg(x), first(x), last(x) or vwap(price, volume), where x is a column or SQL "
+                "expression, optionally followed by `over 1m` or `over 20 rows`)"
+            )
+        args = tuple(a.strip() for a in _split_args(arg))
+        if fn == "vwap" and len(args) != 2:
+            raise ValueError(f"{expr!r}: vwap takes a price and a volume: vwap(price, volume)")
+        if fn != "vwap" and len(args) != 1:
+            args = (arg,)  # one expression that contains commas, e.g. coalesce(a, b)
+        if not arg or arg.lower().startswith("distinct") or (arg == "*" and fn != "count"):
+            raise ValueError(f"{expr!r}: give one column or expression (DISTINCT is not mergeable)")
+        return cls(fn, args, Frame.parse(m.group(3)) if m and m.group(3) else None)
+
+    def partials(self) -> list[str]:
+        """SQL of this aggregate's mergeable partials over rows."""
+        return [p.format(a=self.args[0], b=self.args[-1]) for p, _ in _AGGREGATES[self.fn][0]]
+
+    def merged(self, columns: list[str]) -> str:
+        """SQL combining partial ``columns`` (over groups of partials) into the result."""
+        parts, combine = _AGGREGATES[self.fn]
+        return combine.format(*(m.format(*columns) for _, m in parts))
+
+    def over_rows(self, window: str = "") -> str:
+        """SQL of the result over rows: a GROUP BY aggregate, or with ``window`` a moving one."""
+        suffix = f" OVER {window}" if window else ""
+        return _AGGREGATES[self.fn][1].format(*(p + suffix for p in self.partials()))
+
+
+def _split_args(text: str) -> list[str]:
+    """Split at the commas outside parentheses and quotes."""
+    out, depth, quoted, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quoted:
+            quoted = "" if ch == quoted else quoted
+        elif ch in "'\"":
+            quoted = ch
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(text[start:i])
+            start = i + 1
+    return [*out, text[start:]]
 
 
 class Window(Transform):
-    """Aggregate rows per event-time window and ``by`` keys; emit each window once, closed."""
+    """Aggregate rows per event-time window, moving frame or session and ``by`` keys; emit
+    each result once, final."""
 
     stateless = False
 
     class Config(ConnectorConfig):
         type: Literal["window"]
         time: str = Field(description="event-time column: timestamp, epoch s or ms, ISO 8601")
-        size: str = Field(description="window length: 500ms, 30s, 1m, 1h, 1d")
-        hop: str | None = Field(None, description="hopping windows: one starts every hop")
+        size: str | None = Field(
+            None, description="tumbling or sliding window length: 500ms, 30s, 1m, 1h, 1d"
+        )
+        every: str | None = Field(None, description="sliding windows: one starts every `every`")
+        hop: str | None = Field(None, description="the older name of `every`")
+        over: str | None = Field(
+            None, description="per-row moving aggregates over the last `5m` or `20 rows`"
+        )
+        gap: str | None = Field(None, description="session windows: a gap this long ends one")
         by: list[str] = Field([], description="group keys")
         aggregates: dict[str, str] = Field(
-            min_length=1, description="output column -> count(*), count/sum/min/max/avg(x)"
+            min_length=1,
+            description="output column -> count(*), count/sum/min/max/avg/first/last(x), "
+            "vwap(price, volume); moving: optionally `over 1m`",
         )
         allowed_lateness: str = Field("0s", description="how far behind the newest event")
         exactly_once: bool = Field(
             True, description="false: accept rows without _topic/_partition/_offset"
         )
 
-        @field_validator("size", "hop", "allowed_lateness")
+        @field_validator("size", "every", "hop", "gap", "allowed_lateness")
         @classmethod
         def _duration(cls, v: str | None, info: ValidationInfo) -> str | None:
             if v is not None and millis(v) == 0 and info.field_name != "allowed_lateness":
                 raise ValueError("must be longer than 0")
+            return v
+
+        @field_validator("over")
+        @classmethod
+        def _frame(cls, v: str | None) -> str | None:
+            if v is not None:
+                Frame.parse(v)
             return v
 
         @field_validator("aggregates")
@@ -114,16 +233,30 @@ class Window(Transform):
         def _aggregates(cls, v: dict[str, str]) -> dict[str, str]:
             for name, expr in v.items():
                 try:
-                    parse_aggregate(expr)
+                    Aggregate.parse(expr)
                 except ValueError as e:
                     raise ValueError(f"{name}: {e}") from None
             return v
 
         @model_validator(mode="after")
         def _fits(self) -> Window.Config:
-            if self.hop and millis(self.size) % millis(self.hop):
-                raise ValueError(f"hop {self.hop} must divide size {self.size}")
-            if clash := {"window_start", "window_end", *self.by} & set(self.aggregates):
+            if self.every and self.hop:
+                raise ValueError("give `every` or its older name `hop`, not both")
+            name, self.hop = ("every", self.every) if self.every else ("hop", self.hop)
+            if sum(x is not None for x in (self.size, self.over, self.gap)) != 1:
+                raise ValueError(
+                    "give exactly one of `size` (tumbling or, with `every`, sliding windows), "
+                    "`over` (per-row moving aggregates) or `gap` (session windows)"
+                )
+            if self.hop and not self.size:
+                raise ValueError("`every` needs `size`: a 5m window every 10s")
+            if self.size and self.hop and millis(self.size) % millis(self.hop):
+                raise ValueError(f"{name} {self.hop} must divide size {self.size}")
+            framed = [n for n, e in self.aggregates.items() if Aggregate.parse(e).over]
+            if framed and not self.over:
+                raise ValueError(f"`over` in aggregates {framed} needs a moving window (`over:`)")
+            outputs = set() if self.over else {"window_start", "window_end", *self.by}
+            if clash := outputs & set(self.aggregates):
                 raise ValueError(f"aggregate names clash with other output columns: {clash}")
             return self
 
@@ -131,22 +264,31 @@ class Window(Transform):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.size, self.lateness = millis(config.size), millis(config.allowed_lateness)
+        self.lateness = millis(config.allowed_lateness)
+        self.size = millis(config.size) if config.size else 0
         self.hop = millis(config.hop) if config.hop else self.size
+        self.gap = millis(config.gap) if config.gap else 0
+        self.frame = Frame.parse(config.over) if config.over else None
         self.engine = BatchSQL()
-        self.partials, finals = [], []  # partial state columns: (name, function, argument)
-        for i, (name, expr) in enumerate(config.aggregates.items()):
-            fn, arg = parse_aggregate(expr)
-            self.engine.check(f"SELECT {arg} FROM batch", f"window aggregate {name}")
-            cols = [(f"__p{i}_{j}", p, arg) for j, p in enumerate(_PARTIALS[fn].split())]
-            finals.append(f"{_FINAL[fn].format(*(c for c, _, _ in cols))} AS {quote(name)}")
-            self.partials += cols
+        self.aggregates = {n: Aggregate.parse(e) for n, e in config.aggregates.items()}
+        self.partials: list[tuple[str, str, str]] = []  # tumbling state: (column, partial, merge)
+        finals = []
+        for i, (name, agg) in enumerate(self.aggregates.items()):
+            for arg in agg.args:
+                self.engine.check(f"SELECT {arg} FROM batch", f"window aggregate {name}")
+            cols = [f"__p{i}_{j}" for j in range(len(agg.partials()))]
+            finals.append(f"{agg.merged(cols)} AS {quote(name)}")
+            merges = [m.format(*cols) for _, m in _AGGREGATES[agg.fn][0]]
+            self.partials += zip(cols, agg.partials(), merges, strict=True)
         self.finals = ", ".join(finals)
+        self.by = ", ".join(quote(k) for k in config.by)
         self.keys = "".join(f", {quote(k)}" for k in config.by)
         self.tracked: bool | None = None  # rows carry provenance (decided by the first batch)
         self.made = False  # the state table exists
+        self.seq = 0  # arrival order of rows without provenance (ties in moving frames)
         self.seen: dict[tuple[str, int], int] = {}  # next offset processed, per partition
         self.done: dict[tuple[str, int], int] = {}  # the same, as stored before this run
+        self.replaying: set[tuple[str, int]] = set()  # partitions not yet re-read up to done
         self.watermark = self.restored = NEVER
 
     def open(self, ctx: FlowContext) -> None:
@@ -157,6 +299,10 @@ class Window(Transform):
             elif key.startswith(KEY):
                 topic, _, part = key.removeprefix(KEY).rpartition("/")
                 self.done[(topic, int(part))] = value
+        positions = ctx.committed()
+        self.replaying = {
+            (t, p) for (t, p), end in self.done.items() if positions.get(f"{t}/{p}", end) < end
+        }
 
     def __call__(self, table: pa.Table) -> pa.Table:
         tracked = all(c in table.column_names for c in PROVENANCE)
@@ -174,6 +320,8 @@ class Window(Transform):
                 "them; keep them through earlier transforms) to stay exactly once across "
                 "restarts; set exactly_once: false to accept losing open windows at a restart"
             )
+        if self.frame and (clash := set(self.aggregates) & set(table.column_names)):
+            raise ConfigError(f"window: aggregate names clash with input columns: {clash}")
         con = self.engine.con
         con.register("batch", table)
         con.register("floors", self._floors())
@@ -187,7 +335,7 @@ class Window(Transform):
             con.unregister("floors")
 
     def _batch(self, ms: str) -> pa.Table:
-        size, hop, before = self.size, self.hop, self.watermark
+        before = self.watermark
         rows = f"SELECT *, {ms} AS __ms, false AS __replay FROM batch"
         if self.tracked:  # skip offsets seen in this run; flag those processed before it
             rows = (
@@ -199,64 +347,155 @@ class Window(Transform):
             f"CREATE OR REPLACE TEMP TABLE __rows AS SELECT *, row_number() OVER () "
             f"AS __row FROM ({rows})"
         )
-        self._sql(  # row x window; minus windows a replayed row was emitted in before
-            "CREATE OR REPLACE TEMP TABLE __pairs AS SELECT * FROM (SELECT r.*, __ms - "
-            f"((__ms % {hop}) + {hop}) % {hop} - k * {hop} AS __start FROM __rows r, "
-            f"range({size // hop}) t(k) WHERE __ms IS NOT NULL) "
-            f"WHERE NOT (__replay AND __start + {size} <= {self.restored})"
-        )
         plain = "SELECT * EXCLUDE (__ms, __replay, __row) FROM __rows"
         self.ctx.dead_letter(
             self._table(f"{plain} WHERE __ms IS NULL AND NOT __replay"),
             f"window: time column {self.config.time!r} is NULL or not a timestamp",
         )
-        self.ctx.dead_letter(
-            self._table(
-                f"{plain} WHERE __row IN (SELECT __row FROM __pairs "
-                f"WHERE __start + {size} <= {before})"
-            ),
-            f"window: late record: its window already closed (allowed_lateness "
-            f"{self.config.allowed_lateness}, watermark {_iso(before)})",
-        )
         if self.tracked:
             new = "SELECT _topic, _partition, max(_offset) + 1 FROM __rows GROUP BY ALL"
             self.seen |= {(t, p): end for t, p, end in self._sql(new)}
-        group = f"__start{self.keys}" + ", _topic, _partition" * bool(self.tracked)
-        low = ", min(_offset) AS __low" * bool(self.tracked)
-        parts = ", ".join(f"{p}({a}) AS {c}" for c, p, a in self.partials)
-        fresh = (
-            f"SELECT {group}{low}, {parts} FROM __pairs WHERE __start + {size} > {before} "
-            "GROUP BY ALL"
-        )
-        if self.made:  # merge the new partials into the state, one row per group again
-            fresh = f"SELECT * FROM __state UNION ALL BY NAME {fresh}"
-        merged = ", ".join(f"{_MERGE[p]}({c}) AS {c}" for c, p, _ in self.partials)
-        low = ", min(__low) AS __low" * bool(self.tracked)
-        self._sql(
-            f"CREATE OR REPLACE TABLE __state AS SELECT {group}{low}, {merged} "
-            f"FROM ({fresh}) GROUP BY ALL"
-        )
+            self.replaying = {k for k in self.replaying if self.seen.get(k, 0) < self.done[k]}
+        if self.size:
+            self._windows(before)
+        else:
+            self._rows(before)
         self.made = True
         ((newest,),) = self._sql("SELECT max(__ms) FROM __rows")
         if newest is not None:
             self.watermark = max(self.watermark, newest - self.lateness)
         return self._emit(self.watermark)
 
-    def _emit(self, upto: int) -> pa.Table:
-        """Final rows of the windows ending by ``upto``, removed from the state."""
-        if not self.made:
-            return pa.table({})
-        closed, k = f"__start + {self.size} <= {upto}", self.keys
-        out = self._table(
-            f"SELECT epoch_ms(__start) AS window_start, epoch_ms(__start + {self.size}) "
-            f"AS window_end{k}, {self.finals} FROM __state WHERE {closed} "
-            f"GROUP BY __start{k} ORDER BY __start{k}"
+    def _late(self, rows: str, why: str) -> None:
+        self.ctx.dead_letter(
+            self._table(f"SELECT * EXCLUDE (__ms, __replay, __row) FROM __rows WHERE {rows}"),
+            f"window: late record: {why} (allowed_lateness {self.config.allowed_lateness}, "
+            f"watermark {_iso(self.watermark)})",
         )
-        self._sql(f"DELETE FROM __state WHERE {closed}")
+
+    def _windows(self, before: int) -> None:
+        """Tumbling and sliding windows: fold the batch into per-window partials."""
+        size, hop = self.size, self.hop
+        self._sql(  # row x window; minus windows a replayed row was emitted in before
+            "CREATE OR REPLACE TEMP TABLE __pairs AS SELECT * FROM (SELECT r.*, __ms - "
+            f"((__ms % {hop}) + {hop}) % {hop} - k * {hop} AS __start FROM __rows r, "
+            f"range({size // hop}) t(k) WHERE __ms IS NOT NULL) "
+            f"WHERE NOT (__replay AND __start + {size} <= {self.restored})"
+        )
+        self._late(
+            f"__row IN (SELECT __row FROM __pairs WHERE __start + {size} <= {before})",
+            "its window already closed",
+        )
+        group = f"__start{self.keys}" + ", _topic, _partition" * bool(self.tracked)
+        low = ", min(_offset) AS __low" * bool(self.tracked)
+        parts = ", ".join(f"{p} AS {c}" for c, p, _ in self.partials)
+        fresh = (
+            f"SELECT {group}{low}, {parts} FROM __pairs WHERE __start + {size} > {before} "
+            "GROUP BY ALL"
+        )
+        if self.made:  # merge the new partials into the state, one row per group again
+            fresh = f"SELECT * FROM __state UNION ALL BY NAME {fresh}"
+        merged = ", ".join(f"{m} AS {c}" for c, _, m in self.partials)
+        low = ", min(__low) AS __low" * bool(self.tracked)
+        self._sql(
+            f"CREATE OR REPLACE TABLE __state AS SELECT {group}{low}, {merged} "
+            f"FROM ({fresh}) GROUP BY ALL"
+        )
+
+    def _rows(self, before: int) -> None:
+        """Moving frames and sessions: keep the batch's rows (late ones: moving context only)."""
+        late = f"__ms < {before} AND NOT __replay"
+        self._late(late, "older than the watermark")
+        done = f"(__replay AND __ms < {self.restored}) OR {late}" if self.frame else "false"
+        keep = "true" if self.frame else f"NOT ({late})"
+        fresh = (
+            f"SELECT * EXCLUDE (__row), {done} AS __done, {self.seq} + __row AS __seq "
+            f"FROM __rows WHERE __ms IS NOT NULL AND {keep}"
+        )
+        self.seq += self._sql("SELECT count(*) FROM __rows")[0][0]
+        if self.made:
+            fresh = f"SELECT * FROM __state UNION ALL BY NAME {fresh}"
+        self._sql(f"CREATE OR REPLACE TABLE __state AS {fresh}")
+
+    def _emit(self, upto: int) -> pa.Table:
+        """Final rows of what is complete by watermark ``upto``, removed from the state."""
+        if not self.made or (self.replaying and upto < -NEVER):
+            return pa.table({})  # until every held row is re-read, what is complete is unknown
+        out = self._moving(upto) if self.frame else self._sessions(upto) if self.gap else None
+        if out is None:
+            closed, k = f"__start + {self.size} <= {upto}", self.keys
+            out = self._table(
+                f"SELECT epoch_ms(__start) AS window_start, epoch_ms(__start + {self.size}) "
+                f"AS window_end{k}, {self.finals} FROM __state WHERE {closed} "
+                f"GROUP BY __start{k} ORDER BY __start{k}"
+            )
+            self._sql(f"DELETE FROM __state WHERE {closed}")
         for i, f in enumerate(out.schema):  # DuckDB sums integers as HUGEINT
             if pa.types.is_decimal(f.type) and f.type.scale == 0:
                 out = out.set_column(i, f.name, pc.cast(out.column(i), pa.int64()))
         return out
+
+    def _order(self, direction: str = "") -> str:
+        """Ties in event time: by offset (stable across restarts), else by arrival."""
+        cols = ("_topic", "_partition", "_offset") if self.tracked else ("__seq",)
+        return ", ".join(c + direction for c in cols)
+
+    def _moving(self, upto: int) -> pa.Table:
+        """Each row older than ``upto`` with its moving aggregates; then drop the rows no
+        later row's frame reaches (older than the longest time frame and beyond the longest
+        row frame)."""
+        assert self.frame
+        frames = {a.over or self.frame for a in self.aggregates.values()}
+        names = {f: f"__w{i}" for i, f in enumerate(frames)}
+        aggs = ", ".join(
+            f"{a.over_rows(names[a.over or self.frame])} AS {quote(n)}"
+            for n, a in self.aggregates.items()
+        )
+        windows = ", ".join(f"{n} AS {f.sql(self.by, self._order())}" for f, n in names.items())
+        due = f"NOT __done AND __ms < {upto}"
+        out = self._table(
+            "SELECT * EXCLUDE (__ms, __done, __seq) FROM ("
+            f"SELECT * EXCLUDE (__replay), {aggs} FROM __state WINDOW {windows}) "
+            f"WHERE {due} ORDER BY __ms, {self._order()}"
+        )
+        self._sql(f"UPDATE __state SET __done = true WHERE {due}")
+        span = max((f.length for f in frames if not f.rows), default=0)
+        count = max((f.length for f in frames if f.rows), default=0)
+        part = f"PARTITION BY __done{self.keys}"
+        self._sql(
+            "CREATE OR REPLACE TABLE __state AS SELECT * FROM __state QUALIFY NOT (__done AND "
+            f"__ms <= {upto} - {span} AND row_number() OVER ({part} ORDER BY __ms DESC, "
+            f"{self._order(' DESC')}) > {count - 1})"
+        )
+        return out
+
+    def _sessions(self, upto: int) -> pa.Table:
+        """Sessions ending by ``upto`` (those ending by the restored watermark were emitted
+        before the restart); the rows of the others stay."""
+        keys = f"PARTITION BY {self.by} " if self.by else ""
+        self._sql(
+            f"CREATE OR REPLACE TEMP TABLE __sess AS SELECT *, max(__ms) OVER (PARTITION BY "
+            f"__sid{self.keys}) + {self.gap} AS __end FROM (SELECT *, sum(__brk) OVER ({keys}"
+            f"ORDER BY __ms ROWS UNBOUNDED PRECEDING) AS __sid FROM (SELECT *, coalesce(__ms - "
+            f"lag(__ms) OVER ({keys}ORDER BY __ms) >= {self.gap}, true)::INT AS __brk "
+            "FROM __state))"
+        )
+        aggs = ", ".join(f"{a.over_rows()} AS {quote(n)}" for n, a in self.aggregates.items())
+        out = self._table(
+            f"SELECT epoch_ms(min(__ms)) AS window_start, epoch_ms(__end) AS window_end"
+            f"{self.keys}, {aggs} FROM __sess WHERE __end <= {upto} AND __end > "
+            f"{self.restored} GROUP BY __sid, __end{self.keys} ORDER BY window_start{self.keys}"
+        )
+        self._sql(
+            "CREATE OR REPLACE TABLE __state AS SELECT * EXCLUDE (__brk, __sid, __end) "
+            f"FROM __sess WHERE __end > {upto}"
+        )
+        return out
+
+    def _hold(self) -> str:
+        """SQL: the lowest offset per partition still in the state."""
+        low = "__low" if self.size else "_offset"
+        return f"SELECT _topic, _partition, min({low}) FROM __state GROUP BY ALL"
 
     def _sql(self, sql: str) -> list[tuple[Any, ...]]:
         rel = self.engine.con.sql(sql)
@@ -300,11 +539,10 @@ class Window(Transform):
         )
 
     def checkpoint(self, positions: Checkpoint) -> Checkpoint:
-        """Hold each partition at its lowest offset in an open window; add the bookkeeping."""
+        """Hold each partition at its lowest offset in the state; add the bookkeeping."""
         if not self.tracked or not self.made:
             return positions
-        held = "SELECT _topic, _partition, min(__low) FROM __state GROUP BY ALL"
-        low = {f"{t}/{p}": offset for t, p, offset in self._sql(held)}
+        low = {f"{t}/{p}": offset for t, p, offset in self._sql(self._hold())}
         seen = {f"{t}/{p}": offset for (t, p), offset in self.seen.items()}
         read = {k: max(v, seen.get(k, v)) for k, v in positions.items()}  # even if sought back
         out = {k: min(v, low.get(k, v)) for k, v in read.items()}
@@ -313,10 +551,11 @@ class Window(Transform):
         return out | {KEY + "watermark": self.watermark}
 
     def finish(self) -> pa.Table:
-        """The source ended: emit every open window; later rows for them count as late."""
+        """The source ended: emit everything open; later rows for it count as late."""
         if self.made:
-            ((last,),) = self._sql("SELECT max(__start) FROM __state")
-            self.watermark = max(self.watermark, NEVER if last is None else last + self.size)
+            end = f"max(__start) + {self.size}" if self.size else f"max(__ms) + {self.gap or 1}"
+            ((last,),) = self._sql(f"SELECT {end} FROM __state")
+            self.watermark = max(self.watermark, NEVER if last is None else last)
         return self._emit(-NEVER)
 
 
