@@ -611,11 +611,14 @@ def dashboard(
 @app.command()
 def demo(
     scenario: Annotated[
-        str, typer.Argument(help="scenario under scenarios/ (movies, datalake, stock, users)")
+        str,
+        typer.Argument(help="scenario under scenarios/ (movies, datalake, stock, users, reviews)"),
     ] = "movies",
     api_port: Annotated[int, typer.Option(help="REST API port")] = 8000,
     dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,
-    ratings_port: Annotated[int, typer.Option(help="movies: the demo ratings API's port")] = 8800,
+    ratings_port: Annotated[
+        int, typer.Option(help="movies: the ratings API's port; reviews: the app's and site's")
+    ] = 8800,
     no_dashboard: Annotated[
         bool, typer.Option("--no-dashboard", help="skip the dashboard")
     ] = False,

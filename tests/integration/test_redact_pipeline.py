@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 
+from tidelake.broker import connect
+from tidelake.config import load
 from tidelake.demo.review_texts import corpus
+from tidelake.lake import QueryEngine
+from tidelake.runtime import dead_letters
 
 pytestmark = pytest.mark.integration
 PLANTED = 1000
 BAD_RATINGS = 50
-JSON = ("--format", "json")
 
 PIPELINE = """
 name: pii
@@ -37,10 +40,6 @@ def _tidelake(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done
-
-
-def _json_lines(*args: str, cwd: Path) -> list[Any]:
-    return [json.loads(line) for line in _tidelake(*args, cwd=cwd).stdout.splitlines() if line]
 
 
 def _strings(value: Any) -> list[str]:
@@ -77,8 +76,12 @@ def test_planted_personal_data_reaches_no_store_and_no_log(tmp_path: Path) -> No
     (tmp_path / "pipeline.yaml").write_text(PIPELINE)
 
     run = _tidelake("run", "pipeline.yaml", cwd=tmp_path)
-    lake = _json_lines("query", "pipeline.yaml", "SELECT * FROM lake.reviews", *JSON, cwd=tmp_path)
-    letters = _json_lines("dlq", "show", "pipeline.yaml", "reviews", *JSON, cwd=tmp_path)
+    pipeline = load(tmp_path / "pipeline.yaml")
+    with QueryEngine(pipeline) as engine:
+        lake = engine.sql("SELECT * FROM lake.reviews").to_pylist()
+    broker = connect(pipeline.url(pipeline.broker))
+    letters = [x.value for x in dead_letters.read(broker, "pii.reviews.dlq")]
+    broker.close()
     assert len(lake) == 2 * PLANTED - BAD_RATINGS
     assert len(letters) == BAD_RATINGS
     values = [v for vs in planted for v in vs]

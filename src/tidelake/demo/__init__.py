@@ -26,7 +26,11 @@ from tidelake.errors import ConfigError
 from tidelake.runtime.console import show_live
 from tidelake.runtime.runner import FlowRunner, run_flows
 
-LAKE_FLOW = {"movies": "ratings_lake", "datalake": "transactions_lake"}
+LAKE_FLOW = {
+    "movies": ("ratings_lake", "ratings flowing into the lake"),
+    "datalake": ("transactions_lake", "transactions_lake: data flowing into the lake"),
+    "reviews": ("reviews_current", "reviews in the lake"),
+}
 
 
 def command() -> str:
@@ -112,16 +116,16 @@ class _Server(threading.Thread):
 
 
 def _announce_when_flowing(
-    runners: list[FlowRunner], flow: str, say: Callable[[str], None], stop: threading.Event
+    runners: list[FlowRunner],
+    flow: tuple[str, str],
+    say: Callable[[str], None],
+    stop: threading.Event,
 ) -> None:
-    target = next((r for r in runners if r.name == flow), None)
+    name, message = flow
+    target = next((r for r in runners if r.name == name), None)
     while target is not None and not stop.wait(0.2):
         if target.metrics.records_out > 0:
-            say(
-                f"[green]✓ {target.name}: data flowing into the lake[/green]"
-                if flow != "ratings_lake"
-                else "[green]✓ ratings flowing into the lake[/green]"
-            )
+            say(f"[green]✓ {message}[/green]")
             return
 
 
@@ -145,8 +149,18 @@ def run_demo(
 
         servers.append(_Server(ratings_app(), ratings_port))
         os.environ["RATINGS_API"] = f"http://127.0.0.1:{ratings_port}"
+    own_reviews_app = name == "reviews" and "REVIEWS_APP" not in os.environ
+    if own_reviews_app:
+        os.environ["REVIEWS_APP"] = f"http://127.0.0.1:{ratings_port}"
+        os.environ.setdefault("ALERTS_WEBHOOK", f"http://127.0.0.1:{ratings_port}/alerts")
     pipeline: Pipeline = load(path)
     check_state(pipeline)
+    if own_reviews_app:
+        from tidelake.demo.reviews_app import create_app as reviews_app
+        from tidelake.runtime.runner import prepare_database
+
+        prepare_database(pipeline)
+        servers.append(_Server(reviews_app(pipeline.url(pipeline.database)), ratings_port))
 
     from tidelake.serve.api import create_app
 
@@ -165,6 +179,8 @@ def run_demo(
     console.print(f"  state        {pipeline.state_dir} (delete it to start over)")
     if name == "movies":
         console.print(f"  ratings API  {os.environ['RATINGS_API']}/rating")
+    if name == "reviews":
+        console.print(f"  reviews app  {os.environ['REVIEWS_APP']}/docs (POST /reviews, the site)")
     console.print(f"  REST API     http://127.0.0.1:{api_port}/docs")
     if dashboard:
         console.print(f"  dashboard    http://127.0.0.1:{dashboard_port}")
@@ -175,6 +191,12 @@ def run_demo(
     stop, done = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if name == "reviews":
+        from tidelake.demo.reviews_app import post_traffic
+
+        threading.Thread(
+            target=post_traffic, args=(os.environ["REVIEWS_APP"], stop, 2.0), daemon=True
+        ).start()
 
     def started(runners: list[FlowRunner]) -> None:
         threading.Thread(
