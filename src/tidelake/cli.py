@@ -612,13 +612,16 @@ def dashboard(
 def demo(
     scenario: Annotated[
         str,
-        typer.Argument(help="scenario under scenarios/ (movies, datalake, stock, users, reviews)"),
+        typer.Argument(
+            help="scenario under scenarios/ (movies, datalake, stock, users, reviews, markets)"
+        ),
     ] = "movies",
     api_port: Annotated[int, typer.Option(help="REST API port")] = 8000,
     dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,
     ratings_port: Annotated[
         int, typer.Option(help="movies: the ratings API's port; reviews: the app's and site's")
     ] = 8800,
+    market_port: Annotated[int, typer.Option(help="markets: the demo market API's port")] = 8801,
     no_dashboard: Annotated[
         bool, typer.Option("--no-dashboard", help="skip the dashboard")
     ] = False,
@@ -642,6 +645,7 @@ def demo(
         api_port=api_port,
         dashboard_port=dashboard_port,
         ratings_port=ratings_port,
+        market_port=market_port,
         dashboard=not no_dashboard,
         console=err,
         directory=directory,

@@ -43,7 +43,7 @@ def test_init_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
 def test_unknown_name_lists_the_choices(tmp_path: Path) -> None:
     result = runner.invoke(app, ["init", "nope", str(tmp_path / "x")])
     assert result.exit_code == 2
-    assert "choose one of: datalake, movies" in " ".join(result.output.split())
+    assert "choose one of: datalake, markets, movies" in " ".join(result.output.split())
 
 
 def test_demo_folder_refreshes_files_and_keeps_state(tmp_path: Path) -> None:

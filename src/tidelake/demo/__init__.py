@@ -1,8 +1,8 @@
 """``tidelake demo NAME``: run a scenario end to end in one process tree.
 
 Flows run in threads of this process; the scenario's outside world (the movies
-ratings API) and the REST API run as in-process uvicorn servers; the dashboard
-is a child process. Ctrl-C stops everything after the batches in flight land.
+ratings API, the markets market API) and the REST API run as in-process uvicorn servers;
+the dashboard is a child process. Ctrl-C stops everything after the batches in flight land.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ LAKE_FLOW = {
     "movies": ("ratings_lake", "ratings flowing into the lake"),
     "datalake": ("transactions_lake", "transactions_lake: data flowing into the lake"),
     "reviews": ("reviews_current", "reviews in the lake"),
+    "markets": ("candles", "1-minute candles flowing into the lake"),
 }
 
 
@@ -134,6 +135,7 @@ def run_demo(
     api_port: int = 8000,
     dashboard_port: int = 8501,
     ratings_port: int = 8800,
+    market_port: int = 8801,
     dashboard: bool = True,
     console: Console | None = None,
     directory: Path | None = None,
@@ -153,6 +155,11 @@ def run_demo(
     if own_reviews_app:
         os.environ["REVIEWS_APP"] = f"http://127.0.0.1:{ratings_port}"
         os.environ.setdefault("ALERTS_WEBHOOK", f"http://127.0.0.1:{ratings_port}/alerts")
+    if name == "markets" and "MARKET_API" not in os.environ:
+        from tidelake.demo.market_api import create_app as market_app
+
+        servers.append(_Server(market_app(), market_port))
+        os.environ["MARKET_API"] = f"http://127.0.0.1:{market_port}"
     pipeline: Pipeline = load(path)
     check_state(pipeline)
     if own_reviews_app:
@@ -181,6 +188,8 @@ def run_demo(
         console.print(f"  ratings API  {os.environ['RATINGS_API']}/rating")
     if name == "reviews":
         console.print(f"  reviews app  {os.environ['REVIEWS_APP']}/docs (POST /reviews, the site)")
+    if name == "markets":
+        console.print(f"  market API   {os.environ['MARKET_API']}/ticks")
     console.print(f"  REST API     http://127.0.0.1:{api_port}/docs")
     if dashboard:
         console.print(f"  dashboard    http://127.0.0.1:{dashboard_port}")
