@@ -69,9 +69,15 @@ class Panel(_Model):
 
     title: str
     sql: str
-    chart: Literal["line", "bar", "area", "table", "metric", "scatter"] = "table"
+    chart: Literal[
+        "line", "bar", "area", "table", "metric", "scatter", "candlestick", "heatmap"
+    ] = "table"
     x: str | None = None
-    y: str | list[str] | None = None
+    y: str | list[str] | None = Field(
+        None, description="candlestick: lines drawn over the candles; heatmap: the row column"
+    )
+    by: str | None = Field(None, description="candlestick: one chart per value (a symbol)")
+    color: str | None = Field(None, description="heatmap: the column that colours a cell")
 
 
 class ServeSettings(_Model):

@@ -23,14 +23,17 @@ from pathlib import Path
 
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from tidelake.broker.embedded import EmbeddedBroker
-from tidelake.config import load
+from tidelake.config import Pipeline, load
 from tidelake.demo import _Server
 from tidelake.demo.market_api import create_app
 from tidelake.lake import QueryEngine
 from tidelake.runtime.runner import run_flows
+from tidelake.serve.dashboard import charts
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 23117
@@ -189,3 +192,30 @@ def test_windows_equal_pandas_across_sigkills(
     assert len(ids) == len(set(ids)), "an alert was sent twice"
     assert set(ids) == {t for t in alerted if t in set(want_avg.index)}
     assert ids, "the bursts move prices past the threshold"
+    check_panels(load(path), set(ticks.symbol))
+
+
+def check_panels(pipeline: Pipeline, symbols: set[str]) -> None:
+    """The dashboard a trader sees: a candlestick chart per symbol with both moving averages
+    over it, a full correlation matrix, top movers by size of the move."""
+    kinds = [p.chart for p in pipeline.dashboard]
+    assert kinds == ["candlestick", "heatmap", "bar", "metric"], kinds
+    candles, corr, movers, _ = pipeline.dashboard
+    with QueryEngine(pipeline) as engine:
+        drawn = charts.candlesticks(candles, engine.sql(candles.sql))
+        assert {c.spec["title"] for c in drawn} == symbols
+        for chart in drawn:
+            assert chart.data.num_rows >= 8, "a candle per minute"
+            assert chart.spec["encoding"]["x"]["type"] == "temporal"
+            assert chart.spec["layer"][2]["transform"][0]["fold"] == ["ma_1m", "ma_5m"]
+            for c in ("open", "high", "low", "close", "ma_1m", "ma_5m"):
+                assert pa.types.is_floating(chart.data.schema.field(c).type), c
+                assert chart.data[c].null_count == 0, c
+            assert pc.all(pc.less_equal(chart.data["low"], chart.data["open"])).as_py()
+        heat = charts.heatmap(corr, engine.sql(corr.sql))
+        assert heat.data.num_rows == len(symbols) ** 2
+        diagonal = heat.data.filter(pc.equal(heat.data["a"], heat.data["b"]))
+        assert diagonal["correlation"].to_pylist() == pytest.approx([1.0] * len(symbols))
+        bars = charts.build(movers, engine.sql(movers.sql))
+        moves = [abs(v) for v in bars.data["change_pct"].to_pylist()]
+        assert moves == sorted(moves, reverse=True) and bars.spec["encoding"]["x"]["sort"] is None

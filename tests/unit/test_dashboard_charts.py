@@ -51,3 +51,44 @@ def test_many_bars_become_top_n_and_other_in_the_query_order() -> None:
     assert chart.data["v"][-1].as_py() == sum(range(1, 101)) - kept
     assert chart.spec["encoding"]["x"]["sort"] is None, "the query's order is kept"
     assert "top 24 of 100" in chart.note
+
+
+def test_candlesticks_one_chart_per_symbol_with_wicks_bodies_and_lines_over_them() -> None:
+    minute = [datetime(2024, 7, 1, 14, m, tzinfo=UTC) for m in (0, 1)]
+    result = pa.table({
+        "symbol": ["ETH", "ETH", "BTC", "BTC"],
+        "minute": pa.array(minute * 2, pa.timestamp("us", "UTC")),
+        "open": [10.0, 11.0, 100.0, 99.0], "high": [12.0, 11.5, 101.0, 99.5],
+        "low": [9.5, 10.0, 98.0, 97.0], "close": [11.0, 10.5, 99.0, 98.0],
+        "ma_1m": [10.5, 10.8, 99.5, 98.5],
+    })  # fmt: skip
+    panel = Panel(title="c", sql="SELECT 1", chart="candlestick", x="minute", by="symbol",
+                  y=["ma_1m"])  # fmt: skip
+    eth, btc = charts.candlesticks(panel, result)
+    assert (eth.spec["title"], btc.spec["title"]) == ("ETH", "BTC"), "in the result's order"
+    assert btc.data["close"].to_pylist() == [99.0, 98.0]
+    assert eth.spec["encoding"]["x"]["type"] == "temporal"
+    wick, body, line = eth.spec["layer"]
+    assert (wick["mark"]["type"], body["mark"]["type"], line["mark"]["type"]) == (
+        "rule",
+        "bar",
+        "line",
+    )
+    assert (wick["encoding"]["y"]["field"], wick["encoding"]["y2"]["field"]) == ("low", "high")
+    assert (body["encoding"]["y"]["field"], body["encoding"]["y2"]["field"]) == ("open", "close")
+    assert body["encoding"]["y"]["scale"] == {"zero": False}, "prices are not drawn from 0"
+    assert body["encoding"]["color"]["condition"]["test"] == "datum.close >= datum.open"
+    assert line["transform"][0]["fold"] == ["ma_1m"]
+
+
+def test_heatmap_cells_colour_by_value_on_a_scale_centred_on_zero() -> None:
+    result = pa.table({"a": ["x", "x", "y", "y"], "b": ["x", "y", "x", "y"],
+                       "corr": [1.0, -0.2, -0.2, 1.0]})  # fmt: skip
+    chart = charts.heatmap(
+        Panel(title="h", sql="SELECT 1", chart="heatmap", x="a", y="b", color="corr"), result
+    )
+    rect, text = chart.spec["layer"]
+    assert rect["mark"]["type"] == "rect" and text["mark"]["type"] == "text"
+    assert rect["encoding"]["color"]["type"] == "quantitative"
+    assert rect["encoding"]["color"]["scale"]["domainMid"] == 0
+    assert chart.spec["encoding"]["x"]["type"] == chart.spec["encoding"]["y"]["type"] == "nominal"

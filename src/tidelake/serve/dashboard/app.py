@@ -153,10 +153,16 @@ def draw(panel: Panel, result: pa.Table, time_zone: str) -> None:
             text = f"{value:,}" if isinstance(value, numbers.Number) else str(value)
         st.metric(column, text)
     else:
-        chart = charts.build(panel, result, time_zone)
-        st.vega_lite_chart(chart.data.to_pandas(), chart.spec, width="stretch")
-        if chart.note:
-            st.caption(chart.note)
+        if panel.chart == "candlestick":
+            drawn = charts.candlesticks(panel, result, time_zone)
+        elif panel.chart == "heatmap":
+            drawn = [charts.heatmap(panel, result, time_zone)]
+        else:
+            drawn = [charts.build(panel, result, time_zone)]
+        for chart in drawn:
+            st.vega_lite_chart(chart.data.to_pandas(), chart.spec, width="stretch")
+            if chart.note:
+                st.caption(chart.note)
 
 
 def why_empty(engine: QueryEngine, sql: str) -> str:

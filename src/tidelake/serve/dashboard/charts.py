@@ -201,4 +201,93 @@ def build(panel: Panel, result: pa.Table, time_zone: str = "UTC") -> Chart:
     return Chart(spec, data, note)
 
 
-__all__ = ["MAX_BARS", "OTHER", "Chart", "build", "field_type", "for_display", "orders_rows"]
+OHLC = ("open", "high", "low", "close")
+UP, DOWN = "#26a69a", "#ef5350"
+
+
+def _need(data: pa.Table, columns: list[str]) -> None:
+    if missing := [c for c in columns if c not in data.column_names]:
+        raise ValueError(
+            f"column {', '.join(map(repr, missing))} is not in the result "
+            f"(columns: {', '.join(data.column_names)})"
+        )
+
+
+def candlesticks(panel: Panel, result: pa.Table, time_zone: str = "UTC") -> list[Chart]:
+    """One candlestick chart per ``by`` value (in the result's order of first appearance):
+    a wick from ``low`` to ``high`` and a body from ``open`` to ``close`` per ``x`` time,
+    green when it closed up, with the ``y`` columns (moving averages) as lines over it."""
+    data = for_display(result, time_zone)
+    ys = [panel.y] if isinstance(panel.y, str) else list(panel.y or [])
+    x = panel.x or ""
+    _need(data, [x, *OHLC, *ys, *([panel.by] if panel.by else [])])
+    if field_type(data.schema.field(x).type) != "temporal":
+        raise ValueError(f"a candlestick panel needs a time x: {x!r} is not one")
+    groups = pc.unique(data[panel.by]).to_pylist() if panel.by else [None]
+    out = []
+    for group in groups:
+        part = data.filter(pc.equal(data[panel.by], group)) if panel.by else data
+        fmt = _time_format(part, x, _step_ms(part, x))
+        xenc = {"field": _field(x), "type": "temporal", "title": x, "scale": {"type": "utc"},
+                "axis": {"format": fmt}}  # fmt: skip
+        price = {"type": "quantitative", "scale": {"zero": False}, "title": "price"}
+        tip = [{"field": _field(x), "type": "temporal", "format": fmt, "formatType": "utc"}]
+        tip += [{"field": c, "type": "quantitative"} for c in OHLC]
+        body = {"condition": {"test": "datum.close >= datum.open", "value": UP}, "value": DOWN}
+        layers: list[dict[str, Any]] = [
+            {"mark": {"type": "rule"}, "encoding": {"y": {"field": "low"} | price,
+                                                    "y2": {"field": "high"}}},
+            {"mark": {"type": "bar"}, "encoding": {"y": {"field": "open"} | price,
+                                                   "y2": {"field": "close"}, "color": body,
+                                                   "tooltip": tip}},
+        ]  # fmt: skip
+        if ys:
+            layers.append({
+                "transform": [{"fold": [_field(y) for y in ys], "as": ["series", "value"]}],
+                "mark": {"type": "line"},
+                "encoding": {"y": {"field": "value"} | price,
+                             "strokeDash": {"field": "series", "type": "nominal", "title": None}},
+            })  # fmt: skip
+        spec = {"layer": layers, "encoding": {"x": xenc}}
+        if group is not None:
+            spec["title"] = str(group)
+        out.append(Chart(spec, part))
+    return out
+
+
+def heatmap(panel: Panel, result: pa.Table, time_zone: str = "UTC") -> Chart:
+    """A cell per (``x``, ``y``) pair, coloured by ``color`` on a diverging scale centred on
+    0 (a correlation matrix), with the value written in it."""
+    data = for_display(result, time_zone)
+    y = panel.y if isinstance(panel.y, str) else None
+    if not (panel.x and y and panel.color):
+        raise ValueError("a heatmap panel needs x, y (one column each) and color")
+    _need(data, [panel.x, y, panel.color])
+    value = {"field": _field(panel.color), "type": "quantitative", "title": panel.color}
+    spec = {
+        "encoding": {
+            "x": {"field": _field(panel.x), "type": "nominal", "title": None},
+            "y": {"field": _field(y), "type": "nominal", "title": None},
+        },
+        "layer": [
+            {"mark": {"type": "rect"},
+             "encoding": {"color": value | {"scale": {"scheme": "redblue", "domainMid": 0,
+                                                      "reverse": True}},
+                          "tooltip": [{"field": _field(panel.x)}, {"field": _field(y)}, value]}},
+            {"mark": {"type": "text"}, "encoding": {"text": value | {"format": ".2f"}}},
+        ],
+    }  # fmt: skip
+    return Chart(spec, data)
+
+
+__all__ = [
+    "MAX_BARS",
+    "OTHER",
+    "Chart",
+    "build",
+    "candlesticks",
+    "field_type",
+    "for_display",
+    "heatmap",
+    "orders_rows",
+]
