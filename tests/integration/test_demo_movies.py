@@ -1,5 +1,6 @@
-"""`tidelake demo movies` reaches "ratings flowing into the lake" within 60 s, the lake answers
-queries, and Ctrl-C stops the whole process tree cleanly."""
+"""`tidelake demo movies` reaches "ratings flowing into the lake" within 60 s (`demo reviews`:
+"reviews in the lake"), the lake answers queries, and Ctrl-C stops the whole process tree
+cleanly."""
 
 from __future__ import annotations
 
@@ -20,11 +21,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+LAKE_CHECKS = {
+    "movies": (
+        "ratings flowing into the lake",
+        "SELECT count(*) AS n, min(rating) >= 0.5 AND max(rating) <= 5 AS valid FROM lake.ratings",
+    ),
+    "reviews": (
+        "reviews in the lake",
+        "SELECT count(*) AS n, min(rating) >= 1 AND max(rating) <= 5 AS valid FROM lake.reviews",
+    ),
+}
+
+
 @pytest.mark.integration
-def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
-    folder = tmp_path / "movies"
+@pytest.mark.parametrize("scenario", LAKE_CHECKS)
+def test_demo_flows_into_the_lake_within_60s(tmp_path: Path, scenario: str) -> None:
+    folder = tmp_path / scenario
+    message, query = LAKE_CHECKS[scenario]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    env.pop("RATINGS_API", None)
+    for var in ("RATINGS_API", "REVIEWS_APP", "ALERTS_WEBHOOK"):
+        env.pop(var, None)
     ports = [str(_free_port()) for _ in range(2)]
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -33,7 +49,7 @@ def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
             "-m",
             "tidelake.cli",
             "demo",
-            "movies",
+            scenario,
             "--no-dashboard",
             "--api-port",
             ports[0],
@@ -49,7 +65,7 @@ def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
     )
     out: list[str] = []
     try:
-        out = read_until(proc, "ratings flowing into the lake", 60)
+        out = read_until(proc, message, 60)
         elapsed = time.monotonic() - started
         assert elapsed < 60
 
@@ -60,8 +76,7 @@ def test_demo_movies_flows_into_the_lake_within_60s(tmp_path: Path) -> None:
                 "tidelake.cli",
                 "query",
                 str(folder / "pipeline.yaml"),
-                "SELECT count(*) AS n, min(rating) >= 0.5 AND max(rating) <= 5 AS valid"
-                " FROM lake.ratings",
+                query,
                 "--format",
                 "csv",
             ],
