@@ -168,3 +168,18 @@ def test_scan_path_used_for_s3_and_delete_files(pipeline: Pipeline) -> None:
         assert q.sql("SELECT count(*) AS n FROM events")["n"][0].as_py() == 4
         sink.write(rows(4, 5), {})
         assert q.sql("SELECT max(id) AS m FROM events")["m"][0].as_py() == 4
+
+
+def test_renamed_column_reads_old_files_by_field_id(pipeline: Pipeline) -> None:
+    """Files match the schema by column name, unless a column was renamed: then the
+    values of files written before the rename still appear under the new name."""
+    sink = make_sink(pipeline)
+    sink.write(rows(0, 2), {})
+    with load_table(pipeline, "events").update_schema() as update:
+        update.rename_column("kind", "category")
+    sink.close()
+    sink = make_sink(pipeline)
+    sink.write(rows(2, 3).rename_columns(["id", "ts", "category"]), {})
+    with QueryEngine(pipeline) as q:
+        out = q.sql("SELECT id, category FROM events ORDER BY id").to_pylist()
+    assert [(r["id"], r["category"]) for r in out] == [(0, "a"), (1, "b"), (2, "a")]

@@ -223,10 +223,27 @@ def test_structured_rows_never_paste_values(lake: Lake, client: TestClient) -> N
 
 
 def test_engine_itself_is_sandboxed(lake: Lake) -> None:
-    """Even SQL that skipped the guard cannot leave the warehouse or unlock the connection."""
+    """Even SQL that skipped the guard (run on the engine's own connection) reads no file,
+    not even the lake's, writes nothing into the lake, and cannot unlock the connection."""
     engine = SandboxedEngine(lake.pipeline, Limits())
+    warehouse = lake.root / ".tidelake" / "lake"
+    data_file = next(warehouse.rglob("*.parquet"))
+    metadata_file = next(warehouse.rglob("*.metadata.json"))
+    before = sorted(warehouse.rglob("*"))
     try:
+        assert engine.run("SELECT count(*) AS n FROM events", None, None, None).num_rows == 1
         raw = [
+            f"SELECT * FROM read_parquet('{data_file}')",
+            f"SELECT * FROM '{data_file}'",
+            f"SELECT * FROM read_parquet('{warehouse}/**/*.parquet')",
+            f"SELECT * FROM read_text('{metadata_file}')",
+            f"SELECT * FROM glob('{warehouse}/**')",
+            f"COPY (SELECT 1) TO '{warehouse}/out.csv'",
+            f"COPY lake.events TO '{data_file.parent}/00000-9-evil.parquet' (FORMAT parquet)",
+            f"ATTACH '{warehouse}/x.db' AS x",
+            f"EXPORT DATABASE '{warehouse}/export'",
+            "CREATE SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')",
+            "SELECT * FROM main.__lake_events, read_blob('/etc/hostname')",
             f"SELECT * FROM read_text('{lake.canary}')",
             f"SELECT * FROM '{lake.canary}'",
             "SELECT * FROM glob('/etc/*')",
@@ -243,7 +260,7 @@ def test_engine_itself_is_sandboxed(lake: Lake) -> None:
             with pytest.raises(Exception) as info:
                 engine._con.execute(sql).fetchall()
             assert CANARY not in str(info.value)
-        warehouse = lake.root / ".tidelake" / "lake"
+        assert sorted(warehouse.rglob("*")) == before  # nothing written into the lake
         for sql in (
             f"COPY (SELECT 1) TO '{warehouse}/out.csv'",
             f"ATTACH '{warehouse}/x.db' AS x",

@@ -3,19 +3,23 @@
 ``QueryEngine`` is a DuckDB connection in which every table of the pipeline is a
 view, bound lazily when a query names it:
 
-- a **lake** table is ``read_parquet`` over the data files of one snapshot, with
-  Iceberg field ids mapped to the snapshot's schema (old files that predate a
-  column read it as NULL, widened types are cast). File lists are cached per
-  snapshot id, so repeated queries only pay for a catalog lookup. Tables with
-  delete files or on S3 (DuckDB's httpfs is not available offline) are read
-  through pyiceberg's scan instead, cached per snapshot as well.
+- a **lake** table is an Arrow dataset (``pyarrow.dataset``) over the data files of
+  one snapshot, in the snapshot's schema (old files that predate a column read it
+  as NULL, widened types are cast); DuckDB scans it with projection and filter
+  pushdown. File lists are cached per snapshot id, so repeated queries only pay
+  for a catalog lookup. Tables with delete files, renamed columns, or on S3 are
+  read through pyiceberg's scan instead, cached per snapshot as well.
 - a **db** table (the pipeline's SQLite/PostgreSQL database) is read into Arrow
   through the Python driver, cached until the database changes.
 
+DuckDB itself opens no file (``enable_external_access = false``, no Python
+replacement scans): whatever SQL reaches the connection reads only the registered
+tables and cannot write, attach or export anything.
+
 Names resolve as ``lake.<t>`` (always the lake table), ``db.<t>`` (always the database
 table) or bare ``<t>``, which must exist in only one of them: a bare name in both is an
-error naming both qualified forms. Only single read-only ``SELECT`` statements run, and
-DuckDB may only read files inside the warehouse. ``as_of`` (a snapshot id or a time)
+error naming both qualified forms. Only single read-only ``SELECT`` statements run.
+``as_of`` (a snapshot id or a time)
 time-travels every lake table in the query.
 """
 
@@ -31,30 +35,12 @@ from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 import sqlglot
 import sqlglot.errors
+from pyiceberg.schema import index_name_by_id
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
-from pyiceberg.types import (
-    BinaryType,
-    BooleanType,
-    DateType,
-    DecimalType,
-    DoubleType,
-    FixedType,
-    FloatType,
-    IcebergType,
-    IntegerType,
-    ListType,
-    LongType,
-    MapType,
-    StringType,
-    StructType,
-    TimestampType,
-    TimestamptzType,
-    TimeType,
-    UUIDType,
-)
 from sqlglot import exp
 
 from tidelake.config import Pipeline
@@ -62,6 +48,7 @@ from tidelake.errors import QueryError
 from tidelake.identifiers import quote
 from tidelake.lake import checkpoints, pyiceberg_internals
 from tidelake.lake.catalog import load_table, namespace, open_catalog, table_names, warehouse
+from tidelake.lake.schema import arrow_schema
 from tidelake.runtime.base import Checkpoint
 
 _PLAN_CACHE = 256
@@ -126,40 +113,6 @@ class _Plan:
     has_deletes: bool
 
 
-def _duck_type(t: IcebergType) -> str:
-    simple: dict[type, str] = {
-        BooleanType: "BOOLEAN",
-        IntegerType: "INTEGER",
-        LongType: "BIGINT",
-        FloatType: "FLOAT",
-        DoubleType: "DOUBLE",
-        DateType: "DATE",
-        TimeType: "TIME",
-        TimestampType: "TIMESTAMP",
-        TimestamptzType: "TIMESTAMPTZ",
-        StringType: "VARCHAR",
-        UUIDType: "UUID",
-        BinaryType: "BLOB",
-        FixedType: "BLOB",
-    }
-    if type(t) in simple:
-        return simple[type(t)]
-    if isinstance(t, DecimalType):
-        return f"DECIMAL({t.precision}, {t.scale})"
-    if isinstance(t, StructType):
-        inner = ", ".join(f"{quote(f.name)} {_duck_type(f.field_type)}" for f in t.fields)
-        return f"STRUCT({inner})"
-    if isinstance(t, ListType):
-        return _duck_type(t.element_type) + "[]"
-    if isinstance(t, MapType):
-        return f"MAP({_duck_type(t.key_type)}, {_duck_type(t.value_type)})"
-    raise QueryError(f"lake column type {t} cannot be queried with DuckDB yet")
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _timestamp_ms(as_of: datetime | str) -> int:
     if isinstance(as_of, str):
         try:
@@ -172,6 +125,20 @@ def _timestamp_ms(as_of: datetime | str) -> int:
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
     return int(as_of.timestamp() * 1000)
+
+
+def _renamed(table: Table) -> bool:
+    """True when a field id ever had two names (or a name two ids) in the table's history:
+    its data files then cannot be matched by column name."""
+    names: dict[int, str] = {}
+    ids: dict[str, int] = {}
+    for schema in table.schemas().values():
+        for field_id, name in index_name_by_id(schema).items():
+            if names.setdefault(field_id, name) != name:
+                return True
+            if ids.setdefault(name, field_id) != field_id:
+                return True
+    return False
 
 
 def _plan(table: Table, snapshot: Snapshot) -> _Plan:
@@ -357,10 +324,11 @@ class QueryEngine:
         self._namespace = namespace(pipeline)
         self._con = duckdb.connect()
         self._con.execute("CREATE SCHEMA lake; CREATE SCHEMA db; SET TimeZone = 'UTC'")
-        if self.warehouse.startswith("file://"):
-            root = self.warehouse[len("file://") :].rstrip("/") + "/"
-            self._con.execute(f"SET allowed_directories = [{_literal(root)}]")
-            self._con.execute("SET enable_external_access = false")
+        # DuckDB opens no file at all (not even a spill directory, which external access
+        # would otherwise allow): tables are Arrow objects tidelake registers
+        self._con.execute("SET temp_directory = ''")
+        self._con.execute("SET enable_external_access = false")
+        self._con.execute("SET python_enable_replacements = false")
 
     def close(self) -> None:
         self._con.close()
@@ -524,34 +492,21 @@ class QueryEngine:
         if snapshot is not None and snapshot.schema_id is not None:
             schema = table.schemas().get(snapshot.schema_id, schema)
         plan = self._plan(name, table, snapshot) if snapshot else None
-        q = quote(name)
         if plan is None or not plan.files:
-            cols = ", ".join(
-                f"CAST(NULL AS {_duck_type(f.field_type)}) AS {quote(f.name)}"
-                for f in schema.fields
-            )
-            self._con.execute(f"CREATE OR REPLACE VIEW lake.{q} AS SELECT {cols} LIMIT 0")
-        elif plan.has_deletes or not self.warehouse.startswith("file://"):
-            assert snapshot is not None
+            data: pa.Table | ds.Dataset = arrow_schema(schema).empty_table()
+        elif plan.has_deletes or not self.warehouse.startswith("file://") or _renamed(table):
+            assert snapshot is not None  # pyiceberg applies deletes and field ids
             cached = self._arrow.get(name)
             if cached is None or cached[0] != snapshot.snapshot_id:
-                data = table.scan(snapshot_id=snapshot.snapshot_id).to_arrow()
-                cached = self._arrow[name] = (snapshot.snapshot_id, data)
-            self._bind_arrow("lake", name, cached[1])
-        else:
-            mapping = ", ".join(
-                f"{f.field_id}: {{name: {_literal(f.name)}, "
-                f"type: {_literal(_duck_type(f.field_type))}, default_value: NULL}}"
-                for f in schema.fields
-            )
-            files = "[" + ", ".join(_literal(p) for p in plan.files) + "]"
-            self._con.execute(
-                f"CREATE OR REPLACE VIEW lake.{q} AS "
-                f"SELECT * FROM read_parquet({files}, schema = MAP {{{mapping}}})"
-            )
+                scanned = table.scan(snapshot_id=snapshot.snapshot_id).to_arrow()
+                cached = self._arrow[name] = (snapshot.snapshot_id, scanned)
+            data = cached[1]
+        else:  # columns match by name: older files lack added columns (NULL), types widen
+            data = ds.dataset(plan.files, schema=arrow_schema(schema), format="parquet")
+        self._bind_arrow("lake", name, data)
         self._bound[("lake", name)] = key
 
-    def _bind_arrow(self, schema: str, name: str, data: pa.Table) -> None:
+    def _bind_arrow(self, schema: str, name: str, data: pa.Table | ds.Dataset) -> None:
         if self._bound.get((schema, name)) is data:
             return  # the same (cached, unchanged) table is bound already
         internal = f"__{schema}_{name}"

@@ -4,14 +4,14 @@ Each engine is a ``tidelake.lake.QueryEngine`` whose DuckDB connection is locked
 down once, right after the engine's own setup, and then frozen with
 ``lock_configuration``:
 
-- ``enable_external_access = false`` with ``allowed_directories`` = the lake
-  warehouse (set by ``QueryEngine``): no file outside the lake, no network,
-  no ``INSTALL``/``LOAD``;
+- ``enable_external_access = false`` and ``python_enable_replacements = false`` (set
+  by ``QueryEngine``, whose tables are registered Arrow objects): no file at all, not
+  even inside the lake, no network, no ``INSTALL``/``LOAD``, no scan of Python
+  variables by name; ``COPY``, ``ATTACH`` and ``EXPORT`` fail in the engine itself;
 - only single ``SELECT`` statements run (DuckDB's own parser decides, on the exact
-  text that runs): no ``COPY``, ``ATTACH``, ``EXPORT``, ``SET``, DDL or DML;
+  text that runs): no ``SET``, DDL or DML;
 - ``autoinstall_known_extensions`` / ``autoload_known_extensions`` /
-  ``allow_community_extensions`` off, ``python_enable_replacements`` off (a query
-  cannot scan Python variables by name);
+  ``allow_community_extensions`` off;
 - ``memory_limit``, ``threads`` and ``max_temp_directory_size = 0`` (no spill
   files): a query that needs more memory fails instead of filling the disk.
 
@@ -89,12 +89,9 @@ class SandboxedEngine(QueryEngine):
     def __init__(self, pipeline: Pipeline, limits: Limits) -> None:
         super().__init__(pipeline)
         con = self._con
-        if not self.warehouse.startswith("file://"):
-            con.execute("SET enable_external_access = false")
         con.execute("SET autoinstall_known_extensions = false")
         con.execute("SET autoload_known_extensions = false")
         con.execute("SET allow_community_extensions = false")
-        con.execute("SET python_enable_replacements = false")
         con.execute("SET max_temp_directory_size = '0KB'")
         con.execute(f"SET memory_limit = '{_size(limits.memory_limit)}'")
         con.execute(f"SET threads = {int(limits.threads)}")
