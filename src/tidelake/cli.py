@@ -67,6 +67,10 @@ dlq_app = typer.Typer(
     help="Work with a flow's dead letters: count, inspect, redrive.", no_args_is_help=True
 )
 app.add_typer(dlq_app, name="dlq")
+users_app = typer.Typer(
+    help="Manage the pipeline's user accounts (API logins).", no_args_is_help=True
+)
+app.add_typer(users_app, name="users")
 
 PipelineArg = Annotated[Path, typer.Argument(help="pipeline file (YAML)", show_default=False)]
 FlowArg = Annotated[str, typer.Argument(help="flow name", show_default=False)]
@@ -590,6 +594,55 @@ def serve(
     from tidelake.serve.server import serve as run_server
 
     run_server(_load(pipeline), host=host, port=port)
+
+
+UserArg = Annotated[str, typer.Argument(help="user name", show_default=False)]
+
+
+@users_app.command("add")
+def users_add(
+    pipeline: PipelineArg,
+    name: UserArg,
+    role: Annotated[str, typer.Option(help="viewer, operator or admin")] = "viewer",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from stdin")
+    ] = False,
+) -> None:
+    """Add (or replace) a user; the password is asked for, or read with --password-stdin.
+
+    Example: tidelake users add pipeline.yaml alice --role operator
+    """
+    from tidelake.serve.users import Users
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    Users(_load(pipeline)).add(name, role, password)
+    console.print(f"user {name} ({role}) saved")
+
+
+@users_app.command("list")
+def users_list(pipeline: PipelineArg) -> None:
+    """List the users and their roles.  Example: tidelake users list pipeline.yaml"""
+    from rich.table import Table
+
+    from tidelake.serve.users import Users
+
+    t = Table("name", "role", "created", title="users")
+    for user in Users(_load(pipeline)).list():
+        t.add_row(user.name, user.role, user.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    print_table(console, t)
+
+
+@users_app.command("remove")
+def users_remove(pipeline: PipelineArg, name: UserArg) -> None:
+    """Remove a user.  Example: tidelake users remove pipeline.yaml alice"""
+    from tidelake.serve.users import Users
+
+    if not Users(_load(pipeline)).remove(name):
+        _fail(TidelakeError(f"no user {name!r} (see tidelake users list)"))
+    console.print(f"user {name} removed")
 
 
 @app.command()

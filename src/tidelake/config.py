@@ -80,6 +80,16 @@ class Panel(_Model):
     color: str | None = Field(None, description="heatmap: the column that colours a cell")
 
 
+class TokenSettings(_Model):
+    """A named API token's scope; its secret is the env var TIDELAKE_API_TOKEN_<NAME>."""
+
+    ingest: list[str] = Field(
+        [],
+        description="topics (names or glob patterns) this token may ingest into "
+        "(CDC and dead-letter topics only when named exactly)",
+    )
+
+
 class ServeSettings(_Model):
     """What ``tidelake serve`` lets clients do beyond reading."""
 
@@ -87,6 +97,11 @@ class ServeSettings(_Model):
         None,
         description="topics (names or glob patterns) POST /api/ingest may write "
         "(default: topics flows read or write, except CDC and dead-letter topics)",
+    )
+    tokens: dict[str, TokenSettings] = Field(
+        {},
+        description="named API tokens, each with its own ingest scope "
+        "(secret: env var TIDELAKE_API_TOKEN_<NAME>)",
     )
 
 

@@ -30,7 +30,7 @@ from fastapi_offline import FastAPIOffline
 from tidelake.config import Pipeline
 from tidelake.errors import ConnectorError, TidelakeError
 from tidelake.serve import bodies, ingest_route, prometheus, queries, sql_guard, status, tables
-from tidelake.serve.auth import bearer_guard
+from tidelake.serve.auth import Credentials
 from tidelake.serve.engine import (
     EngineBusy,
     EnginePool,
@@ -56,7 +56,8 @@ def create_app(
     limits: Limits | None = None,
     max_body: int = MAX_BODY,
 ) -> FastAPI:
-    """The API for ``pipeline``; with ``token``, /api and /metrics need ``Bearer <token>``."""
+    """The API for ``pipeline``; with ``token``, named tokens or users, /api and /metrics need
+    credentials (``tidelake.serve.auth``)."""
     limits = limits or Limits()
     state = ApiState(
         pipeline, EnginePool(pipeline, limits), limits, max_body, prometheus.RequestStats()
@@ -78,7 +79,7 @@ def create_app(
     app.state.tidelake = state
     app.router.redirect_slashes = False  # the redirect would reflect the Host header
     app.add_exception_handler(RequestValidationError, bodies.validation_error)
-    auth = [Depends(bearer_guard(token))]
+    auth = [Depends(Credentials(pipeline, token).guard())]
 
     @app.exception_handler(sql_guard.SQLRefused)
     async def _refused(_: Request, e: sql_guard.SQLRefused) -> JSONResponse:

@@ -81,12 +81,14 @@ class Routes:
 
     By default, the topics that flows read or write, except CDC topics (written by a
     ``cdc`` source or read by a flow that unwraps change events) and dead-letter topics.
-    ``serve: {ingest: [names or glob patterns]}`` in the pipeline file replaces the default.
+    ``serve: {ingest: [names or glob patterns]}`` in the pipeline file (or ``patterns``, a
+    named token's scope) replaces the default; a CDC or dead-letter topic is in it only when
+    named exactly, never through a glob.
     """
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, patterns: list[str] | None = None) -> None:
         flows, never = _flow_topics(pipeline)
-        configured = pipeline.serve.ingest
+        configured = pipeline.serve.ingest if patterns is None else patterns
         self.explicit = configured is not None
         self.allowed = list(configured) if configured is not None else flows
         self.known = flows
@@ -94,14 +96,18 @@ class Routes:
 
     def check(self, topic: str) -> tuple[int, str] | None:
         """None when ``topic`` may be written, else (status, what to change)."""
-        if _matches(topic, self.allowed) and (self.explicit or not _matches(topic, self.never)):
+        if self.explicit and topic in self.allowed:
             return None
-        if _matches(topic, self.known) or _matches(topic, self.never):
+        if _matches(topic, self.allowed) and not _matches(topic, self.never):
+            return None
+        shown = ", ".join(sorted(self.allowed)[:20]) or "none"
+        if _matches(topic, self.never):
             return 403, (
                 f"topic {topic!r} is a CDC or dead-letter topic: ingest writes it only when "
-                "the pipeline file lists it under serve: {ingest: [...]}"
+                "the pipeline file names it under serve: {ingest: [...]}"
             )
-        shown = ", ".join(sorted(self.allowed)[:20]) or "none"
+        if _matches(topic, self.known):
+            return 403, f"topic {topic!r} is not in this caller's ingest scope ({shown})"
         return 404, (
             f"no flow reads or writes topic {topic!r} (ingest topics: {shown}); "
             "list more under serve: {ingest: [...]} in the pipeline file"

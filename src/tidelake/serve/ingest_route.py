@@ -9,13 +9,13 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from tidelake.serve import ingest
+from tidelake.serve.auth import Principal
 from tidelake.serve.models import IngestResult
 from tidelake.serve.state import ApiState
 
 
 def add_routes(api: APIRouter, state: ApiState) -> None:
     """The ingest route of one app, on its ``/api`` router."""
-    routes = ingest.Routes(state.pipeline)
     in_flight = [0]  # requests being read, checked or produced (the event loop's own count)
 
     @api.post(
@@ -46,7 +46,12 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
             raise HTTPException(
                 422, "topic names use letters, digits, '.', '_' or '-' (at most 249, not '__...')"
             )
-        refused = routes.check(topic)
+        principal: Principal = request.state.principal
+        if principal.ingest is None:
+            raise HTTPException(
+                403, f"{principal.name} ({principal.role}) may not ingest: it needs role operator"
+            )
+        refused = principal.ingest.check(topic)
         if refused is not None:
             raise HTTPException(*refused)
         if in_flight[0] >= state.limits.ingests:  # checked before the body is read

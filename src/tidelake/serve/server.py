@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Mapping
 
 import uvicorn
 
 from tidelake.config import Pipeline
 from tidelake.errors import ConfigError
 from tidelake.serve.api import create_app
-from tidelake.serve.auth import TOKEN_ENV, token_from_env
+from tidelake.serve.auth import TOKEN_ENV, Credentials, token_from_env
 from tidelake.serve.engine import Limits
 
 
@@ -37,22 +38,27 @@ MIN_TOKEN_LENGTH = 16
 characters): ``secrets.token_urlsafe(24)`` gives 32."""
 
 
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse a non-loopback bind without a strong token (``ConfigError`` saying how to fix it)."""
+def check_bind(
+    host: str, token: str | None, named: Mapping[str, str] | None = None, users: bool = False
+) -> None:
+    """Refuse a non-loopback bind without credentials (a strong token or a user) or with a
+    weak token (``ConfigError`` saying how to fix it)."""
     if is_loopback(host):
         return
-    if not token:
+    if not token and not named and not users:
         raise ConfigError(
             f"refusing to serve on {host!r} without a token: anyone who can reach it could "
             f"query the lake and write to the log. Set {TOKEN_ENV} (clients then send "
-            "'Authorization: Bearer <token>'), or bind to 127.0.0.1."
+            "'Authorization: Bearer <token>'), add a user (tidelake users add), "
+            "or bind to 127.0.0.1."
         )
-    if len(token) < MIN_TOKEN_LENGTH or len(set(token)) < MIN_TOKEN_LENGTH // 2:
-        raise ConfigError(
-            f"refusing to serve on {host!r} with a weak {TOKEN_ENV} ({len(token)} characters, "
-            f"{len(set(token))} distinct): use at least {MIN_TOKEN_LENGTH} random characters, "
-            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'"
-        )
+    for variable, secret in (({TOKEN_ENV: token} if token else {}) | dict(named or {})).items():
+        if len(secret) < MIN_TOKEN_LENGTH or len(set(secret)) < MIN_TOKEN_LENGTH // 2:
+            raise ConfigError(
+                f"refusing to serve on {host!r} with a weak {variable} ({len(secret)} characters, "
+                f"{len(set(secret))} distinct): use at least {MIN_TOKEN_LENGTH} random "
+                "characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+            )
 
 
 def serve(
@@ -67,7 +73,8 @@ def serve(
     ``token`` defaults to ``TIDELAKE_API_TOKEN``.
     """
     token = token or token_from_env()
-    check_bind(host, token)
+    credentials = Credentials(pipeline, token)
+    check_bind(host, token, credentials.named, users=credentials.users.exist())
     app = create_app(pipeline, token=token, limits=limits)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
