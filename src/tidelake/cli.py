@@ -583,7 +583,7 @@ def cdc_drop_slot(
 def serve(
     pipeline: PipelineArg,
     host: Annotated[
-        str, typer.Option(help="bind address; beyond loopback needs TIDELAKE_API_TOKEN")
+        str, typer.Option(help="bind address; beyond loopback needs TIDELAKE_API_TOKEN or a user")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
 ) -> None:
