@@ -113,13 +113,43 @@ def state(url: str) -> tuple[int, int, int]:
         return int(diff[0]), int(n[0]), int(h[0])  # type: ignore[index]
 
 
-def wait_for(url: str, rows: int, history: int, timeout: float) -> tuple[int, int, int]:
+def wait_for(url: str, rows: int, history: int | None, timeout: float) -> tuple[int, int, int]:
+    """The state once the source has ``rows`` and the target equals it, with ``history``
+    rows in the history (None: once the history stopped growing for 2 s)."""
     deadline = time.monotonic() + timeout
-    got = state(url)
-    while time.monotonic() < deadline and got != (0, rows, history):
+    got, still = state(url), 0
+    while time.monotonic() < deadline:
+        if history is not None and got == (0, rows, history):
+            break
+        if history is None and got[:2] == (0, rows) and still >= 4:
+            break
         time.sleep(0.5)
-        got = state(url)
+        before, got = got, state(url)
+        still = still + 1 if got == before else 0
     return got
+
+
+def landed_snapshot(url: str, flow: str) -> tuple[int | None, bool]:
+    """(the snapshot chunk the flow's sink holds, whether its snapshot is complete)."""
+    with psycopg.connect(url, autocommit=True) as c:
+        try:
+            rows = dict(
+                c.execute(
+                    "SELECT position, next_offset FROM _tidelake_checkpoints WHERE flow = %s",
+                    (f"cdcit/{flow}",),
+                ).fetchall()
+            )
+        except psycopg.errors.UndefinedTable:
+            return None, False
+    slot = f"tidelake_cdcit_{flow}"
+    return rows.get(f"{slot}.snapshot"), slot in rows
+
+
+def wait_snapshots_landed(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(landed_snapshot(url, f)[1] for f in ("current", "history")):
+        assert time.monotonic() < deadline, "the initial snapshots did not land"
+        time.sleep(0.2)
 
 
 def _pipeline(tmp_path: Path, url: str) -> Path:
@@ -169,6 +199,7 @@ def test_native_cdc_current_state_and_history(tmp_path: Path, postgres_url: str)
             # the slot was acknowledged up to the sink's position
             (pos,) = c.execute(
                 "SELECT next_offset FROM _tidelake_checkpoints WHERE flow = 'cdcit/history'"
+                " AND position = 'tidelake_cdcit_history'"
             ).fetchone()  # type: ignore[misc]
             (confirmed,) = c.execute(
                 "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots"
@@ -198,7 +229,7 @@ def test_native_cdc_survives_kill_9(tmp_path: Path, postgres_url: str) -> None:
     proc = start()
     mid_stream = 0
     try:
-        time.sleep(3.0)
+        wait_snapshots_landed(url)  # the (empty) snapshots: this test is about the stream
         writer.start()
         for _ in range(5):
             time.sleep(rng.uniform(0.8, 2.5))
@@ -252,3 +283,73 @@ def test_slot_lag_warning_and_drop_slot(tmp_path: Path, postgres_url: str) -> No
         runner.source.close()
     assert drop_slot(url, "tidelake_cdcit_current", "tidelake_cdcit_current") is True
     assert drop_slot(url, "tidelake_cdcit_current") is False
+
+
+def test_native_cdc_snapshot_resumes_after_kill_9(tmp_path: Path, postgres_url: str) -> None:
+    """A table of 40,000 rows is snapshotted while a writer changes it, and the flows are
+    SIGKILLed mid-snapshot: each restart resumes where the landed rows end (in a new snapshot,
+    dropping the stream's changes that it already holds), so the history holds every row once
+    as ``r`` followed by its later changes, and never a change twice."""
+    url = postgres_url
+    existing = 40_000
+    _setup(url)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(
+            "INSERT INTO movies (title, genres, rating, price, big, seen) SELECT 'old ' || i,"
+            " 'Comedy', i / 3.0, i * 0.5, i, i %% 3 = 0 FROM generate_series(1, %s) i",
+            (existing,),
+        )
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(PIPELINE.format(database=url).replace("size: 2000", "size: 500"))
+    writer = threading.Thread(target=write_changes, args=(url, 0.15))
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tidelake.cli", "run", str(path)],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    proc, kills = start(), 0
+    try:
+        writer.start()
+        while kills < 3:  # kill once the history flow landed 3 more chunks of its snapshot
+            first, done = landed_snapshot(url, "history")
+            while not done and (landed_snapshot(url, "history")[0] or 0) < (first or 0) + 3:
+                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+                time.sleep(0.05)
+            if landed_snapshot(url, "history")[1]:
+                break
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            proc = start()
+        writer.join()
+        rows = existing + INSERTS - DELETES
+        got = wait_for(url, rows, None, timeout=180)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    try:
+        assert kills == 3, "the snapshot finished before three kills"
+        assert got[:2] == (0, rows)
+        with psycopg.connect(url, autocommit=True) as c:
+            events = c.execute(
+                "SELECT movieid, _op FROM movies_history ORDER BY movieid, _lsn, _op <> 'r'"
+            ).fetchall()
+            present = {r[0] for r in c.execute("SELECT movieid FROM movies")}
+        exists: dict[int, bool] = {}
+        for movieid, op in events:  # each row's life: read or created, updated, deleted
+            alive = exists.get(movieid, False)
+            assert alive == (op in "ud"), f"movie {movieid}: {op!r} when alive={alive}"
+            exists[movieid] = op != "d"
+        assert {m for m, alive in exists.items() if alive} == present
+        reads = sum(op == "r" for _, op in events)
+        assert existing - DELETES <= reads <= existing + INSERTS
+    finally:
+        _cleanup(url)

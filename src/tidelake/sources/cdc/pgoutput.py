@@ -213,7 +213,7 @@ _US = timedelta(microseconds=1)
 
 
 def _bool(v: str) -> bool:
-    return v == "t"
+    return v in ("t", "true")  # the output function prints t/f; a ::text cast true/false
 
 
 def _float(v: str) -> float | str:

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -39,60 +40,18 @@ from tidelake.errors import ConfigError, ConnectorError
 from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Source
 from tidelake.sources.cdc import pgoutput
 from tidelake.sources.cdc.envelope import VERSION, EnvelopeBuilder, default_name, empty, now_ms
+from tidelake.sources.cdc.pg_session import connect, primary_key, retry_busy
+from tidelake.sources.cdc.pg_snapshot import Progress, Reached, Segment, Snapshot
 from tidelake.sources.cdc.pgoutput import Relation, int_to_lsn, lsn_to_int
 
 if TYPE_CHECKING:
     from tidelake.sources.cdc import CdcConfig
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 IDLE_ADVANCE_BYTES = 1 << 20
 """Move the position over WAL that holds nothing for us once this much has accumulated."""
 LAG_CHECK_SECONDS = 10.0
-SLOT_BUSY_SECONDS = 60.0
-
-
-def connect(url: str) -> psycopg.Connection[Any]:
-    """An autocommit connection whose text output matches what the converters expect."""
-    try:
-        conn = psycopg.connect(url, autocommit=True)
-    except psycopg.OperationalError as e:
-        raise ConnectorError(
-            f"cdc: cannot connect to PostgreSQL: {str(e).strip()} "
-            "(is it running? `tidelake infra up postgres` starts a local one)"
-        ) from e
-    conn.execute("SET TimeZone TO 'UTC'")
-    conn.execute("SET DateStyle TO 'ISO, MDY'")
-    conn.execute("SET IntervalStyle TO 'postgres'")
-    conn.execute("SET extra_float_digits TO 1")
-    return conn
-
-
-def retry_busy(fn: Callable[[], T], what: str) -> T:
-    """Run ``fn``, waiting while the slot is held by another backend (e.g. a killed run's)."""
-    deadline = time.monotonic() + SLOT_BUSY_SECONDS
-    while True:
-        try:
-            return fn()
-        except psycopg.errors.ObjectInUse as e:
-            if time.monotonic() > deadline:
-                raise ConnectorError(
-                    f"cdc: {what}: {e} (another process is reading this slot; stop it, or give "
-                    "this flow its own 'slot')"
-                ) from e
-            time.sleep(0.2)
-
-
-def primary_key(conn: psycopg.Connection[Any], relid: int) -> list[str]:
-    rows = conn.execute(
-        "SELECT a.attname FROM pg_index i"
-        " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
-        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
-        " WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
-        (relid,),
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 class PostgresCdc(Source):
@@ -129,8 +88,10 @@ class PostgresCdc(Source):
 
         stored = checkpoint.get(self.slot)
         slot = self._slot_state()
-        exported: str | None = None
-        needs_snapshot = cfg.snapshot == "initial"
+        self.snapshot_key = f"{self.slot}.snapshot"
+        progress_file = ctx.pipeline.state_dir / "cdc" / f"{self.slot}.snapshot.json"
+        progress = Progress.load(progress_file) if slot is not None else None
+        needs_snapshot = cfg.snapshot == "initial" and (slot is None or stored is None)
         if slot is None:
             if stored is not None:
                 msg = (
@@ -140,10 +101,11 @@ class PostgresCdc(Source):
                 )
                 log.warning(msg)
                 ctx.metrics.last_error = msg
-            start, exported, repl = self._create_slot(export=needs_snapshot)
+            progress_file.unlink(missing_ok=True)
+            start, exported, repl = self._create_slot(self.slot, export=needs_snapshot)
+            at_lsn = start
         else:
-            start, repl = slot, None
-            needs_snapshot = needs_snapshot and stored is None
+            start = slot
             if stored is not None and stored > slot:
                 self._advance(stored)  # the sink committed but the slot was not moved
             elif stored is not None and stored < slot:
@@ -153,6 +115,9 @@ class PostgresCdc(Source):
                     int_to_lsn(slot),
                     int_to_lsn(stored),
                 )
+            if needs_snapshot:  # interrupted: the rest in a snapshot of a temporary slot
+                resume = f"{self.slot[:48]}_r{uuid.uuid4().hex[:8]}"
+                at_lsn, exported, repl = self._create_slot(resume, export=True, temporary=True)
         self._position = stored if stored is not None else start
         self._reported = stored
         self._acked = max(stored or 0, slot if slot is not None else start)
@@ -161,9 +126,48 @@ class PostgresCdc(Source):
         self._unacked: deque[tuple[int, int]] = deque()
         self._builder = EnvelopeBuilder()
         self._last_lag_check = 0.0
-        self._snapshot_reader = _Snapshot(self, exported, start) if needs_snapshot else None
-        if repl is not None:
+        self._table_index = {t: i for i, t in enumerate(self.tables)}
+        self._snapshot_reader: Snapshot | None = None
+        if needs_snapshot:
+            assert exported is not None and repl is not None
+            self._snapshot_reader = self._resume(
+                progress, progress_file, start, at_lsn, exported, checkpoint
+            )
             repl.close()  # the snapshot is imported: the exporting session may end
+        self._progress = progress
+        if self._snapshot_reader is not None:
+            self._progress = self._snapshot_reader.progress
+        if self._progress is not None and self._position >= self._progress.segments.last_lsn:
+            self._progress.remove()
+            self._progress = None
+
+    def _resume(
+        self,
+        progress: Progress | None,
+        path: Path,
+        start: int,
+        at_lsn: int,
+        exported: str,
+        checkpoint: Checkpoint,
+    ) -> Snapshot:
+        """The snapshot reader, from where the landed rows end, in the snapshot ``exported``
+        at ``at_lsn`` (see ``pg_snapshot``)."""
+        chunk = checkpoint.get(self.snapshot_key)
+        at = progress.chunks.get(chunk) if progress is not None and chunk is not None else None
+        if progress is None:
+            progress = Progress(path, start)
+        if chunk is not None and at is None:
+            log.warning(
+                "cdc: %s is missing or does not hold chunk %d of the interrupted snapshot: "
+                "reading every table again (rows already landed are read twice)",
+                path,
+                chunk,
+            )
+        at = at or Reached(0)
+        progress.segments.items.append(Segment(at.table, at.key, at_lsn))
+        progress.chunks = {chunk: at} if chunk is not None else {}
+        progress.save()
+        return Snapshot(self, progress, chunk or 0, exported, at)
 
     def _resolve_tables(self) -> list[tuple[str, str]]:
         out = []
@@ -214,23 +218,27 @@ class PostgresCdc(Source):
             )
         return lsn_to_int(confirmed)
 
-    def _create_slot(self, export: bool) -> tuple[int, str | None, psycopg.Connection[Any] | None]:
-        """Create the slot; with ``export`` also return the exported snapshot and the
-        replication session that keeps it alive until the snapshot is imported."""
+    def _create_slot(
+        self, name: str, export: bool, temporary: bool = False
+    ) -> tuple[int, str | None, psycopg.Connection[Any] | None]:
+        """Create slot ``name``; with ``export`` also return the exported snapshot and the
+        replication session that keeps it alive until the snapshot is imported (a
+        ``temporary`` slot ends with that session)."""
         if not export:
             (lsn,) = self.conn.execute(
                 "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
-                (self.slot,),
+                (name,),
             ).fetchone()  # type: ignore[misc]
             return lsn_to_int(lsn), None, None
         repl = psycopg.connect(self.url, autocommit=True, replication="database")
-        command = f"CREATE_REPLICATION_SLOT {sql.Identifier(self.slot).as_string(repl)} LOGICAL"
+        kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
+        command = f"CREATE_REPLICATION_SLOT {sql.Identifier(name).as_string(repl)} {kind}"
         res = repl.pgconn.exec_(f"{command} pgoutput (SNAPSHOT 'export')".encode())
         if res.status != psycopg.pq.ExecStatus.TUPLES_OK:
             message = (res.error_message or b"").decode(errors="replace").strip()
             repl.close()
             raise ConnectorError(
-                f"cdc: cannot create replication slot {self.slot!r}: {message} (the server "
+                f"cdc: cannot create replication slot {name!r}: {message} (the server "
                 "needs wal_level=logical and a free slot: max_replication_slots)"
             )
         consistent, snapshot = res.get_value(0, 1), res.get_value(0, 2)
@@ -339,26 +347,35 @@ class PostgresCdc(Source):
             "xmin": None,
         }
         topic = f"{self.config.topic_prefix}.{rel.schema}.{rel.name}"
-        add = self._builder.add
+        progress = self._progress
+        covered = progress is not None and begin.final_lsn < progress.segments.last_lsn
+        table = self._table_index.get((rel.schema, rel.name), 0)
+
+        def add(key: dict[str, object] | None, *event: Any) -> None:
+            if covered and progress is not None:  # already in the row an interrupted snapshot read
+                values = None if key is None else list(key.values())
+                if progress.segments.covers(table, values, begin.final_lsn):
+                    return
+            self._builder.add(topic, key, *event)
 
         def key_of(row: dict[str, object]) -> dict[str, object] | None:
             return {k: row.get(k) for k in keycols} if keycols else None
 
         if isinstance(msg, pgoutput.Insert):
             after = pgoutput.image(rel, msg.new)
-            add(topic, key_of(after), None, after, "c", ts, source)
+            add(key_of(after), None, after, "c", ts, source)
         elif isinstance(msg, pgoutput.Update):
             after = pgoutput.image(rel, msg.new)
             before = pgoutput.image(rel, msg.old, msg.old_is_key) if msg.old is not None else None
             if before is not None and keycols and key_of(before) != key_of(after):
                 # a key change is a delete of the old key and a create of the new (as Debezium)
-                add(topic, key_of(before), before, None, "d", ts, source)
-                add(topic, key_of(after), None, after, "c", ts, source)
+                add(key_of(before), before, None, "d", ts, source)
+                add(key_of(after), None, after, "c", ts, source)
             else:
-                add(topic, key_of(after), before, after, "u", ts, source)
+                add(key_of(after), before, after, "u", ts, source)
         else:
             before = pgoutput.image(rel, msg.old, msg.old_is_key)
-            add(topic, key_of(before), before, None, "d", ts, source)
+            add(key_of(before), before, None, "d", ts, source)
 
     def _check_lag(self) -> None:
         now = time.monotonic()
@@ -385,6 +402,13 @@ class PostgresCdc(Source):
 
     def committed(self, checkpoint: Checkpoint) -> None:
         lsn = checkpoint.get(self.slot)
+        if (progress := self._progress) is not None:
+            if (chunk := checkpoint.get(self.snapshot_key)) is not None:
+                progress.landed(chunk)
+            streaming = self._snapshot_reader is None and lsn is not None
+            if streaming and lsn >= progress.segments.last_lsn:  # type: ignore[operator]
+                progress.remove()  # no change is left that a snapshot row already holds
+                self._progress = None
         if lsn is None or lsn <= self._acked:
             return
         self._advance(lsn)
@@ -410,95 +434,6 @@ class PostgresCdc(Source):
         conn = getattr(self, "conn", None)
         if conn is not None:
             conn.close()
-
-
-class _Snapshot:
-    """Current rows of the captured tables as ``r`` events, read in one snapshot."""
-
-    def __init__(self, src: PostgresCdc, exported: str | None, start: int) -> None:
-        self.src = src
-        self.start = start
-        self.done = False
-        self.conn = connect(src.url)
-        self.conn.autocommit = False
-        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        if exported is not None:
-            self.conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported)))
-        self.builder = EnvelopeBuilder()
-        self._tables = iter(src.tables)
-        self._cursor: psycopg.ServerCursor[Any] | None = None
-        self._current: tuple[Relation, list[str], str] | None = None
-
-    def _next_table(self) -> bool:
-        try:
-            schema, name = next(self._tables)
-        except StopIteration:
-            return False
-        relid, cols = self._columns(schema, name)
-        rel = pgoutput.prepare(
-            Relation(relid, schema, name, "d", cols), self.src.config.decimal_handling
-        )
-        keys = primary_key(self.conn, relid)
-        select = sql.SQL("SELECT {} FROM {}").format(
-            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in cols),
-            sql.Identifier(schema, name),
-        )
-        self._cursor = self.conn.cursor(name=f"tidelake_snapshot_{relid}")
-        self._cursor.execute(select)
-        self._current = (rel, keys, f"{self.src.config.topic_prefix}.{schema}.{name}")
-        return True
-
-    def _columns(self, schema: str, name: str) -> tuple[int, list[pgoutput.Column]]:
-        rows = self.conn.execute(
-            "SELECT c.oid::int, a.attname, a.atttypid::int, a.atttypmod FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-            " WHERE n.nspname = %s AND c.relname = %s ORDER BY a.attnum",
-            (schema, name),
-        ).fetchall()
-        return rows[0][0], [pgoutput.Column(r[1], r[2], r[3], False) for r in rows]
-
-    def read(self, max_records: int) -> Batch:
-        src, b = self.src, self.builder
-        while len(b) < max_records:
-            if self._cursor is None and not self._next_table():
-                self.done = True
-                break
-            assert self._cursor is not None and self._current is not None
-            rows = self._cursor.fetchmany(max_records - len(b))
-            if not rows:
-                self._cursor.close()
-                self._cursor = None
-                continue
-            rel, keys, topic = self._current
-            ts = now_ms()
-            source = {
-                "version": VERSION,
-                "connector": "postgresql",
-                "name": src.config.topic_prefix,
-                "ts_ms": ts,
-                "snapshot": "true",
-                "db": src.dbname,
-                "schema": rel.schema,
-                "table": rel.name,
-                "txId": None,
-                "lsn": self.start,
-                "xmin": None,
-            }
-            for row in rows:
-                after = pgoutput.image(rel, list(row))
-                key = {k: after[k] for k in keys} if keys else None
-                b.add(topic, key, None, after, "r", ts, source)
-        table = b.take() if len(b) else empty()
-        if self.done:
-            self.close()
-            return Batch(table, {src.slot: self.start})
-        return Batch(table)
-
-    def close(self) -> None:
-        if not self.conn.closed:
-            self.conn.rollback()
-            self.conn.close()
 
 
 def drop_slot(database_url: str, slot: str, publication: str | None = None) -> bool:
