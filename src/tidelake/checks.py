@@ -6,7 +6,8 @@
   topic produces (through the log's JSON encoding, with ``_topic/_partition/_offset``);
 - every saved query and dashboard panel runs against the tables' current schemas (tables
   that exist) or their declared ones (what the flow landing them produces), and a
-  panel's ``x``/``y`` name columns of its result.
+  panel's ``x``/``y`` name columns of its result;
+- a flow with ``workers: N > 1`` can be split (``runtime.workers.problems``).
 
 SQL runs on empty tables in a scratch DuckDB, so no data is read and an error is one
 every row would share. A table whose schema is neither current nor declared (a CDC or
@@ -257,8 +258,15 @@ def _panel_columns(loc: tuple[Any, ...], panel: Any, result: pa.Schema) -> list[
 
 def check(pipeline: Pipeline, path: Path) -> list[str]:
     """Every finding as ``file:line: key: message`` (notes prefixed ``note:``), in file order."""
+    from tidelake.runtime.workers import problems
+
     findings, declared = check_flows(pipeline)
     findings += check_queries(pipeline, declared)
+    findings += [
+        Finding(("flows", name, "workers"), why)
+        for name, flow in pipeline.flows.items()
+        for why in problems(pipeline, name, flow.workers)
+    ]
     lines = key_lines(path.read_text())
 
     def line(loc: tuple[Any, ...]) -> int:

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import typer.core
@@ -18,6 +18,9 @@ from tidelake import __version__
 from tidelake.errors import TidelakeError
 from tidelake.extras import missing_extra
 from tidelake.query_output import print_table
+
+if TYPE_CHECKING:
+    from tidelake.config import Pipeline
 
 # soft_wrap: a long line is one line in a pipe or log file, never cut or re-wrapped at 80
 console = Console(soft_wrap=True)
@@ -111,11 +114,20 @@ def run(
     flow: Annotated[
         list[str] | None, typer.Option("--flow", "-f", help="run only this flow (repeatable)")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", "-w", min=1, help="worker processes per flow (default: its workers:)"
+        ),
+    ] = None,
+    worker: Annotated[str, typer.Option("--worker", hidden=True)] = "",
 ) -> None:
     """Run the flows of a pipeline until their sources end or Ctrl-C (the batch in flight finishes).
 
+    With several workers (--workers N or workers: in the file) each flow runs as N supervised
+    processes in one consumer group; the same command on another machine joins the group.
     Off a terminal (a pipe, CI, a log file) it prints a progress line per flow every 5 s.
-    Example: tidelake run scenarios/stock/pipeline.yaml --flow opening_stock
+    Example: tidelake run scenarios/stock/pipeline.yaml --flow opening_stock --workers 2
     """
     from tidelake.runtime.console import show_live
     from tidelake.runtime.runner import FlowRunner, failed, run_flows
@@ -126,6 +138,10 @@ def run(
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    counts = {n: workers or p.flows[n].workers for n in names if n in p.flows}
+    if not worker and any(n > 1 for n in counts.values()):
+        _supervise(pipeline, p, counts, stop, done)
+        return
     view: list[threading.Thread] = []
 
     def started(runners: list[FlowRunner]) -> None:
@@ -137,17 +153,52 @@ def run(
 
     t0 = time.monotonic()
     try:
-        runners = run_flows(p, names, stop, on_start=started)
+        runners = run_flows(p, names, stop, on_start=started, worker=worker)
     finally:
         done.set()
         for t in view:
             t.join(2)
-    counts = ", ".join(f"{r.name} {r.metrics.records_out:,}" for r in runners)
-    err.print(f"done in {time.monotonic() - t0:.1f}s, rows out per flow: {counts}", markup=False)
+    counts_out = ", ".join(f"{r.name} {r.metrics.records_out:,}" for r in runners)
+    err.print(
+        f"done in {time.monotonic() - t0:.1f}s, rows out per flow: {counts_out}", markup=False
+    )
     for r in failed(runners):
         err.print(f"error: flow {r.name} failed: {r.metrics.last_error}", markup=False)
     if failed(runners):
         raise typer.Exit(1)
+
+
+def _supervise(
+    path: Path, p: Pipeline, counts: dict[str, int], stop: threading.Event, done: threading.Event
+) -> None:
+    """``run`` with several workers: refuse what cannot be split, else supervise the workers."""
+    from tidelake.runtime import workers
+    from tidelake.runtime.console import show_live
+    from tidelake.runtime.metrics import FlowMetrics, read_all
+
+    wrong = [(f, why) for f, n in counts.items() for why in workers.problems(p, f, n)]
+    for f, why in wrong:
+        err.print(f"error: flow {f} with {counts[f]} workers: {why}", markup=False)
+    if wrong:
+        raise typer.Exit(2)
+    tag = workers.tag()
+
+    def current() -> list[FlowMetrics]:
+        raw = read_all(p.state_dir / "metrics")
+        return [
+            FlowMetrics.load(m)
+            for m in raw
+            if m.get("flow") in counts and str(m.get("worker", "")).startswith(tag)
+        ]
+
+    view = threading.Thread(target=show_live, args=(current, done, err), daemon=True)
+    view.start()
+    try:
+        status = workers.supervise(path, p, counts, stop)
+    finally:
+        done.set()
+        view.join(2)
+    raise typer.Exit(status)
 
 
 @topics_app.command("list")

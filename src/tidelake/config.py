@@ -41,6 +41,9 @@ class Flow(_Model):
     transforms: list[ConnectorConfig] = []
     sink: ConnectorConfig
     batch: BatchSettings = BatchSettings()
+    workers: int = Field(
+        1, ge=1, description="worker processes of `tidelake run` (one consumer group)"
+    )
     dead_letter: str | None = Field(
         None, description="dead-letter topic (default: <pipeline>.<flow>.dlq)"
     )

@@ -67,7 +67,12 @@ def test_lands_rows_with_provenance_and_resumes(tmp_path: Path) -> None:
         )
         for _, lo, hi, n in parts:
             assert lo == 0 and hi == n - 1
-        stored = dict(c.execute("SELECT position, next_offset FROM _tidelake_checkpoints"))
+        stored = dict(
+            c.execute(
+                "SELECT position, next_offset FROM _tidelake_checkpoints"
+                " WHERE position NOT LIKE '%#epoch'"
+            )
+        )
     assert sum(stored.values()) == 5000
     assert set(stored) == {"events/0", "events/1"}
 

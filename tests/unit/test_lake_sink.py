@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 
 from tidelake.config import loads
-from tidelake.errors import ConnectorError
 from tidelake.lake.catalog import load_table
 from tidelake.runtime.base import FlowContext
 from tidelake.runtime.metrics import FlowMetrics
+from tidelake.runtime.positions import Fenced, epochs_of, positions_only
 from tidelake.sinks.lake import LakeSink, LakeSinkConfig
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
@@ -81,30 +81,31 @@ def test_append_stores_checkpoint_in_snapshot_summary(tmp_path: Path) -> None:
     assert str(table.schema().find_field("ts").field_type) == "timestamp"
 
 
-def test_new_sink_resumes_from_lake_and_retry_does_not_reappend(tmp_path: Path) -> None:
+def test_new_sink_resumes_from_lake_and_a_zombie_cannot_land(tmp_path: Path) -> None:
     sink, pipeline = make_sink(tmp_path)
-    sink.write(topic_rows(0, 10), {"ratings/0": 10})
-    # crash: a fresh sink (new process) reads the checkpoint from the lake
+    held = sink.claim(["ratings/0"])
+    sink.write(topic_rows(0, 10), {"ratings/0": 10} | epochs_of(held))
+    # the worker stalls; its partition goes to a new one (a new process), which resumes
     restarted, _ = make_sink(tmp_path)
-    assert restarted.checkpoint() == {"ratings/0": 10}
-    # the batch is re-read overlapping what landed (at-least-once source): fenced by _offset
-    restarted.write(topic_rows(5, 15), {"ratings/0": 15})
-    assert landed(pipeline)["id"].to_pylist() == list(range(15))
-    # the old incarnation is a zombie still writing its old batch: refused, nothing moves back
-    with pytest.raises(ConnectorError, match="another instance"):
-        sink.write(topic_rows(0, 10), {"ratings/0": 10})
+    claimed = restarted.claim(["ratings/0"])
+    assert positions_only(claimed) == {"ratings/0": 10}
+    restarted.write(topic_rows(10, 15), {"ratings/0": 15} | epochs_of(claimed))
+    # the old worker wakes up and commits its stale batch: refused, nothing lands or moves
+    with pytest.raises(Fenced, match="took over partition\\(s\\) ratings/0 while"):
+        sink.write(topic_rows(10, 20), {"ratings/0": 20} | epochs_of(held))
     assert landed(pipeline)["id"].to_pylist() == list(range(15))
     assert make_sink(tmp_path)[0].checkpoint() == {"ratings/0": 15}
 
 
-def test_fencing_is_per_topic_partition(tmp_path: Path) -> None:
-    sink, pipeline = make_sink(tmp_path)
-    sink.write(topic_rows(0, 5, partition=0), {"ratings/0": 5})
-    p1 = topic_rows(100, 103, partition=1).set_column(4, "_offset", pa.array([0, 1, 2], pa.int64()))
-    sink.write(
-        pa.concat_tables([topic_rows(3, 8, partition=0), p1]), {"ratings/0": 8, "ratings/1": 3}
-    )
-    assert landed(pipeline)["id"].to_pylist() == [0, 1, 2, 3, 4, 5, 6, 7, 100, 101, 102]
+def test_workers_store_their_own_partitions(tmp_path: Path) -> None:
+    a, pipeline = make_sink(tmp_path)
+    b, _ = make_sink(tmp_path)
+    ea, eb = epochs_of(a.claim(["ratings/0"])), epochs_of(b.claim(["ratings/1"]))
+    a.write(topic_rows(0, 5, partition=0), {"ratings/0": 5} | ea)
+    b.write(topic_rows(100, 103, partition=1), {"ratings/1": 103} | eb)
+    a.write(topic_rows(5, 8, partition=0), {"ratings/0": 8} | ea)  # a's table state is stale
+    assert sorted(landed(pipeline)["id"].to_pylist()) == [*range(8), 100, 101, 102]
+    assert make_sink(tmp_path)[0].checkpoint() == {"ratings/0": 8, "ratings/1": 103}
 
 
 def test_empty_write_still_advances_checkpoint(tmp_path: Path) -> None:

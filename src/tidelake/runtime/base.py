@@ -51,7 +51,13 @@ class FlowContext:
     flush: Callable[[], None] = lambda: None
     """Write and checkpoint everything in flight now (sources call it on partition revocation)."""
     committed: Callable[[], Checkpoint] = dict
-    """The checkpoint the sink holds right now (sources call it when partitions are assigned)."""
+    """The checkpoint the sink holds right now (transforms read their keys back in ``open``)."""
+    claim: Callable[[list[str]], Checkpoint] = lambda keys: {}
+    """Partitions (``<topic>/<partition>``) assigned to this worker: claims them in the sink
+    (``Sink.claim``) and returns the stored checkpoint to resume them from."""
+    release: Callable[[list[str]], None] = lambda keys: None
+    """Partitions revoked from this worker (after ``flush``): their positions are no longer
+    this worker's to store."""
     _broker: Broker | None = None
 
     @property
@@ -126,9 +132,20 @@ class Transform(ABC):
 
 
 class Sink(ABC):
-    """Lands batches and owns the flow's checkpoint."""
+    """Lands batches and owns the flow's checkpoint.
+
+    The runner fences: rows below the stored position of their partition never reach
+    ``write`` (``runtime.positions``). A sink only stores and returns positions."""
 
     Config: ClassVar[type[ConnectorConfig]]
+    several_writers: ClassVar[bool] = False
+    """Several workers of one flow may write at once: ``claim`` stores partition epochs and
+    ``write`` refuses stale ones (``positions.merge``) in the same commit as the rows."""
+
+    @classmethod
+    def takes_several_writers(cls, config: ConnectorConfig, pipeline: Pipeline) -> bool:
+        """Whether this sink, so configured, may have several writers (``several_writers``)."""
+        return cls.several_writers
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -144,7 +161,16 @@ class Sink(ABC):
     @abstractmethod
     def write(self, table: pa.Table, checkpoint: Checkpoint) -> None:
         """Land ``table`` and store ``checkpoint`` atomically: after a crash either both are
-        visible or neither. ``checkpoint`` holds every position key touched so far."""
+        visible or neither. ``checkpoint`` holds the positions this worker owns (and the
+        epochs it claimed them with); stored keys it does not carry stay as they are."""
+
+    def claim(self, keys: list[str]) -> Checkpoint:
+        """Claim partitions for this worker, durably, and return the stored checkpoint.
+
+        Default: nothing stored (one writer per flow). Sinks with ``several_writers`` bump
+        the partitions' epochs (``positions.claim``) so a worker that lost them cannot
+        commit any more."""
+        return self.checkpoint()
 
     def close(self) -> None:  # noqa: B027
         """Release resources."""

@@ -1,8 +1,8 @@
 """Per-flow counters, shared with the console display, /metrics and the dashboard.
 
 Each running flow writes its counters to ``<state>/metrics/<flow>.json`` about
-once a second, so other processes (API, dashboard) can read them without
-talking to the runner.
+once a second (a worker of several: ``<flow>@<worker>.json``), so other processes
+(API, dashboard) can read them without talking to the runner.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -31,18 +32,28 @@ class FlowMetrics:
     last_error: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     """Named counts transforms report (``redact``: ``redacted_email``, ...)."""
+    worker: str = ""
+    """Which worker of the flow (``--workers``); empty for a flow run in one process."""
+    partitions: dict[str, int] = field(default_factory=dict)
+    """The partitions this worker owns (``<topic>/<partition>``) and each one's lag."""
 
     @property
     def rate_out(self) -> float:
         elapsed = max(time.time() - self.started, 1e-9)
         return self.records_out / elapsed
 
+    @classmethod
+    def load(cls, raw: dict[str, Any]) -> FlowMetrics:
+        """Counters as published by ``save`` (extra keys ignored)."""
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
     def save(self, directory: Path) -> None:
         """Publish atomically (write then rename) so readers never see half a file."""
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{self.flow}.{os.getpid()}.tmp"
+        name = f"{self.flow}@{self.worker}" if self.worker else self.flow
+        tmp = directory / f".{name}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(asdict(self) | {"updated": time.time(), "pid": os.getpid()}))
-        tmp.replace(directory / f"{self.flow}.json")
+        tmp.replace(directory / f"{name}.json")
 
 
 def read_all(directory: Path) -> list[dict[str, object]]:

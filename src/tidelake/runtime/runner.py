@@ -9,7 +9,15 @@ Commit order for every micro-batch (why exactly-once holds):
 4. only then is the source told (Kafka offsets, replication LSN), which is advisory:
    on restart the source resumes from the sink's checkpoint, not from step 4.
 A crash between any two steps re-reads at most the uncommitted batch, and the
-sink's checkpoint makes re-landing it impossible.
+sink's checkpoint makes re-landing it impossible: rows read again below the stored
+position of their partition are dropped on arrival (``positions.fence``, for every sink).
+
+Several workers of one flow (``--workers``) split the source's partitions. Each worker
+claims the partitions it is assigned in the sink (``Sink.claim`` bumps their epochs) and
+stores only the positions of the partitions it owns, with those epochs; the sink refuses
+a commit carrying an epoch older than the stored one (``positions.merge``), so a worker
+that lost a partition while paused cannot land its stale batch: the attempt fails with
+``Fenced``, which is transient, and the worker rejoins the group.
 
 The same holds for failures that are not crashes, by one rule: once anything in an attempt
 raised (a transform, the sink, a dead-letter write, the source), that attempt commits
@@ -33,7 +41,7 @@ from tidelake import registry
 from tidelake.broker import Broker, Producer, connect
 from tidelake.config import Flow, Pipeline
 from tidelake.errors import ConfigError, TidelakeError
-from tidelake.runtime import dead_letters, faults
+from tidelake.runtime import dead_letters, faults, positions
 from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Sink, Source, Transform
 from tidelake.runtime.conform import Conformer, pa_type
 from tidelake.runtime.metrics import FlowMetrics
@@ -59,7 +67,13 @@ def build(kind: registry.Kind, config: object) -> object:
 class FlowRunner:
     """Drives one flow in the calling thread until its source ends or ``stop`` is set."""
 
-    def __init__(self, pipeline: Pipeline, name: str, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        name: str,
+        stop: threading.Event | None = None,
+        worker: str = "",
+    ) -> None:
         if name not in pipeline.flows:
             raise ConfigError(
                 f"flow {name!r} is not in pipeline {pipeline.name!r} "
@@ -69,13 +83,15 @@ class FlowRunner:
         self.name = name
         self.spec: Flow = pipeline.flows[name]
         self.stop = stop or threading.Event()
-        self.metrics = FlowMetrics(name)
+        self.metrics = FlowMetrics(name, worker=worker)
         self.source: Source = build("source", self.spec.source)  # type: ignore[assignment]
         self.transforms: list[Transform] = [build("transform", t) for t in self.spec.transforms]  # type: ignore[misc]
         self.sink: Sink = build("sink", self.spec.sink)  # type: ignore[assignment]
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._positions: Checkpoint = {}
+        self._floor: Checkpoint = {}
+        self._epochs: Checkpoint = {}
         self._dirty = False
         self._dlq_topic = dead_letters.dead_letter_topic(pipeline, name)
         self._metrics_dir = pipeline.state_dir / "metrics"
@@ -133,6 +149,8 @@ class FlowRunner:
             dead_letter=self._dead_letter,
             flush=self.flush,
             committed=lambda: self.sink.checkpoint(),
+            claim=self._claim,
+            release=self._release,
         )
         self.ctx = ctx
         settings = self.spec.batch
@@ -140,7 +158,8 @@ class FlowRunner:
             self.sink.open(ctx)
             for t in self.transforms:
                 t.open(ctx)
-            self._positions = dict(self.sink.checkpoint())
+            self._positions = positions.positions_only(self.sink.checkpoint())
+            self._floor = dict(self._positions)
             self.source.open(ctx, dict(self._positions))
             self.metrics.state = "running"
             first_at: float | None = None
@@ -186,6 +205,7 @@ class FlowRunner:
         self.sink = build("sink", self.spec.sink)  # type: ignore[assignment]
         self._pending, self._pending_rows = [], 0
         self._positions, self._dirty, self._broken = {}, False, False
+        self._floor, self._epochs, self._partitioned = {}, {}, False
         self._dlq_producer = None
         self._conform = Conformer({k: pa_type(v) for k, v in self.spec.schema_.items()})
 
@@ -197,7 +217,7 @@ class FlowRunner:
         n = batch.table.num_rows
         if not n:
             return False
-        table, rejected, reasons = self._conform(batch.table)
+        table, rejected, reasons = self._conform(positions.fence(batch.table, self._floor))
         self._dead_letter(rejected, reasons)
         self._pending.append(table)
         self._pending_rows += table.num_rows
@@ -216,6 +236,7 @@ class FlowRunner:
         table = self._transform(table, self.transforms)
         checkpoint = self._checkpoint()
         self.sink.write(table, checkpoint)
+        self._floor.update(positions.positions_only(checkpoint))
         self._dirty = False
         try:
             self.source.committed(checkpoint)
@@ -268,7 +289,34 @@ class FlowRunner:
         checkpoint = dict(self._positions)
         for t in self.transforms:
             checkpoint = t.checkpoint(checkpoint)
-        return checkpoint
+        return checkpoint | self._epochs
+
+    def _claim(self, keys: list[str]) -> Checkpoint:
+        """Partitions assigned to this worker: claimed in the sink, resumed from its positions.
+
+        From the first claim on, the worker stores positions of its own partitions only
+        (the stored ones of other workers' partitions are theirs to move)."""
+        stored = self.sink.claim(keys)
+        if not self._partitioned:
+            self._positions = {
+                k: v for k, v in self._positions.items() if not positions.is_partition(k)
+            }
+            self._partitioned = True
+        for key in keys:
+            for held in (self._positions, self._floor):
+                if key in stored:
+                    held[key] = stored[key]
+                else:
+                    held.pop(key, None)
+            epoch = positions.epoch_key(key)
+            if epoch in stored:
+                self._epochs[epoch] = stored[epoch]
+        return positions.positions_only(stored)
+
+    def _release(self, keys: list[str]) -> None:
+        for key in keys:
+            self._positions.pop(key, None)
+            self._epochs.pop(positions.epoch_key(key), None)
 
     def _finish(self) -> None:
         """The source ended: land what is buffered, then the rows transforms still hold
@@ -370,13 +418,14 @@ def run_flows(
     names: list[str],
     stop: threading.Event,
     on_start: Callable[[list[FlowRunner]], None] | None = None,
+    worker: str = "",
 ) -> list[FlowRunner]:
     """Run several flows, each in its own thread, until they end or ``stop`` is set.
 
     A flow that fails ends alone (its state says ``failed``, with the error) and the others
     go on, unless the pipeline sets ``on_failure: stop-all``. Callers find failures in
     ``runner.metrics.state``; nothing is raised for them."""
-    runners = [FlowRunner(pipeline, n, stop) for n in names]
+    runners = [FlowRunner(pipeline, n, stop, worker) for n in names]
     prepare_database(pipeline)
 
     def target(r: FlowRunner) -> None:

@@ -126,6 +126,10 @@ class FlowStatus(_Model):
     last_error: str = ""
     updated_age_seconds: float | None = Field(None, description="age of these counters")
     stale: bool = Field(False, description="the flow stopped publishing counters")
+    worker: str = Field("", description="which worker of the flow (empty: one process)")
+    partitions: dict[str, int] = Field(
+        {}, description="partitions this worker owns (<topic>/<partition>) -> lag"
+    )
 
 
 __all__ = [

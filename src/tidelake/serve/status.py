@@ -45,6 +45,8 @@ def _flow_status(raw: dict[str, Any], now: float) -> FlowStatus:
         last_error=str(raw.get("last_error", ""))[:500],
         updated_age_seconds=round(updated_age, 3) if updated_age is not None else None,
         stale=running and updated_age is not None and updated_age > STALE_AFTER,
+        worker=str(raw.get("worker", "")),
+        partitions={str(k): int(v) for k, v in (raw.get("partitions") or {}).items()},
     )
 
 

@@ -4,9 +4,9 @@ Every write is an upsert by primary key, so a re-delivered batch overwrites itse
 same values. Rows go out as a prepared ``INSERT`` executed concurrently; within a batch the
 last row of a key wins (Cassandra would otherwise apply concurrent writes of one key in any
 order). The flow's positions are written to ``<keyspace>.tidelake_checkpoints`` (keyed by
-pipeline and flow) only after every row of the batch was acknowledged, and rows below the
-stored positions are dropped first, so a replay after a crash rewrites the same rows and a
-zombie writer cannot move a key back. Values that do not fit the column type, and rows with a
+pipeline and flow) only after every row of the batch was acknowledged (rows below the
+stored positions never arrive: the runner fences them), so a replay after a crash
+rewrites the same rows. Values that do not fit the column type, and rows with a
 null key, go to the dead-letter topic; the flow keeps running.
 """
 
@@ -23,7 +23,6 @@ from tidelake.errors import ConfigError, ConnectorError
 from tidelake.formats.json import nested_to_json
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
 from tidelake.sinks.fit import fit, last_per_key
-from tidelake.sinks.table import fence, merge
 from tidelake.store_types import column_type
 
 CHECKPOINTS = "tidelake_checkpoints"
@@ -217,12 +216,9 @@ class CassandraSink(Sink):
         return {r.position: int(r.next_offset) for r in rows}
 
     def write(self, table: pa.Table, checkpoint: Checkpoint) -> None:
-        stored = self.checkpoint()
-        table = fence(table, stored)
         if table.num_rows:
             self._write_rows(table)
-        merged = merge(stored, checkpoint)
-        self._run(self._save, [(self.pipeline, self.flow, k, v) for k, v in merged.items()])
+        self._run(self._save, [(self.pipeline, self.flow, k, v) for k, v in checkpoint.items()])
 
     def _write_rows(self, table: pa.Table) -> None:
         if not self.config.keep_provenance:

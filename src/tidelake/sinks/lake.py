@@ -7,12 +7,17 @@ Guarantees:
   snapshot summary together); a crash leaves either all of it or none of it.
   See ``tidelake.lake.checkpoints`` for how the checkpoint is stored and how a
   fan-out write over several tables is resolved on restart.
-- **Fenced.** Before committing, rows carrying provenance (``_topic``,
-  ``_partition``, ``_offset``) whose offset is below the position the table
-  already holds for that flow and topic/partition are dropped — a retried batch
-  or a zombie writer cannot land a row twice. The check runs against the table
-  state the commit is validated against (optimistic concurrency: a commit that
-  loses a race is retried on the refreshed table, fencing included).
+- **Several writers.** Workers of one flow commit to the same table at once, each
+  storing the positions of the partitions it owns; the flow's entry in the snapshot
+  summary is the merge of them. Iceberg commits are optimistic: a commit that loses a
+  race reloads the table and re-checks and re-applies everything on the new state. The
+  rule, checked against the table state the commit is validated against: a commit whose
+  partition epochs are older than the stored ones is refused (``positions.merge`` raises
+  ``Fenced``), so a worker that lost its partitions while paused lands nothing. ``claim``
+  bumps the epochs with a commit of its own to every table of the flow (a table that does
+  not exist yet is claimed by the first write creating it). Rows already landed never
+  arrive here: the runner fences them (``runtime.positions``); only a fan-out write
+  interrupted between tables re-fences per table.
 - **Schema on write.** Tables are created from the first batch, evolved on new
   columns and promotable types; rows that do not fit go to the dead-letter
   topic with the reason (``tidelake.lake.schema``).
@@ -39,6 +44,7 @@ Config::
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from typing import Any, Literal
@@ -53,20 +59,21 @@ from pyiceberg.table import Transaction as IcebergTransaction
 from pyiceberg.transforms import Transform, parse_transform
 
 from tidelake import column_templates
-from tidelake.errors import ConfigError, ConnectorError
+from tidelake.errors import ConfigError
 from tidelake.lake import checkpoints, schema, upsert
 from tidelake.lake.catalog import guard, identifier_part, namespace, open_catalog
 from tidelake.lake.checkpoints import StoredCheckpoint
 from tidelake.lake.maintenance import Maintainer, MaintenancePolicy
 from tidelake.lake.pyiceberg_internals import Transaction
-from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
+from tidelake.runtime import positions
+from tidelake.runtime.base import Checkpoint, ConnectorConfig, FlowContext, Sink
 
 log = logging.getLogger(__name__)
 
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SPEC = re.compile(r"^\s*(\w+)\s*(?:\(\s*(?:(\d+)\s*,\s*)?(\w+)\s*\))?\s*$")
 _TS_NAMES = ("ts", "event_time", "event_ts", "timestamp", "time", "created_at", "date")
-_RETRIES = 5
+_RETRIES = 30
 
 
 class LakeSinkConfig(ConnectorConfig):
@@ -117,6 +124,7 @@ class LakeSinkConfig(ConnectorConfig):
 class LakeSink(Sink):
     Config = LakeSinkConfig
     config: LakeSinkConfig
+    several_writers = True
 
     def open(self, ctx: FlowContext) -> None:
         self.ctx = ctx
@@ -127,7 +135,7 @@ class LakeSink(Sink):
         self._tables: dict[str, Table] = {}
         self._last_table: str | None = None if self.fields else self.config.table
         self._seq, self._committed = 0, {}
-        self._committed = self.checkpoint()
+        self._committed = self._stored()
 
     # -- checkpoint ---------------------------------------------------------------
 
@@ -138,6 +146,10 @@ class LakeSink(Sink):
 
     def checkpoint(self) -> Checkpoint:
         """The flow's committed position, read from the lake (not from memory)."""
+        return positions.positions_only(self._stored())
+
+    def _stored(self) -> Checkpoint:
+        """The flow's committed positions and partition epochs."""
         entries: list[tuple[str, StoredCheckpoint]] = []
         for name in self._flow_tables():
             table = self._load(name, refresh=True)
@@ -149,6 +161,12 @@ class LakeSink(Sink):
             self._last_table = max(entries, key=lambda x: x[1].seq)[0]
         self._seq = max(self._seq, seq)
         return committed
+
+    def claim(self, keys: list[str]) -> Checkpoint:
+        for name in self._flow_tables():
+            if self._load(name, refresh=True) is not None:
+                self._commit(name, pa.table({}), None, claim=keys)
+        return self._stored()
 
     # -- write --------------------------------------------------------------------
 
@@ -192,23 +210,46 @@ class LakeSink(Sink):
             out[identifier_part(name)] = table.filter(pc.equal(encoded.indices, i))
         return out
 
-    def _commit(self, name: str, rows: pa.Table, entry: StoredCheckpoint) -> None:
+    def _commit(
+        self,
+        name: str,
+        rows: pa.Table,
+        entry: StoredCheckpoint | None,
+        claim: list[str] | None = None,
+    ) -> None:
         for attempt in range(_RETRIES):
             table = self._load(name) or self._create(name, rows)
             try:
-                self._commit_once(table, rows, entry)
+                if claim is not None:
+                    self._claim_once(table, claim)
+                else:
+                    assert entry is not None
+                    self._commit_once(table, rows, entry)
                 break
             except CommitFailedException:
                 if attempt == _RETRIES - 1:
                     raise
                 log.info("lake table %s changed under flow %s; retrying", name, self.ctx.flow)
                 self._load(name, refresh=True)
-                time.sleep(0.05 * (attempt + 1))
+                time.sleep(random.uniform(0.02, 0.05 * (attempt + 1)))
         try:
             self.maintainer.after_commit(self._tables[name])
         except Exception:  # the data is committed; maintenance is retried at the next schedule
             self.ctx.metrics.errors += 1
             log.exception("flow %s: maintenance of lake table %s failed", self.ctx.flow, name)
+
+    def _claim_once(self, table: Table, keys: list[str]) -> None:
+        """Bump the epochs of ``keys`` in the flow's entry: one commit without data."""
+        flow = self.ctx.flow
+        with Transaction(table) as tx:
+            meta = tx.table_metadata
+            held = checkpoints.stored(meta, flow) or StoredCheckpoint(0, {})
+            claimed = held.positions | positions.claim(held.positions, keys)
+            entry = StoredCheckpoint(held.seq, claimed, held.base, held.last)
+            props = checkpoints.carried(meta) | {checkpoints.PREFIX + flow: entry.to_json()}
+            tx.append(
+                pa.Table.from_batches([], meta.schema().as_arrow()), snapshot_properties=props
+            )
 
     def _commit_once(self, table: Table, rows: pa.Table, entry: StoredCheckpoint) -> None:
         flow = self.ctx.flow
@@ -216,16 +257,10 @@ class LakeSink(Sink):
             meta = tx.table_metadata
             held = checkpoints.stored(meta, flow)
             if held is not None:
-                behind = sorted(
-                    k for k, v in held.positions.items() if entry.positions.get(k, -1) < v
-                )
-                if behind:
-                    raise ConnectorError(
-                        f"flow {flow}: lake table {table.name()[-1]} already holds positions past "
-                        f"this write for {', '.join(behind)}; another instance of the flow is "
-                        "writing — stop it (this one stops rather than move the checkpoint back)"
-                    )
-            rows = fence(rows, held)
+                merged = positions.merge(held.positions, entry.positions, flow)
+                entry = StoredCheckpoint(max(held.seq, entry.seq), merged, entry.base, entry.last)
+                if self.fields:  # a fan-out write interrupted between tables is re-read whole
+                    rows = positions.fence(rows, held.positions)
             batch_schema = schema.normalize_schema(rows.schema)
             changes = schema.evolution(batch_schema, meta.schema())
             if changes is not None:
@@ -336,26 +371,4 @@ def _ts_column(arrow: pa.Schema) -> str | None:
     return next((n for n in temporal if n.endswith(("_ts", "_time", "_at"))), None)
 
 
-def fence(rows: pa.Table, entry: StoredCheckpoint | None) -> pa.Table:
-    """Drop rows whose ``_offset`` is below the position stored for their topic/partition."""
-    if entry is None or not entry.positions or not rows.num_rows:
-        return rows
-    if not all(c in rows.column_names for c in PROVENANCE):
-        return rows
-    keys = pc.binary_join_element_wise(
-        pc.cast(rows.column("_topic"), pa.string()),
-        pc.cast(rows.column("_partition"), pa.string()),
-        "/",
-    )
-    encoded = pc.dictionary_encode(keys).combine_chunks()
-    keyed = encoded.dictionary.to_pylist()
-    floors = pa.array([entry.positions.get(k, -1) for k in keyed], pa.int64())
-    floor = pc.take(floors, encoded.indices)
-    keep = pc.fill_null(pc.greater_equal(pc.cast(rows.column("_offset"), pa.int64()), floor), True)
-    kept = rows.filter(keep)
-    if kept.num_rows < rows.num_rows:
-        log.info("fenced %d already-landed rows", rows.num_rows - kept.num_rows)
-    return kept
-
-
-__all__ = ["LakeSink", "LakeSinkConfig", "fence"]
+__all__ = ["LakeSink", "LakeSinkConfig"]

@@ -30,7 +30,6 @@ from tidelake import extras
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
 from tidelake.sinks.fit import fit, last_per_key
-from tidelake.sinks.table import fence, merge
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "_tidelake_checkpoints"
@@ -127,7 +126,6 @@ class MongoSink(Sink):
 
     def _write(self, table: pa.Table, checkpoint: Checkpoint, session: Any, skip: set[int]) -> None:
         stored = self._load(session)
-        table = fence(table, stored)
         if table.num_rows:
             docs, ids = self._documents(table, quiet=bool(skip))
             keep = [n for n in range(len(docs)) if n not in skip]
@@ -146,7 +144,7 @@ class MongoSink(Sink):
                 "pipeline": self.pipeline,
                 "flow": self.flow,
                 "positions": [  # a list, not an object: position keys hold dots
-                    {"key": k, "next": v} for k, v in sorted(merge(stored, checkpoint).items())
+                    {"key": k, "next": v} for k, v in sorted((stored | checkpoint).items())
                 ],
             },
             upsert=True,

@@ -25,9 +25,10 @@ again:
   batch: everything committed ends below the stored position). That costs one listing
   of the partition's folder per partition per process start.
 
-Rows whose ``_offset`` is below the stored position of their partition are dropped
-(re-delivery, zombie writers). A prefix belongs to one flow: two flows writing the same
-topic partitions under one prefix would replace each other's objects.
+Rows whose ``_offset`` is below the stored position of their partition never reach the
+sink (the runner fences them). One writer per flow: the checkpoint is one object. A
+prefix belongs to one flow: two flows writing the same topic partitions under one prefix
+would replace each other's objects.
 
 S3 access: ``pyarrow.fs.S3FileSystem`` with path-style addressing; the endpoint comes from
 ``TIDELAKE_S3_ENDPOINT`` (e.g. ``http://127.0.0.1:9000``; unset = AWS), credentials from
@@ -60,7 +61,6 @@ from tidelake.errors import ConfigError, ConnectorError
 from tidelake.formats import encode_json
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Sink
 from tidelake.s3_settings import S3Settings
-from tidelake.sinks.table import fence
 
 PAD = 10
 _OBJECT = re.compile(r"^(\d+)-(\d+)\.(?:jsonl|json)$")
@@ -143,7 +143,6 @@ class S3Sink(Sink):
         if table.num_rows:
             provenance = all(c in table.column_names for c in PROVENANCE)
             if provenance:
-                table = fence(table, self._positions)
                 for key, rows in _by_partition(table).items():
                     self._put_partition(key, rows)
             else:

@@ -2,25 +2,34 @@
 Cassandra table or MongoDB collection when ``database`` names one.
 
 Rows and the flow's source positions are written in one transaction
-(docs/architecture.md, principle 1). Rows that carry provenance
-(``_topic/_partition/_offset``) below the stored position of their partition are dropped
-inside that transaction, so a zombie writer or a re-delivered batch can never land twice.
+(docs/architecture.md, principle 1), one checkpoint row per partition.
+
+Several writers (``--workers``): each worker stores only the positions of the partitions
+it owns. The rule, checked in that same transaction under a per-flow lock: a commit whose
+partition epochs are older than the stored ones is refused (``positions.merge`` raises
+``Fenced``) -- that worker lost the partitions to another while it was paused, so nothing
+of its batch lands. ``claim`` bumps the epochs in a transaction of its own.
 
 A ``cassandra://`` or ``mongodb://`` ``database`` hands the batches to the ``cassandra`` or
 ``mongodb`` sink (``table`` is the table or collection, ``key`` its key), so one pipeline
-file switches a flow's store by an environment variable; their delivery is theirs.
+file switches a flow's store by an environment variable; their delivery is theirs (and
+they take one writer per flow).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
 from tidelake.db import Database, connect_db
+from tidelake.runtime import positions
 from tidelake.runtime.base import Checkpoint, ConnectorConfig, FlowContext, Sink
+
+if TYPE_CHECKING:
+    from tidelake.config import Pipeline
 
 #: ``database`` URL prefix -> the store it names (``sql``: ``db.connect_db``).
 STORES = {
@@ -112,29 +121,15 @@ def other_store(cfg: TableSinkConfig, url: str) -> Sink | None:
     return None
 
 
-def fence(table: pa.Table, stored: Checkpoint) -> pa.Table:
-    """Drop rows at offsets the sink already holds (vectorized, one mask per partition)."""
-    if not stored or "_offset" not in table.column_names or not table.num_rows:
-        return table
-    stale = pa.array([False] * table.num_rows)
-    topics, parts = table.column("_topic"), table.column("_partition")
-    for key, next_offset in stored.items():
-        topic, _, part = key.rpartition("/")
-        if not part.isdigit():
-            continue
-        here = pc.and_(pc.equal(topics, topic), pc.equal(parts, int(part)))
-        stale = pc.or_(stale, pc.and_(here, pc.less(table.column("_offset"), next_offset)))
-    return table.filter(pc.invert(stale))
-
-
-def merge(stored: Checkpoint, new: Checkpoint) -> Checkpoint:
-    """Positions only move forward, whoever writes last."""
-    return stored | {k: max(v, stored.get(k, v)) for k, v in new.items()}
-
-
 class TableSink(Sink):
     Config = TableSinkConfig
     config: TableSinkConfig
+    several_writers = True
+
+    @classmethod
+    def takes_several_writers(cls, config: ConnectorConfig, pipeline: Pipeline) -> bool:
+        url = config.database or pipeline.database  # type: ignore[attr-defined]
+        return store_of(url) == "sql"
 
     store: Sink | None = None  # the cassandra or mongodb sink the database URL names
 
@@ -156,15 +151,23 @@ class TableSink(Sink):
     def checkpoint(self) -> Checkpoint:
         if self.store is not None:
             return self.store.checkpoint()
-        return self.db.load_checkpoint(self.flow)
+        return positions.positions_only(self.db.load_checkpoint(self.flow))
+
+    def claim(self, keys: list[str]) -> Checkpoint:
+        if self.store is not None:
+            return self.store.claim(keys)
+        with self.db.transaction(lock=f"tidelake:{self.flow}"):
+            stored = self.db.load_checkpoint(self.flow)
+            epochs = positions.claim(stored, keys)
+            self.db.save_checkpoint(self.flow, epochs)
+        return stored | epochs
 
     def write(self, table: pa.Table, checkpoint: Checkpoint) -> None:
         if self.store is not None:
             return self.store.write(table, checkpoint)
         cfg = self.config
         with self.db.transaction(lock=f"tidelake:{self.flow}"):
-            stored = self.db.load_checkpoint(self.flow)
-            table = fence(table, stored)
+            positions.merge(self.db.load_checkpoint(self.flow), checkpoint, self.flow)
             if table.num_rows:
                 deletes = None
                 if cfg.delete_when:
@@ -179,7 +182,7 @@ class TableSink(Sink):
                     self.db.insert(cfg.table, table, key)
                 if deletes is not None and deletes.num_rows and self.db.columns(cfg.table):
                     self.db.delete(cfg.table, deletes.select(cfg.key))
-            self.db.save_checkpoint(self.flow, merge(stored, checkpoint))
+            self.db.save_checkpoint(self.flow, checkpoint)
 
     def close(self) -> None:
         if self.store is not None:

@@ -2,12 +2,14 @@
 
 Resumes from the *sink's* checkpoint, not from the group's committed offsets:
 whenever partitions are assigned (first start, restart, rebalance) they are
-sought to the positions the sink stored with its data. Group offsets are
+claimed in the sink (``FlowContext.claim``) and sought to the positions it stored with
+its data. Group offsets are
 committed only after the sink committed, for monitoring and lag.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import pyarrow as pa
@@ -17,6 +19,9 @@ from tidelake.broker import Consumer, MessageBatch, TopicPartition
 from tidelake.formats import decode_json
 from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
 from tidelake.runtime.dead_letters import RAW
+
+LAG_EVERY = 2.0
+"""Seconds between two lag measurements (one end-offsets request per topic)."""
 
 
 def position_key(topic: str, partition: int) -> str:
@@ -37,24 +42,48 @@ class TopicSource(Source):
         self.ctx = ctx
         topics = [self.config.topic] if isinstance(self.config.topic, str) else self.config.topic
         group = self.config.group or f"{ctx.pipeline.name}.{ctx.flow}"
+        self._next: dict[str, int] = {}
+        self._lag_at = 0.0
         self.consumer: Consumer = ctx.broker.consumer(
             group, topics, on_assign=self._on_assign, on_revoke=self._on_revoke
         )
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
-        stored = self.ctx.committed()
+        keys = [position_key(*tp) for tp in partitions]
+        stored = self.ctx.claim(keys)
         self.consumer.seek(
-            {tp: stored[key] for tp in partitions if (key := position_key(*tp)) in stored}
+            {tp: stored[key] for tp, key in zip(partitions, keys, strict=True) if key in stored}
         )
+        self._next.update({key: stored.get(key, 0) for key in keys})
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
-        self.ctx.flush()
+        try:
+            self.ctx.flush()
+        finally:
+            keys = [position_key(*tp) for tp in partitions]
+            self.ctx.release(keys)
+            for key in keys:
+                self._next.pop(key, None)
 
     def read(self, max_records: int, timeout: float) -> Batch:
         msgs = self.consumer.poll(max_records, timeout)
-        self.ctx.metrics.lag = self.consumer.lag() if not len(msgs) else self.ctx.metrics.lag
         positions = {position_key(*tp): o for tp, o in msgs.next_offsets().items()}
+        self._next.update(positions)
+        if time.monotonic() - self._lag_at >= LAG_EVERY:
+            self._publish_lag()
         return Batch(self._decode(msgs), positions)
+
+    def _publish_lag(self) -> None:
+        """Lag per owned partition (end offset - next offset to read), for the console/API."""
+        self._lag_at = time.monotonic()
+        ends = {
+            t: self.ctx.broker.end_offsets(t) for t in {tp[0] for tp in self.consumer.assignment()}
+        }
+        lags = {
+            position_key(t, p): max(0, ends[t].get(p, 0) - self._next.get(position_key(t, p), 0))
+            for t, p in self.consumer.assignment()
+        }
+        self.ctx.metrics.partitions, self.ctx.metrics.lag = lags, sum(lags.values())
 
     def _decode(self, msgs: MessageBatch) -> pa.Table:
         """JSON values -> columns plus provenance; malformed values go to the dead-letter topic.

@@ -1,0 +1,304 @@
+"""Scale out on real Kafka: ``tidelake run --workers 3`` over an 8-partition topic while
+workers are SIGKILLed (the supervisor restarts them), one worker joins from another
+command and one leaves (rebalances); the lake table / PostgreSQL table ends up holding
+exactly the input. And a zombie: a worker paused past its session timeout whose
+partitions moved cannot land its stale batch.
+
+The issue asks for 600,000 records and 15 kills; the CI budget allows 12,000 records and
+5 kills per sink, which already forces every path (kills mid-batch, restarts, joins,
+leaves) many times over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import killing
+import orjson
+
+from tidelake.broker import connect
+from tidelake.config import Pipeline, load
+from tidelake.db import connect_db
+from tidelake.errors import QueryError
+from tidelake.lake import QueryEngine
+from tidelake.lake.catalog import load_table
+
+PARTITIONS = 8
+RECORDS = 12_000
+KILLS = 5
+
+PIPELINE = """\
+name: scale_{unique}
+broker: {broker}
+lake: file://{tmp}/lake
+database: {database}
+flows:
+  land:
+    workers: 3
+    source: {{type: topic, topic: {topic}}}
+    transforms:
+      - {{type: sql, query: "SELECT id, id * 2 AS twice, _topic, _partition, _offset FROM batch"}}
+    sink: {sink}
+    batch: {{size: {batch}, max_latency: {latency}}}
+"""
+
+
+def make_pipeline(
+    tmp_path: Path,
+    unique: str,
+    kafka_url: str,
+    sink: str,
+    database: str = "sqlite:///out.db",
+    records: int = RECORDS,
+    batch: int = 800,
+    latency: float = 0.5,
+) -> Pipeline:
+    topic = f"scale_{unique}"
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        PIPELINE.format(
+            unique=unique,
+            broker=kafka_url,
+            tmp=tmp_path,
+            database=database,
+            topic=topic,
+            sink=sink,
+            batch=batch,
+            latency=latency,
+        )
+    )
+    produce(kafka_url, topic, records)
+    return load(path)
+
+
+def produce(kafka_url: str, topic: str, records: int) -> None:
+    """Records ``{"id": 0}`` ... ``{"id": records - 1}``, spread over the partitions."""
+    broker = connect(kafka_url)
+    try:
+        broker.create_topic(topic, PARTITIONS)
+        producer = broker.producer()
+        for start in range(0, records, 10_000):
+            ids = range(start, min(records, start + 10_000))
+            producer.produce(topic, [orjson.dumps({"id": i}) for i in ids], None)
+        producer.close()
+    finally:
+        broker.close()
+
+
+def supervisor(path: Path, *args: str, log: Path) -> killing.Proc:
+    """``tidelake run PATH --flow land ARGS`` with stderr in ``log`` (read while it runs)."""
+    cmd = [sys.executable, "-m", "tidelake.cli", "run", str(path), "--flow", "land", *args]
+    with log.open("ab") as err:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def worker_pids(pipeline: Pipeline, prefix: str) -> list[int]:
+    """Live worker processes whose published id starts with ``prefix`` (``<host>-<pid>``)."""
+    pids = []
+    for f in (pipeline.state_dir / "metrics").glob("land@*.json"):
+        try:
+            m = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if str(m.get("worker", "")).startswith(prefix) and m.get("state") == "running":
+            try:
+                os.kill(int(m["pid"]), 0)
+            except OSError:
+                continue
+            pids.append(int(m["pid"]))
+    return sorted(pids)
+
+
+def churn(pipeline: Pipeline, count: Callable[[], int], tmp_path: Path, rng: random.Random) -> str:
+    """3 supervised workers; KILLS random workers SIGKILLed after visible progress, one
+    worker added (another ``tidelake run``) after the second kill and removed after the
+    fourth; then run to the end and stop with SIGTERM. Returns the supervisor's log."""
+    log = tmp_path / "supervisor.log"
+    sup = supervisor(tmp_path / "pipeline.yaml", "--workers", "3", log=log)
+    prefix = f"{os.uname().nodename}-{sup.pid}."
+    extra: killing.Proc | None = None
+    try:
+        landed = 0
+        for k in range(KILLS):
+            landed = killing.wait_for_progress(count, landed, RECORDS, sup, timeout=90)
+            if landed >= RECORDS:
+                break
+            deadline = time.monotonic() + 30
+            while not (pids := worker_pids(pipeline, prefix)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(rng.uniform(0.0, 0.4))
+            os.kill(rng.choice(pids), signal.SIGKILL)
+            if k == 1:
+                extra = supervisor(
+                    tmp_path / "pipeline.yaml", "--workers", "1", log=tmp_path / "extra.log"
+                )
+                joined = killing.flow_running(pipeline.state_dir, "land")
+                wait_for("the added worker runs", lambda: joined(extra))  # type: ignore[arg-type]
+            if k == 3 and extra is not None:
+                extra.send_signal(signal.SIGTERM)
+                assert extra.wait(60) == 0, (tmp_path / "extra.log").read_text()[-2000:]
+                extra = None
+        deadline = time.monotonic() + 120
+        while count() < RECORDS and time.monotonic() < deadline:
+            assert sup.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.2)
+        time.sleep(1.0)  # a duplicate would land after the count first reached the target
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        for p in (sup, extra):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        for pid in worker_pids(pipeline, prefix):
+            os.kill(pid, signal.SIGKILL)
+    return log.read_text()
+
+
+def lake_count(pipeline: Pipeline) -> Callable[[], int]:
+    def count() -> int:
+        try:
+            snapshot = load_table(pipeline, "land").current_snapshot()
+        except QueryError:
+            return 0
+        if snapshot is None or snapshot.summary is None:
+            return 0
+        return int(snapshot.summary.additional_properties.get("total-records", 0))
+
+    return count
+
+
+def lake_query(pipeline: Pipeline, sql: str) -> tuple[object, ...]:
+    with QueryEngine(pipeline) as engine:
+        result = engine.sql(sql)
+    return tuple(c[0].as_py() for c in result.columns)
+
+
+def test_lake_with_three_workers_killed_and_rebalanced(
+    tmp_path: Path, kafka_url: str, unique: str
+) -> None:
+    pipeline = make_pipeline(tmp_path, unique, kafka_url, "{type: lake, table: land}")
+    log = churn(pipeline, lake_count(pipeline), tmp_path, random.Random(13))
+    assert "restarting in" in log, "the supervisor restarted the killed workers"
+    got = lake_query(
+        pipeline,
+        "SELECT count(*), count(DISTINCT id), count(DISTINCT (_partition, _offset)),"
+        " min(id), max(id), sum(twice) FROM land",
+    )
+    assert got == (RECORDS, RECORDS, RECORDS, 0, RECORDS - 1, RECORDS * (RECORDS - 1))
+
+
+def test_postgres_table_with_three_workers_killed_and_rebalanced(
+    tmp_path: Path, kafka_url: str, postgres_url: str, unique: str
+) -> None:
+    pipeline = make_pipeline(
+        tmp_path, unique, kafka_url, "{type: table, table: land}", database=postgres_url
+    )
+    db = connect_db(postgres_url)
+
+    def count() -> int:
+        try:
+            return int(db.execute("SELECT count(*) FROM land")[0][0])  # type: ignore[call-overload]
+        except Exception:
+            db.close()
+            return 0
+
+    try:
+        log = churn(pipeline, count, tmp_path, random.Random(17))
+        assert "restarting in" in log
+        ((total, ids, positions, twice),) = db.execute(
+            "SELECT count(*), count(DISTINCT id), count(DISTINCT (_partition, _offset)),"
+            " sum(twice) FROM land"
+        )
+        assert (total, ids, positions, twice) == (
+            RECORDS, RECORDS, RECORDS, RECORDS * (RECORDS - 1)
+        )  # fmt: skip
+        ends = connect(kafka_url).end_offsets(f"scale_{unique}")
+        stored = db.load_checkpoint(f"scale_{unique}/land")
+        assert {k: v for k, v in stored.items() if "#" not in k} == {
+            f"scale_{unique}/{p}": n for p, n in ends.items()
+        }, "each worker stored the positions of its own partitions"
+    finally:
+        db.close()
+
+
+def published(pipeline: Pipeline, worker: str) -> dict[str, object]:
+    try:
+        return json.loads((pipeline.state_dir / "metrics" / f"land@{worker}.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(what: str, ready: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
+
+
+def test_zombie_worker_cannot_land_its_stale_batch(
+    tmp_path: Path, kafka_url: str, unique: str
+) -> None:
+    """SIGSTOP a worker holding a batch past its session timeout (10 s), let another worker
+    take its partitions and land them, SIGCONT it: its commit is refused and says why,
+    nothing is duplicated, and it rejoins the group."""
+    records = 4_000
+    pipeline = make_pipeline(
+        tmp_path, unique, kafka_url, "{type: table, table: land}", records=0,
+        batch=100_000, latency=6.0,
+    )  # fmt: skip
+    db = connect_db(pipeline.url(pipeline.database))
+
+    def partitions(worker: str) -> dict[str, int]:
+        return published(pipeline, worker).get("partitions") or {}  # type: ignore[return-value]
+
+    logs = {w: tmp_path / f"{w}.log" for w in ("zombie", "other")}
+    zombie = supervisor(tmp_path / "pipeline.yaml", "--worker", "zombie", log=logs["zombie"])
+    other: killing.Proc | None = None
+    try:
+        wait_for("the zombie owns all partitions", lambda: len(partitions("zombie")) == 8)
+        produce(kafka_url, f"scale_{unique}", records)
+        # the zombie reads records and holds them until its batch deadline (6 s)
+        wait_for(
+            "the zombie holds records",
+            lambda: bool(published(pipeline, "zombie").get("records_in")),
+        )
+        zombie.send_signal(signal.SIGSTOP)
+        other = supervisor(tmp_path / "pipeline.yaml", "--worker", "other", log=logs["other"])
+        wait_for(
+            "the other worker landed everything",
+            lambda: db.columns("land") and db.execute("SELECT count(*) FROM land")[0][0] == records,
+            timeout=90,
+        )
+        zombie.send_signal(signal.SIGCONT)
+        wait_for(
+            "the zombie rejoined",
+            lambda: (
+                published(pipeline, "zombie").get("state") == "running"
+                and bool(partitions("zombie"))
+            ),
+            timeout=60,
+        )
+        time.sleep(1.0)
+        ((total, ids),) = db.execute("SELECT count(*), count(DISTINCT id) FROM land")
+        assert (total, ids) == (records, records)
+        for p in (zombie, other):
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(60) == 0
+        log = logs["zombie"].read_text()
+        assert "refused a stale batch: another worker took over partition(s)" in log, log[-2000:]
+    finally:
+        for p in (zombie, other):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait()
+        db.close()
