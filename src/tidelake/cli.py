@@ -127,7 +127,7 @@ def run(
     With several workers (--workers N or workers: in the file) each flow runs as N supervised
     processes in one consumer group; the same command on another machine joins the group.
     Off a terminal (a pipe, CI, a log file) it prints a progress line per flow every 5 s.
-    Example: tidelake run scenarios/stock/pipeline.yaml --flow opening_stock --workers 2
+    Example: tidelake run scenarios/stock/pipeline.yaml --flow opening_stock
     """
     from tidelake.runtime.console import show_live
     from tidelake.runtime.runner import FlowRunner, failed, run_flows

@@ -141,7 +141,7 @@ def churn(pipeline: Pipeline, count: Callable[[], int], tmp_path: Path, rng: ran
                     tmp_path / "pipeline.yaml", "--workers", "1", log=tmp_path / "extra.log"
                 )
                 joined = killing.flow_running(pipeline.state_dir, "land")
-                wait_for("the added worker runs", lambda: joined(extra))  # type: ignore[arg-type]
+                wait_for("the added worker runs", lambda p=extra, j=joined: j(p))  # type: ignore[misc]
             if k == 3 and extra is not None:
                 extra.send_signal(signal.SIGTERM)
                 assert extra.wait(60) == 0, (tmp_path / "extra.log").read_text()[-2000:]

@@ -92,6 +92,7 @@ class FlowRunner:
         self._positions: Checkpoint = {}
         self._floor: Checkpoint = {}
         self._epochs: Checkpoint = {}
+        self._claimed_topics: set[str] = set()
         self._dirty = False
         self._dlq_topic = dead_letters.dead_letter_topic(pipeline, name)
         self._metrics_dir = pipeline.state_dir / "metrics"
@@ -205,7 +206,7 @@ class FlowRunner:
         self.sink = build("sink", self.spec.sink)  # type: ignore[assignment]
         self._pending, self._pending_rows = [], 0
         self._positions, self._dirty, self._broken = {}, False, False
-        self._floor, self._epochs, self._partitioned = {}, {}, False
+        self._floor, self._epochs, self._claimed_topics = {}, {}, set()
         self._dlq_producer = None
         self._conform = Conformer({k: pa_type(v) for k, v in self.spec.schema_.items()})
 
@@ -294,14 +295,16 @@ class FlowRunner:
     def _claim(self, keys: list[str]) -> Checkpoint:
         """Partitions assigned to this worker: claimed in the sink, resumed from its positions.
 
-        From the first claim on, the worker stores positions of its own partitions only
-        (the stored ones of other workers' partitions are theirs to move)."""
+        From the first claim on, the worker stores positions of its own partitions of these
+        topics only (the stored ones of other workers' partitions are theirs to move)."""
         stored = self.sink.claim(keys)
-        if not self._partitioned:
-            self._positions = {
-                k: v for k, v in self._positions.items() if not positions.is_partition(k)
-            }
-            self._partitioned = True
+        new = {k.rpartition("/")[0] for k in keys} - self._claimed_topics
+        self._positions = {
+            k: v
+            for k, v in self._positions.items()
+            if not (positions.is_partition(k) and k.rpartition("/")[0] in new)
+        }
+        self._claimed_topics |= new
         for key in keys:
             for held in (self._positions, self._floor):
                 if key in stored:
