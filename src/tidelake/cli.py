@@ -194,7 +194,7 @@ def _supervise(
     view = threading.Thread(target=show_live, args=(current, done, err), daemon=True)
     view.start()
     try:
-        status = workers.supervise(path, p, counts, stop)
+        status = workers.supervise(path, counts, stop)
     finally:
         done.set()
         view.join(2)

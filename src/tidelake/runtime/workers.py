@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tidelake import registry
 from tidelake.config import Pipeline
+from tidelake.runtime.base import Sink
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def problems(pipeline: Pipeline, flow: str, workers: int) -> list[str]:
             f"a {spec.source.type} source cannot be split between workers; read from a "  # type: ignore[attr-defined]
             "topic (its partitions are what workers share) or set workers: 1"
         )
-    sink = registry.lookup("sink", spec.sink.type)  # type: ignore[attr-defined]
+    sink: type[Sink] = registry.lookup("sink", spec.sink.type)  # type: ignore[attr-defined]
     if not sink.takes_several_writers(spec.sink, pipeline):
         out.append(
             f"this {spec.sink.type} sink keeps one writer per flow; use a lake sink or a table "  # type: ignore[attr-defined]
@@ -77,7 +78,7 @@ def tag() -> str:
     return f"{os.uname().nodename}-{os.getpid()}"
 
 
-def supervise(path: Path, pipeline: Pipeline, counts: dict[str, int], stop: threading.Event) -> int:
+def supervise(path: Path, counts: dict[str, int], stop: threading.Event) -> int:
     """Run ``counts[flow]`` workers of each flow until ``stop``; 0 when all stopped cleanly.
 
     A worker that exits on its own with status 0 (its finite source ended) is not restarted."""
@@ -104,7 +105,7 @@ def supervise(path: Path, pipeline: Pipeline, counts: dict[str, int], stop: thre
                 "worker %s of flow %s exited with %s; restarting in %.1fs",
                 w.id, w.flow, _why(code), delay,
             )  # fmt: skip
-            due[i] = time.monotonic() + delay
+            w.proc, due[i] = None, time.monotonic() + delay
         if not any(w.proc is not None for w in workers) and not due:
             break
         stop.wait(0.2)
