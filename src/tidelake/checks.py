@@ -1,6 +1,7 @@
 """What ``tidelake validate`` checks beyond the file's shape, before anything runs.
 
 - every environment variable a transform needs is set (the pseudonymize key, 16 bytes+);
+- every part of an ``engine: spark`` flow translates to Spark (its SQL through sqlglot);
 - every sql/filter transform binds against the columns its source declares: a generator
   kind's columns, a CSV/JSON file's header, or, for a topic, what the flow writing that
   topic produces (through the log's JSON encoding, with ``_topic/_partition/_offset``);
@@ -138,7 +139,7 @@ def check_flows(
                 continue
             del pending[name]
             progressed = True
-            findings += _env(name, flow)
+            findings += _env(name, flow) + _spark(name, flow)
             schema = _source_schema(source, pipeline, topics)
             for i, t in enumerate(flow.transforms):
                 if schema is None:
@@ -176,6 +177,15 @@ def _env(name: str, flow: Any) -> list[Finding]:
                     f"export {var}=$(openssl rand -hex 32))",
                 ))  # fmt: skip
     return out
+
+
+def _spark(name: str, flow: Any) -> list[Finding]:
+    """What of an ``engine: spark`` flow does not translate to Spark (tidelake.spark)."""
+    if flow.engine != "spark":
+        return []
+    from tidelake.spark.translate import untranslatable
+
+    return [Finding(("flows", name, *loc), message) for loc, message in untranslatable(flow)]
 
 
 def _current(pipeline: Pipeline) -> dict[tuple[str, str], pa.Schema]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import signal
 import sys
 import threading
@@ -75,6 +76,12 @@ users_app = typer.Typer(
 )
 app.add_typer(users_app, name="users")
 
+
+class Engine(enum.StrEnum):
+    tidelake = "tidelake"
+    spark = "spark"
+
+
 PipelineArg = Annotated[Path, typer.Argument(help="pipeline file (YAML)", show_default=False)]
 FlowArg = Annotated[str, typer.Argument(help="flow name", show_default=False)]
 
@@ -121,6 +128,10 @@ def run(
         ),
     ] = None,
     worker: Annotated[str, typer.Option("--worker", hidden=True)] = "",
+    engine: Annotated[
+        Engine | None,
+        typer.Option(help="run the chosen flows on this engine, whatever their engine: key says"),
+    ] = None,
 ) -> None:
     """Run the flows of a pipeline until their sources end or Ctrl-C (the batch in flight finishes).
 
@@ -128,12 +139,16 @@ def run(
     processes in one consumer group; the same command on another machine joins the group.
     Off a terminal (a pipe, CI, a log file) it prints a progress line per flow every 5 s.
     Example: tidelake run scenarios/stock/pipeline.yaml --flow opening_stock
+    (--engine spark runs them as Spark Structured Streaming queries: pip install 'tidelake[spark]')
     """
     from tidelake.runtime.console import show_live
-    from tidelake.runtime.runner import FlowRunner, failed, run_flows
+    from tidelake.runtime.runner import Runner, failed, run_flows
 
     p = _load(pipeline)
     names = flow or list(p.flows)
+    if engine is not None:
+        for name in (n for n in names if n in p.flows):
+            p.flows[name].engine = engine.value
     stop = threading.Event()
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -144,7 +159,7 @@ def run(
         return
     view: list[threading.Thread] = []
 
-    def started(runners: list[FlowRunner]) -> None:
+    def started(runners: list[Runner]) -> None:
         t = threading.Thread(
             target=show_live, args=([r.metrics for r in runners], done, err), daemon=True
         )

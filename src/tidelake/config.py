@@ -47,6 +47,11 @@ class Flow(_Model):
     dead_letter: str | None = Field(
         None, description="dead-letter topic (default: <pipeline>.<flow>.dlq)"
     )
+    engine: Literal["tidelake", "spark"] = Field(
+        "tidelake",
+        description="what runs the flow: tidelake's own engine, or Apache Spark Structured "
+        "Streaming (the pipeline's spark: block; pip install 'tidelake[spark]')",
+    )
     schema_: dict[str, str] = Field(
         {},
         alias="schema",
@@ -108,6 +113,18 @@ class ServeSettings(_Model):
     )
 
 
+class SparkSettings(_Model):
+    """Where flows with ``engine: spark`` run (tidelake.spark)."""
+
+    master: str = Field("local[*]", description="local[N], spark://host:7077, k8s://...")
+    conf: dict[str, str] = Field({}, description="any Spark settings, e.g. spark.executor.memory")
+    checkpoint: str | None = Field(
+        None,
+        description="checkpoint location of the streaming queries "
+        "(default: <state>/spark/checkpoints; an s3a:// URL when the lake is on S3)",
+    )
+
+
 class Pipeline(_Model):
     """A pipeline file: where the log, database and lake live, and the flows between them."""
 
@@ -128,6 +145,7 @@ class Pipeline(_Model):
     queries: dict[str, str] = {}
     dashboard: list[Panel] = []
     serve: ServeSettings = ServeSettings()
+    spark: SparkSettings = SparkSettings()
     time_zone: str = Field(
         "UTC", description="IANA time zone the dashboard draws times in (e.g. Europe/Paris)"
     )

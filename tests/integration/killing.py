@@ -16,9 +16,14 @@ from pathlib import Path
 Proc = subprocess.Popen[bytes]
 
 
-def start(pipeline: Path, flows: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Proc:
-    """``python -m tidelake.cli run PIPELINE [--flow F ...]`` in the background."""
-    args = [sys.executable, "-m", "tidelake.cli", "run", str(pipeline)]
+def start(
+    pipeline: Path,
+    flows: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    extra: Sequence[str] = (),
+) -> Proc:
+    """``python -m tidelake.cli run PIPELINE [--flow F ...] [EXTRA ...]`` in the background."""
+    args = [sys.executable, "-m", "tidelake.cli", "run", str(pipeline), *extra]
     for flow in flows:
         args += ["--flow", flow]
     return subprocess.Popen(

@@ -24,7 +24,7 @@ from tidelake.config import Pipeline, load
 from tidelake.demo.projects import demo_folder
 from tidelake.errors import ConfigError
 from tidelake.runtime.console import show_live
-from tidelake.runtime.runner import FlowRunner, run_flows
+from tidelake.runtime.runner import Runner, run_flows
 
 LAKE_FLOW = {
     "movies": ("ratings_lake", "ratings flowing into the lake"),
@@ -117,7 +117,7 @@ class _Server(threading.Thread):
 
 
 def _announce_when_flowing(
-    runners: list[FlowRunner],
+    runners: list[Runner],
     flow: tuple[str, str],
     say: Callable[[str], None],
     stop: threading.Event,
@@ -207,7 +207,7 @@ def run_demo(
             target=post_traffic, args=(os.environ["REVIEWS_APP"], stop, 2.0), daemon=True
         ).start()
 
-    def started(runners: list[FlowRunner]) -> None:
+    def started(runners: list[Runner]) -> None:
         threading.Thread(
             target=show_live, args=([r.metrics for r in runners], done, console), daemon=True
         ).start()

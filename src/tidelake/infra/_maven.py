@@ -14,14 +14,20 @@ DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 MVN_HINT = "install Maven (Debian: apt-get install -y maven) and a Java 17+ JDK"
 
 
-def _pom(coords: Sequence[str]) -> str:
+_ALONE = (
+    "<exclusions><exclusion><groupId>*</groupId><artifactId>*</artifactId></exclusion></exclusions>"
+)
+
+
+def _pom(coords: Sequence[str], alone: Sequence[str] = ()) -> str:
     deps = []
-    for coord in coords:
+    for coord in [*coords, *alone]:
         group, artifact, version = coord.split(":")
         deps.append(
             f"    <dependency><groupId>{escape(group)}</groupId>"
             f"<artifactId>{escape(artifact)}</artifactId>"
-            f"<version>{escape(version)}</version></dependency>"
+            f"<version>{escape(version)}</version>"
+            f"{_ALONE if coord in alone else ''}</dependency>"
         )
     return (
         '<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
@@ -33,8 +39,11 @@ def _pom(coords: Sequence[str]) -> str:
     )
 
 
-def copy_dependencies(dest: Path, coords: Sequence[str], *, what: str) -> Path:
-    """Return ``dest/lib`` holding ``coords`` and their runtime deps, downloading on first use.
+def copy_dependencies(
+    dest: Path, coords: Sequence[str], *, what: str, alone: Sequence[str] = ()
+) -> Path:
+    """Return ``dest/lib`` holding ``coords`` and their runtime deps, downloading on first use
+    (``alone``: jars fetched without their dependencies).
 
     The directory appears atomically: it exists only once complete.
     """
@@ -47,7 +56,7 @@ def copy_dependencies(dest: Path, coords: Sequence[str], *, what: str) -> Path:
         mvn = require_tool("mvn", MVN_HINT)
         say(f"resolving {what} jars from Maven Central into {lib} (first run only)…")
         started = time.monotonic()
-        (dest / "pom.xml").write_text(_pom(coords))
+        (dest / "pom.xml").write_text(_pom(coords, alone))
         partial = dest / "lib.partial"
         shutil.rmtree(partial, ignore_errors=True)
         run_checked(

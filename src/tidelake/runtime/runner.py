@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -416,22 +417,41 @@ def prepare_database(pipeline: Pipeline) -> None:
         db.close()
 
 
+class Runner(Protocol):
+    """What drives one flow: tidelake's ``FlowRunner`` or ``tidelake.spark``'s runner."""
+
+    name: str
+    metrics: FlowMetrics
+
+    def run(self) -> FlowMetrics: ...
+
+
+def runner(pipeline: Pipeline, name: str, stop: threading.Event, worker: str = "") -> Runner:
+    """The runner of flow ``name`` for its ``engine`` (``worker``: see ``FlowRunner``)."""
+    flow = pipeline.flows.get(name)
+    if flow is not None and flow.engine == "spark":
+        from tidelake.spark.runner import SparkFlowRunner
+
+        return SparkFlowRunner(pipeline, name, stop)
+    return FlowRunner(pipeline, name, stop, worker)
+
+
 def run_flows(
     pipeline: Pipeline,
     names: list[str],
     stop: threading.Event,
-    on_start: Callable[[list[FlowRunner]], None] | None = None,
+    on_start: Callable[[list[Runner]], None] | None = None,
     worker: str = "",
-) -> list[FlowRunner]:
+) -> list[Runner]:
     """Run several flows, each in its own thread, until they end or ``stop`` is set.
 
     A flow that fails ends alone (its state says ``failed``, with the error) and the others
     go on, unless the pipeline sets ``on_failure: stop-all``. Callers find failures in
     ``runner.metrics.state``; nothing is raised for them."""
-    runners = [FlowRunner(pipeline, n, stop, worker) for n in names]
+    runners = [runner(pipeline, n, stop, worker) for n in names]
     prepare_database(pipeline)
 
-    def target(r: FlowRunner) -> None:
+    def target(r: Runner) -> None:
         try:
             r.run()
         except FlowFailed:
@@ -453,6 +473,6 @@ def run_flows(
     return runners
 
 
-def failed(runners: Sequence[FlowRunner]) -> list[FlowRunner]:
+def failed(runners: Sequence[Runner]) -> list[Runner]:
     """The flows that ended on an error."""
     return [r for r in runners if r.metrics.state == "failed"]

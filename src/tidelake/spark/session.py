@@ -1,0 +1,128 @@
+"""The Spark session flows with ``engine: spark`` run in: jars, catalog, checkpoints.
+
+The Kafka source and the Iceberg runtime are jars from Maven Central, resolved once into the
+same cache as the Kafka broker's (``tidelake.infra._maven``); jars pyspark already ships
+(Hadoop, Scala, slf4j) are left out so one copy of each class is on the classpath.
+
+The lake is the pipeline's own: Iceberg's JDBC catalog over the same catalog database and
+warehouse as pyiceberg's SQL catalog (both use the ``iceberg_tables`` schema), under the same
+catalog name, so ``tidelake query``, the API and the dashboard see Spark's snapshots at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tidelake import extras
+from tidelake.config import Pipeline
+from tidelake.errors import ConfigError
+from tidelake.infra import _maven
+from tidelake.infra._process import cache_root
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+KAFKA_CONNECTOR = "org.apache.spark:spark-sql-kafka-0-10_2.13:4.1.3"
+"""4.1.3, fetched alone: 4.1.1 fails a query restarted from its checkpoint with a
+NullPointerException in ``KafkaMicroBatchStream.metrics`` (SPARK-55271), and 4.1.3's own
+dependency ``spark-token-provider-kafka`` 4.1.3 is not on Maven Central, so 4.1.1's
+dependencies (``KAFKA_DEPENDENCIES``) come with it. It loads on every pyspark 4.1.x."""
+KAFKA_DEPENDENCIES = [
+    "org.apache.spark:spark-token-provider-kafka-0-10_2.13:4.1.1",
+    "org.apache.kafka:kafka-clients:3.9.1",
+    "org.apache.commons:commons-pool2:2.12.1",
+]
+ICEBERG_RUNTIME = "org.apache.iceberg:iceberg-spark-runtime-4.1_2.13:1.12.0"
+JDBC_DRIVERS = ["org.xerial:sqlite-jdbc:3.50.3.0", "org.postgresql:postgresql:42.7.8"]
+_VERSIONED = re.compile(r"^(.*?)-\d[\w.+-]*\.jar$")
+_lock = threading.Lock()
+
+
+def jars() -> list[Path]:
+    """The jars Spark needs beyond pyspark's own, downloading them on first use."""
+    import pyspark
+
+    lib = _maven.copy_dependencies(
+        cache_root() / "spark-jars-3",
+        [*KAFKA_DEPENDENCIES, ICEBERG_RUNTIME, *JDBC_DRIVERS],
+        what="Spark Kafka + Iceberg",
+        alone=[KAFKA_CONNECTOR],
+    )
+    shipped = {_artifact(p.name) for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+    return sorted(p for p in lib.glob("*.jar") if _artifact(p.name) not in shipped)
+
+
+def _artifact(jar: str) -> str:
+    m = _VERSIONED.match(jar)
+    return m.group(1) if m else jar
+
+
+def _jdbc_catalog(pipeline: Pipeline) -> dict[str, str]:
+    from tidelake.lake.catalog import CATALOG_NAME, catalog_url, open_catalog, warehouse
+
+    open_catalog(pipeline)  # creates the catalog tables and the namespace, as pyiceberg has them
+    wh = warehouse(pipeline)
+    if not wh.startswith("file://"):
+        raise ConfigError(
+            f"lake: {pipeline.lake!r}: engine: spark writes to a local lake (file://) for now; "
+            "keep engine: tidelake for flows into an S3 lake"
+        )
+    url = catalog_url(pipeline)
+    if url.startswith("sqlite:///"):
+        jdbc = "jdbc:sqlite:" + url[len("sqlite:///") - 1 :]
+    else:
+        jdbc = "jdbc:postgresql://" + url.split("://", 1)[1].rpartition("@")[2]
+    prefix = f"spark.sql.catalog.{CATALOG_NAME}"
+    conf = {
+        prefix: "org.apache.iceberg.spark.SparkCatalog",
+        f"{prefix}.type": "jdbc",
+        f"{prefix}.uri": jdbc,
+        f"{prefix}.warehouse": wh,
+        f"{prefix}.jdbc.schema-version": "V1",
+    }
+    user = url.split("://", 1)[1].rpartition("@")[0] if "@" in url else ""
+    if user:
+        name, _, password = user.partition(":")
+        conf[f"{prefix}.jdbc.user"] = name
+        if password:
+            conf[f"{prefix}.jdbc.password"] = password
+    return conf
+
+
+def checkpoint_root(pipeline: Pipeline) -> str:
+    """Where the streaming queries keep their checkpoints (one folder per flow)."""
+    if pipeline.spark.checkpoint:
+        return pipeline.url(pipeline.spark.checkpoint).removeprefix("file://")
+    return str((pipeline.state_dir / "spark" / "checkpoints").resolve())
+
+
+def session(pipeline: Pipeline) -> SparkSession:
+    """The process's Spark session for ``pipeline`` (created on first use)."""
+    sql = extras.load("pyspark.sql", "engine: spark")
+    with _lock:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        conf = {
+            "spark.master": pipeline.spark.master,
+            "spark.app.name": f"tidelake-{pipeline.name}",
+            "spark.jars": ",".join(str(p) for p in jars()),
+            "spark.driver.bindAddress": "127.0.0.1",
+            "spark.driver.host": "127.0.0.1",
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.extensions": "org.apache.iceberg.spark.extensions."
+            "IcebergSparkSessionExtensions",
+            "spark.sql.shuffle.partitions": "4",
+            **_jdbc_catalog(pipeline),
+            **pipeline.spark.conf,
+        }
+        builder = sql.SparkSession.builder
+        for key, value in conf.items():
+            builder = builder.config(key, value)
+        spark: SparkSession = builder.getOrCreate()
+        spark.sparkContext.setLogLevel("WARN")
+        return spark

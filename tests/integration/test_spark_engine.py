@@ -1,0 +1,156 @@
+"""``engine: spark``: the users scenario's profile flow and its 1-minute signup windows run as
+Spark Structured Streaming queries (``local[2]``) on real Kafka, into the same Iceberg lake,
+and land the same rows as tidelake's own engine over the same input, also when the Spark
+driver is killed -9 mid-stream and restarted."""
+
+from __future__ import annotations
+
+import copy
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from killing import kill_repeatedly, run_to_target, start
+from scenario_run import run_until
+
+from tidelake.config import Pipeline, load
+from tidelake.lake.catalog import open_catalog
+from tidelake.runtime.runner import run_flows
+from tidelake.sources.generator import generate
+
+pytest.importorskip("pyspark")
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+LIMIT = 400
+KEY = "spark-engine-test-key-0123456789"
+FLOWS = ("users_profiles", "signups")
+
+
+@dataclass
+class Users:
+    """The users scenario on Kafka: its input in a topic, the embedded engine's tables."""
+
+    path: Path
+    pipeline: Pipeline
+    expected: dict[str, int]  # rows per reference table
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        arrow = open_catalog(self.pipeline).load_table(f"spark_users.{table}").scan().to_arrow()
+        return sorted(arrow.to_pylist(), key=lambda r: sorted((k, str(v)) for k, v in r.items()))
+
+    def count(self, table: str) -> Callable[[], int]:
+        def count() -> int:
+            catalog = open_catalog(self.pipeline)
+            if not catalog.table_exists(f"spark_users.{table}"):
+                return 0
+            snapshot = catalog.load_table(f"spark_users.{table}").current_snapshot()
+            return int(snapshot.summary["total-records"]) if snapshot and snapshot.summary else 0
+
+        return count
+
+
+def _pipeline_file(path: Path, topic: str, kafka_url: str) -> None:
+    """The scenario's generator, profile and signup flows, landing in the lake: as the
+    reference (``_ref``), as Spark flows (``_spark``), and as flows the kill test runs
+    with ``--engine spark`` (``_killed``, small batches so it is killed mid-stream)."""
+    scenario = yaml.safe_load((ROOT / "scenarios" / "users" / "pipeline.yaml").read_text())
+    flows: dict[str, Any] = {"profiles_in": scenario["flows"]["profiles_in"]}
+    flows["profiles_in"]["source"].update(rate=None, limit=LIMIT)
+    flows["profiles_in"]["sink"]["topic"] = topic
+    for name in FLOWS:
+        for suffix, extra in (
+            ("ref", {}),
+            ("spark", {"engine": "spark"}),
+            ("killed", {"batch": {"size": 50}}),
+        ):
+            flow = copy.deepcopy(scenario["flows"][name]) | extra
+            flow["source"]["topic"] = topic
+            flow["sink"] = {"type": "lake", "table": f"{name}_{suffix}"}
+            flows[f"{name}_{suffix}"] = flow
+    doc = {"name": "spark_users", "broker": kafka_url, "spark": {"master": "local[2]"},
+           "flows": flows}  # fmt: skip
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def users(kafka_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Users]:
+    """Input produced once; the embedded engine's tables are the reference for every test."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TIDELAKE_PSEUDONYMIZE_KEY", KEY)
+    path = tmp_path_factory.mktemp("spark") / "pipeline.yaml"
+    _pipeline_file(path, f"spark_users_{random.randrange(10**9)}", kafka_url)
+    pipeline = load(path)
+    run_flows(pipeline, ["profiles_in"], threading.Event())
+    profiles = generate("user_profiles", 0, LIMIT, 5).to_pylist()
+    last_minute = int(max(p["ts"] for p in profiles).timestamp()) // 60 * 60
+    expected = {
+        "users_profiles": sum(p["dob"]["age"] > 13 for p in profiles),
+        "signups": len(
+            {
+                (int(p["ts"].timestamp()) // 60, p["nat"])
+                for p in profiles
+                if p["ts"].timestamp() < last_minute
+            }
+        ),  # fmt: skip
+    }
+    users = Users(path, pipeline, expected)
+    reference = load(path)
+    reference.flows = {f"{n}_ref": reference.flows[f"{n}_ref"] for n in FLOWS}
+    run_until(reference, lambda: all(users.count(f"{n}_ref")() >= expected[n] for n in FLOWS))
+    for name in FLOWS:
+        assert users.count(f"{name}_ref")() == expected[name]
+    yield users
+    mp.undo()
+
+
+def test_spark_lands_the_same_rows_as_the_embedded_engine(users: Users) -> None:
+    from tidelake.spark.runner import SparkFlowRunner
+
+    stop = threading.Event()
+    runners = [SparkFlowRunner(users.pipeline, f"{n}_spark", stop) for n in FLOWS]
+    threads = [threading.Thread(target=r.run) for r in runners]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and any(
+            users.count(f"{n}_spark")() < users.expected[n] for n in FLOWS
+        ):
+            assert all(t.is_alive() for t in threads), [r.metrics.last_error for r in runners]
+            time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    for name in FLOWS:
+        assert users.rows(f"{name}_spark") == users.rows(f"{name}_ref"), name
+    profiles = users.rows("users_profiles_spark")
+    assert all(len(p["email"]) == 64 for p in profiles)  # the HMAC, never the address
+    metrics = runners[0].metrics
+    assert metrics.records_in == LIMIT and metrics.records_out == users.expected["users_profiles"]
+    assert metrics.state == "stopped" and metrics.batches > 0
+
+
+def test_a_killed_spark_driver_restarts_to_exactly_the_reference_rows(users: Users) -> None:
+    flows = [f"{n}_killed" for n in FLOWS]
+    env = {"TIDELAKE_PSEUDONYMIZE_KEY": KEY}
+
+    def launch() -> Any:
+        return start(users.path, flows, env, extra=["--engine", "spark"])
+
+    profiles = users.count("users_profiles_killed")
+    target = users.expected["users_profiles"]
+    seen = kill_repeatedly(launch, profiles, target, 2, random.Random(7), timeout=300)
+    assert seen[0] < target, f"the first kill came after everything landed: {seen}"
+    signups, windows = users.count("signups_killed"), users.expected["signups"]
+    landed = lambda: int(profiles() >= target and signups() >= windows)  # noqa: E731
+    run_to_target(launch, landed, 1, timeout=300, settle=3)
+    for name in FLOWS:
+        assert users.rows(f"{name}_killed") == users.rows(f"{name}_ref"), name

@@ -1,0 +1,87 @@
+"""``engine: spark``: transform SQL transpiles from DuckDB to Spark SQL, and what does not is a
+``tidelake validate`` error naming file, line and construct (no JVM needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tidelake.cli import app
+from tidelake.spark.sql import Untranslatable, expression_to_spark, to_spark
+
+pytest.importorskip("pyspark")
+runner = CliRunner()
+
+
+def test_the_users_scenario_query_translates() -> None:
+    query = (
+        'SELECT name."last" || \' \' || name."first" AS full_name, '
+        "split_part(email, '@', 2) AS domain_name, CAST(registered.date AS VARCHAR) AS d, "
+        "age // 10 AS decade FROM batch"
+    )
+    assert to_spark(query, "v1") == (
+        "SELECT name.`last` || ' ' || name.`first` AS full_name, "
+        "SPLIT_PART(email, '@', 2) AS domain_name, CAST(registered.date AS STRING) AS d, "
+        "age DIV 10 AS decade FROM v1"
+    )
+    assert expression_to_spark("list_transform(xs, x -> x + 1)") == "TRANSFORM(xs, x -> x + 1)"
+
+
+@pytest.mark.parametrize(
+    ("sql", "construct"),
+    [
+        ("SELECT list_reduce(xs, (a, b) -> a + b) FROM batch", "list_reduce()"),
+        ("SELECT * FROM batch ASOF JOIN prices USING (ts)", "ASOF JOIN"),
+        ("SELECT COLUMNS('price_.*') FROM batch", "COLUMNS('price_.*')"),
+    ],
+)
+def test_a_construct_spark_lacks_is_refused_by_name(sql: str, construct: str) -> None:
+    with pytest.raises(Untranslatable, match="does not translate to Spark SQL") as e:
+        to_spark(sql)
+    assert construct in str(e.value)
+
+
+PIPELINE = """\
+name: sparky
+broker: kafka://127.0.0.1:9
+flows:
+  totals:
+    engine: spark
+    source: {type: topic, topic: orders}
+    transforms:
+      - {type: rename, columns: {amount: total}}
+      - type: sql
+        query: SELECT list_reduce(items, (a, b) -> a + b) AS n, total FROM batch
+      - {type: flatten}
+    sink: {type: table, table: totals}
+"""
+
+
+def test_validate_names_file_line_and_construct_of_what_spark_cannot_run(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(PIPELINE)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.replace(str(path), "P").splitlines()
+    assert any(
+        line.startswith(
+            "P:10: flows.totals.transforms.1.query: does not translate to Spark SQL: "
+            "list_reduce() (no Spark SQL function of that name)"
+        )
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("P:11: flows.totals.transforms.2.type: a 'flatten' transform does not")
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("P:12: flows.totals.sink.type: engine: spark writes lake sinks")
+        for line in lines
+    ), lines
+    fixed = PIPELINE.replace("list_reduce(items, (a, b) -> a + b)", "size(items)")
+    fixed = fixed.replace("      - {type: flatten}\n", "").replace("type: table", "type: lake")
+    path.write_text(fixed)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
