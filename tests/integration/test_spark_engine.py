@@ -9,6 +9,7 @@ import copy
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from killing import kill_repeatedly, run_to_target, start
 from scenario_run import run_until
 
 from tidelake.config import Pipeline, load
-from tidelake.lake.catalog import open_catalog
+from tidelake.lake.catalog import namespace, open_catalog
 from tidelake.runtime.runner import run_flows
 from tidelake.sources.generator import generate
 
@@ -41,40 +42,43 @@ class Users:
     pipeline: Pipeline
     expected: dict[str, int]  # rows per reference table
 
+    def ident(self, table: str) -> str:
+        return f"{namespace(self.pipeline)}.{table}"
+
     def rows(self, table: str) -> list[dict[str, Any]]:
-        arrow = open_catalog(self.pipeline).load_table(f"spark_users.{table}").scan().to_arrow()
+        arrow = open_catalog(self.pipeline).load_table(self.ident(table)).scan().to_arrow()
         return sorted(arrow.to_pylist(), key=lambda r: sorted((k, str(v)) for k, v in r.items()))
 
     def count(self, table: str) -> Callable[[], int]:
         def count() -> int:
             catalog = open_catalog(self.pipeline)
-            if not catalog.table_exists(f"spark_users.{table}"):
+            if not catalog.table_exists(self.ident(table)):
                 return 0
-            snapshot = catalog.load_table(f"spark_users.{table}").current_snapshot()
+            snapshot = catalog.load_table(self.ident(table)).current_snapshot()
             return int(snapshot.summary["total-records"]) if snapshot and snapshot.summary else 0
 
         return count
 
 
-def _pipeline_file(path: Path, topic: str, kafka_url: str) -> None:
+def _pipeline_file(path: Path, name: str, kafka_url: str) -> None:
     """The scenario's generator, profile and signup flows, landing in the lake: as the
     reference (``_ref``), as Spark flows (``_spark``), and as flows the kill test runs
     with ``--engine spark`` (``_killed``, small batches so it is killed mid-stream)."""
     scenario = yaml.safe_load((ROOT / "scenarios" / "users" / "pipeline.yaml").read_text())
     flows: dict[str, Any] = {"profiles_in": scenario["flows"]["profiles_in"]}
     flows["profiles_in"]["source"].update(rate=None, limit=LIMIT)
-    flows["profiles_in"]["sink"]["topic"] = topic
-    for name in FLOWS:
+    topic = flows["profiles_in"]["sink"]["topic"] = f"{name}.profiles"
+    for flow_name in FLOWS:
         for suffix, extra in (
             ("ref", {}),
             ("spark", {"engine": "spark"}),
             ("killed", {"batch": {"size": 50}}),
         ):
-            flow = copy.deepcopy(scenario["flows"][name]) | extra
+            flow = copy.deepcopy(scenario["flows"][flow_name]) | extra
             flow["source"]["topic"] = topic
-            flow["sink"] = {"type": "lake", "table": f"{name}_{suffix}"}
-            flows[f"{name}_{suffix}"] = flow
-    doc = {"name": "spark_users", "broker": kafka_url, "spark": {"master": "local[2]"},
+            flow["sink"] = {"type": "lake", "table": f"{flow_name}_{suffix}"}
+            flows[f"{flow_name}_{suffix}"] = flow
+    doc = {"name": name, "broker": kafka_url, "spark": {"master": "local[2]"},
            "flows": flows}  # fmt: skip
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
@@ -85,7 +89,7 @@ def users(kafka_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     mp = pytest.MonkeyPatch()
     mp.setenv("TIDELAKE_PSEUDONYMIZE_KEY", KEY)
     path = tmp_path_factory.mktemp("spark") / "pipeline.yaml"
-    _pipeline_file(path, f"spark_users_{random.randrange(10**9)}", kafka_url)
+    _pipeline_file(path, f"spark_users_{uuid.uuid4().hex[:8]}", kafka_url)  # a shared broker
     pipeline = load(path)
     run_flows(pipeline, ["profiles_in"], threading.Event())
     profiles = generate("user_profiles", 0, LIMIT, 5).to_pylist()
@@ -119,7 +123,7 @@ def test_spark_lands_the_same_rows_as_the_embedded_engine(users: Users) -> None:
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 420
         while time.monotonic() < deadline and any(
             users.count(f"{n}_spark")() < users.expected[n] for n in FLOWS
         ):

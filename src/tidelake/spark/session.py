@@ -116,7 +116,7 @@ def session(pipeline: Pipeline) -> SparkSession:
             "spark.sql.session.timeZone": "UTC",
             "spark.sql.extensions": "org.apache.iceberg.spark.extensions."
             "IcebergSparkSessionExtensions",
-            "spark.sql.shuffle.partitions": "4",
+            "spark.sql.shuffle.partitions": "2",  # state stores per stateful step (Spark: 200)
             **_jdbc_catalog(pipeline),
             **pipeline.spark.conf,
         }
