@@ -85,3 +85,25 @@ def test_validate_names_file_line_and_construct_of_what_spark_cannot_run(tmp_pat
     path.write_text(fixed)
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("window", "problem"),
+    [
+        ("{time: ts, gap: 30s, aggregates: {n: count(*)}}", "window gap: does not translate"),
+        ("{time: ts, size: 1m, aggregates: {p: 'vwap(price, qty)'}}", "'vwap(price, qty)' does"),
+        ("{time: ts, size: 1m, aggregates: {n: count(*)}}", None),
+        ("{time: ts, size: 1m, every: 30s, aggregates: {s: sum(qty)}}", None),
+    ],
+)
+def test_windows_spark_has_translate_and_the_others_are_named(window: str, problem: str) -> None:
+    from tidelake.config import loads
+    from tidelake.spark.translate import untranslatable
+
+    pipeline = loads(
+        "name: w\nflows:\n  f:\n    engine: spark\n    source: {type: topic, topic: t}\n"
+        f"    transforms:\n      - {{type: window, {window[1:-1]}}}\n"
+        "    sink: {type: lake, table: out}\n"
+    )
+    found = [message for _, message in untranslatable(pipeline.flows["f"])]
+    assert found == [] if problem is None else problem in found[0], found

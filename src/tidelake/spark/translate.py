@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tidelake.errors import ConfigError
 from tidelake.spark.sql import Untranslatable, expression_to_spark, to_spark
 from tidelake.transforms.pseudonymize import MIN_KEY_BYTES, hmac_pads
-from tidelake.transforms.window import millis, parse_aggregate
+from tidelake.transforms.window import Aggregate, millis
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -96,20 +96,25 @@ def _pseudonymize(df: DataFrame, config: Any) -> DataFrame:
     return df.withColumns({f: hmac(f) for f in present})
 
 
+SPARK_AGGREGATES = ("count", "sum", "min", "max", "avg")
+
+
 def _window(df: DataFrame, config: Any) -> DataFrame:
     from pyspark.sql import functions as F
 
-    slide = f"{millis(config.hop)} milliseconds" if config.hop else None
+    every = config.every or config.hop
     size = f"{millis(config.size)} milliseconds"
-    time = F.col(config.time)
     watermarked = df.withWatermark(config.time, f"{millis(config.allowed_lateness)} milliseconds")
-    window = F.window(time, size, slide) if slide else F.window(time, size)
+    time = F.col(config.time)
+    window = (
+        F.window(time, size, f"{millis(every)} milliseconds") if every else F.window(time, size)
+    )
     aggregates = []
     for name, text in config.aggregates.items():
-        fn, arg = parse_aggregate(text)
-        arg_sql = "*" if arg == "*" else expression_to_spark(arg)
-        expr = F.expr(f"{fn}({arg_sql})")
-        aggregates.append((expr.cast("double") if fn == "avg" else expr).alias(name))
+        agg = Aggregate.parse(text)
+        arg = agg.args[0]
+        expr = F.expr(f"{agg.fn}({arg if arg == '*' else expression_to_spark(arg)})")
+        aggregates.append((expr.cast("double") if agg.fn == "avg" else expr).alias(name))
     grouped = watermarked.groupBy(window.alias("__window"), *config.by).agg(*aggregates)
     return grouped.select(
         F.col("__window.start").cast("timestamp_ntz").alias("window_start"),
@@ -117,6 +122,24 @@ def _window(df: DataFrame, config: Any) -> DataFrame:
         *config.by,
         *config.aggregates,
     )
+
+
+def _window_problem(config: Any) -> tuple[str, str] | None:
+    """(key, problem) when a window uses what Spark's event-time windows do not have."""
+    for key in ("over", "gap"):
+        if getattr(config, key):
+            return key, (
+                f"window {key}: does not translate to Spark (Spark runs tumbling windows, size, "
+                "and sliding ones, size + every); keep engine: tidelake for this flow"
+            )
+    for name, text in config.aggregates.items():
+        agg = Aggregate.parse(text)
+        if agg.fn not in SPARK_AGGREGATES or agg.over:
+            return f"aggregates.{name}", (
+                f"{text!r} does not translate to Spark (Spark runs "
+                f"{', '.join(SPARK_AGGREGATES)} without over); keep engine: tidelake"
+            )
+    return None
 
 
 TRANSLATIONS: dict[str, Translation] = {
@@ -167,6 +190,9 @@ def untranslatable(flow: Flow) -> Iterator[tuple[tuple[Any, ...], str]]:
                 ),
             )
             continue
+        if t.type == "window" and (problem := _window_problem(t)):
+            yield ("transforms", i, *problem[0].split(".")), problem[1]
+            continue
         for key, text in _sql_of(t).items():
             try:
                 if key == "query":
@@ -186,10 +212,6 @@ def _sql_of(t: Any) -> dict[str, str]:
     if t.type == "derive":
         return {f"columns.{n}": e for n, e in t.columns.items()}
     if t.type == "window":
-        out = {}
-        for n, e in t.aggregates.items():
-            _, arg = parse_aggregate(e)
-            if arg != "*":
-                out[f"aggregates.{n}"] = arg
-        return out
+        aggregates = {n: Aggregate.parse(e).args[0] for n, e in t.aggregates.items()}
+        return {f"aggregates.{n}": arg for n, arg in aggregates.items() if arg != "*"}
     return {}
