@@ -143,9 +143,10 @@ def run(
     """
     from tidelake.runtime.console import show_live
     from tidelake.runtime.runner import Runner, failed, run_flows
+    from tidelake.runtime.schedules import Job, Scheduler
 
     p = _load(pipeline)
-    names = flow or list(p.flows)
+    names = flow or [f for f in p.flows if f not in p.scheduled()]
     if engine is not None:
         for name in (n for n in names if n in p.flows):
             p.flows[name].engine = engine.value
@@ -159,6 +160,17 @@ def run(
         return
     view: list[threading.Thread] = []
 
+    def ran(job: Job) -> None:
+        when = time.strftime("%H:%M:%S", time.gmtime(job.next_run))
+        failed_with = f", failed: {job.last_error}" if job.last_error else ""
+        err.print(f"schedule {job.name}: ran (run {job.runs}{failed_with}); next {when} UTC",
+                  markup=False)  # fmt: skip
+
+    if not flow and p.schedules:
+        jobs = Scheduler(p, stop, on_run=ran)
+        view.append(threading.Thread(target=jobs.run, name="schedules", daemon=True))
+        view[-1].start()
+
     def started(runners: list[Runner]) -> None:
         t = threading.Thread(
             target=show_live, args=([r.metrics for r in runners], done, err), daemon=True
@@ -169,6 +181,8 @@ def run(
     t0 = time.monotonic()
     try:
         runners = run_flows(p, names, stop, on_start=started, worker=worker)
+        while view and view[0].name == "schedules" and not stop.wait(1):
+            pass  # the flows ended; the schedules run on until Ctrl-C
     finally:
         done.set()
         for t in view:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tidelake import registry
 from tidelake.errors import ConfigError
@@ -98,6 +98,31 @@ class TokenSettings(_Model):
     )
 
 
+class Schedule(_Model):
+    """A job ``tidelake run`` starts whenever its cron expression comes due."""
+
+    cron: str = Field(
+        description="minute hour day-of-month month day-of-week (UTC); a 6th field: seconds"
+    )
+    flow: str | None = Field(None, description="a batch flow (finite source) run to its end")
+    compact: list[str] = Field([], description="lake tables to compact")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_ok(cls, v: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(v):
+            raise ValueError(f"{v!r} is not a cron expression (e.g. '*/5 * * * *': every 5 min)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_job(self) -> Schedule:
+        if bool(self.flow) == bool(self.compact):
+            raise ValueError("give a `flow` to run or lake tables to `compact`, one of them")
+        return self
+
+
 class ServeSettings(_Model):
     """What ``tidelake serve`` lets clients do beyond reading."""
 
@@ -139,6 +164,9 @@ class Pipeline(_Model):
         [], description="SQL files run against the database before flows start (idempotent DDL)"
     )
     flows: dict[str, Flow]
+    schedules: dict[str, Schedule] = Field(
+        {}, description="jobs run on cron schedules while `tidelake run` runs"
+    )
     on_failure: Literal["continue", "stop-all"] = Field(
         "continue", description="when a flow fails: the others go on, or all stop"
     )
@@ -161,6 +189,19 @@ class Pipeline(_Model):
                 f"unknown time zone {v!r} (use an IANA name such as UTC or Europe/Paris)"
             ) from None
         return v
+
+    @model_validator(mode="after")
+    def _scheduled_flows_exist(self) -> Pipeline:
+        for name, job in self.schedules.items():
+            if job.flow and job.flow not in self.flows:
+                raise ValueError(
+                    f"schedules.{name}: no flow {job.flow!r} (flows: {', '.join(self.flows)})"
+                )
+        return self
+
+    def scheduled(self) -> set[str]:
+        """Flows that run on a schedule, not continuously."""
+        return {job.flow for job in self.schedules.values() if job.flow}
 
     @field_validator("name")
     @classmethod

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import PlainTextResponse, Response
 
@@ -84,8 +85,18 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
 
     @api.get("/flows", response_model=list[FlowStatus], summary="Status of every flow")
     def flows() -> list[FlowStatus]:
-        now = time.time()
-        return [_flow_status(raw, now) for raw in read_all(state.pipeline.state_dir / "metrics")]
+        now, state_dir = time.time(), state.pipeline.state_dir
+        out = [_flow_status(raw, now) for raw in read_all(state_dir / "metrics")]
+        try:  # scheduled flows: their cron, last and next run (written by `tidelake run`)
+            jobs = {j["runs"]: j for j in orjson.loads((state_dir / "schedules.json").read_bytes())}
+        except (OSError, orjson.JSONDecodeError):
+            jobs = {}
+        seen = {f.flow for f in out}
+        out += [FlowStatus(flow=f, state="scheduled") for f in jobs if f not in seen]
+        for f in out:
+            if job := jobs.get(f.flow):
+                f.cron, f.last_run, f.next_run = job["cron"], job["last_run"], job["next_run"]
+        return out
 
 
 def add_app_routes(app: FastAPI, state: ApiState, auth: list[Any]) -> None:
