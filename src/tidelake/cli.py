@@ -138,8 +138,9 @@ def run(
     With several workers (--workers N or workers: in the file) each flow runs as N supervised
     processes in one consumer group; the same command on another machine joins the group.
     Off a terminal (a pipe, CI, a log file) it prints a progress line per flow every 5 s.
+    --engine spark runs them as Spark Structured Streaming queries (pip install 'tidelake[spark]').
+
     Example: tidelake run scenarios/stock/pipeline.yaml --flow opening_stock
-    (--engine spark runs them as Spark Structured Streaming queries: pip install 'tidelake[spark]')
     """
     from tidelake.runtime.console import show_live
     from tidelake.runtime.runner import Runner, failed, run_flows
@@ -690,7 +691,8 @@ def users_add(
 ) -> None:
     """Add (or replace) a user; the password is asked for, or read with --password-stdin.
 
-    Example: tidelake users add pipeline.yaml alice --role operator
+    Example: openssl rand -base64 18 | tidelake users add pipeline.yaml alice --role operator
+    --password-stdin
     """
     from tidelake.serve.users import Users
 

@@ -158,7 +158,26 @@ def _pipeline(tmp_path: Path, url: str) -> Path:
     return path
 
 
+def _start(path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """``tidelake run`` of every flow in ``path``, as a process to kill."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tidelake.cli", "run", str(path)],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _setup(url: str) -> None:
+    _cleanup(url)  # slots are per server: a crashed earlier run may have left them behind
     with psycopg.connect(url, autocommit=True) as c:
         c.execute(CREATE)
     # two flows starting at once race on CREATE TABLE IF NOT EXISTS of the checkpoint table
@@ -219,12 +238,7 @@ def test_native_cdc_survives_kill_9(tmp_path: Path, postgres_url: str) -> None:
     rng = random.Random(7)
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tidelake.cli", "run", str(path)],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        return _start(path, tmp_path)
 
     proc = start()
     mid_stream = 0
@@ -242,11 +256,7 @@ def test_native_cdc_survives_kill_9(tmp_path: Path, postgres_url: str) -> None:
         got = wait_for(url, INSERTS - DELETES, INSERTS + UPDATES + DELETES, timeout=180)
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     try:
         assert mid_stream >= 3
         assert got == (0, INSERTS - DELETES, INSERTS + UPDATES + DELETES)
@@ -304,12 +314,7 @@ def test_native_cdc_snapshot_resumes_after_kill_9(tmp_path: Path, postgres_url: 
     writer = threading.Thread(target=write_changes, args=(url, 0.15))
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tidelake.cli", "run", str(path)],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        return _start(path, tmp_path)
 
     proc, kills = start(), 0
     try:
@@ -330,11 +335,7 @@ def test_native_cdc_snapshot_resumes_after_kill_9(tmp_path: Path, postgres_url: 
         got = wait_for(url, rows, None, timeout=180)
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     try:
         assert kills == 3, "the snapshot finished before three kills"
         assert got[:2] == (0, rows)
