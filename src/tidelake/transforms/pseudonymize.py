@@ -24,6 +24,19 @@ MIN_KEY_BYTES = 16
 _BLOCK = 64  # SHA-256 block size (RFC 2104)
 
 
+def present_fields(table: pa.Table, fields: list[str], missing: str, transform: str) -> list[str]:
+    """The ``fields`` the batch has; a missing one is a ConfigError unless ``missing: ignore``."""
+    present = [f for f in fields if f in table.column_names]
+    if len(present) != len(fields) and missing == "error":
+        absent = [f for f in fields if f not in present]
+        raise ConfigError(
+            f"{transform}: column(s) {', '.join(absent)} not in the batch "
+            f"(batch columns: {', '.join(table.column_names)}; "
+            "fix the name or set missing: ignore)"
+        )
+    return present
+
+
 def read_key(ctx: FlowContext, transform: str, key_env: str) -> tuple[bytes, bytes]:
     """The HMAC pads of the secret in ``key_env``; a ConfigError saying how to set it."""
     key = os.environ.get(key_env, "")
@@ -87,14 +100,7 @@ class Pseudonymize(Transform):
     def __call__(self, table: pa.Table) -> pa.Table:
         if self._pads is None:
             raise ConfigError("pseudonymize: call open() first (the key is read there)")
-        present = [f for f in self.config.fields if f in table.column_names]
-        if len(present) != len(self.config.fields) and self.config.missing == "error":
-            absent = [f for f in self.config.fields if f not in present]
-            raise ConfigError(
-                f"pseudonymize: column(s) {', '.join(absent)} not in the batch "
-                f"(batch columns: {', '.join(table.column_names)}; "
-                "fix the name or set missing: ignore)"
-            )
+        present = present_fields(table, self.config.fields, self.config.missing, "pseudonymize")
         if not present:
             return table
         exprs = ", ".join(f"{hmac_sql(quote(f))} AS {quote(f)}" for f in present)

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from tidelake.errors import ConfigError
 from tidelake.identifiers import quote
 from tidelake.runtime.base import ConnectorConfig, FlowContext, Transform
-from tidelake.transforms.pseudonymize import hmac_sql, read_key
+from tidelake.transforms.pseudonymize import hmac_sql, present_fields, read_key
 from tidelake.transforms.sql import BATCH, BatchSQL
 
 Kind = Literal["email", "iban", "phone", "card"]
@@ -200,14 +200,7 @@ class Redact(Transform):
         )
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        present = [f for f in self.config.fields if f in table.column_names]
-        if len(present) != len(self.config.fields) and self.config.missing == "error":
-            absent = [f for f in self.config.fields if f not in present]
-            raise ConfigError(
-                f"redact: column(s) {', '.join(absent)} not in the batch "
-                f"(batch columns: {', '.join(table.column_names)}; "
-                "fix the name or set missing: ignore)"
-            )
+        present = present_fields(table, self.config.fields, self.config.missing, "redact")
         params = list(self._pads) if self._pads is not None else None
         for f in present:
             if not pa.types.is_string(table.schema.field(f).type) and not pa.types.is_large_string(
