@@ -90,13 +90,17 @@ def produce(path: Path, start: int, stop: int) -> None:
     broker.close()
 
 
-def read_object(fs: pafs.S3FileSystem, path: str) -> bytes:
-    """An object's body. The flow overwrites its checkpoint object while we poll it, and the
-    server may then answer one GET with the old checksum and the new body: read again."""
+def read_object(fs: pafs.S3FileSystem, path: str) -> bytes | None:
+    """An object's body, None when it went away after the listing (a restarted flow deletes
+    what a killed write left past the checkpoint). The flow overwrites its checkpoint object
+    while we poll it, and the server may then answer one GET with the old checksum and the
+    new body: read again."""
     for attempt in range(5):
         try:
             with fs.open_input_stream(path) as f:
                 return bytes(f.read())
+        except FileNotFoundError:
+            return None
         except OSError as e:
             if "checksums mismatch" not in str(e) or attempt == 4:
                 raise
@@ -113,6 +117,8 @@ def landed(env: dict[str, str], root: str) -> tuple[dict[str, list[dict[str, Any
         if info.type != pafs.FileType.File:
             continue
         body = read_object(fs, info.path)
+        if body is None:
+            continue
         rel = info.path[len(root) + 1 :]
         if rel.startswith("_checkpoints/"):
             checkpoint = orjson.loads(body)
