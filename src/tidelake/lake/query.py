@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -397,14 +398,17 @@ class QueryEngine:
 
     # -- SQL ----------------------------------------------------------------------
 
-    def sql(self, query: str, as_of: AsOf = None) -> pa.Table:
-        """Run one read-only SELECT; ``as_of`` time-travels the lake tables it reads."""
+    def sql(
+        self, query: str, as_of: AsOf = None, params: Sequence[Any] | None = None
+    ) -> pa.Table:
+        """Run one read-only SELECT; ``as_of`` time-travels the lake tables it reads;
+        ``params`` are the values of its ``?``/``$n`` placeholders."""
         check_select(query)
         with self._lock:
             lake = self._lake_pointers()
             self._bind(set(_references(query)), lake, as_of)
             try:
-                return self._con.sql(query).to_arrow_table()
+                return self._con.sql(query, params=params).to_arrow_table()
             except duckdb.CatalogException as e:
                 raise QueryError(f"{str(e).splitlines()[0]} ({self._known()})") from None
             except duckdb.Error as e:

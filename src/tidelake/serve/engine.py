@@ -21,6 +21,12 @@ passes ``memory_limit``, is killed within ``worker._TICK`` seconds, and a result
 larger than ``max_bytes`` is refused before it leaves the worker. A request that
 finds every engine busy for ``Limits.wait`` seconds gets ``EngineBusy`` (503).
 Catalog calls (no user SQL) run on one in-process engine.
+
+``EnginePool.select`` is the one door every client's SQL goes through (``POST /api/query``,
+the PostgreSQL wire endpoint): the guard, the row cap, then a worker. A ``system`` query
+(the ``pg_catalog``/``information_schema`` queries PostgreSQL clients send) runs in the
+same workers under the same limits, on a second locked-down connection that holds only
+empty copies of the pipeline's tables: its catalog views show their names and types.
 """
 
 from __future__ import annotations
@@ -39,9 +45,19 @@ import pyarrow as pa
 
 from tidelake.config import Pipeline
 from tidelake.errors import QueryError
+from tidelake.identifiers import quote
 from tidelake.lake.query import AsOf, QueryEngine
+from tidelake.lake.schema import arrow_schema
+from tidelake.serve import sql_guard
 from tidelake.serve.sql_guard import Catalog
-from tidelake.serve.worker import STARTUP, ResultTooLarge, Worker, WorkerKilled, setup_frame
+from tidelake.serve.worker import (
+    STARTUP,
+    QueryCancelled,
+    ResultTooLarge,
+    Worker,
+    WorkerKilled,
+    setup_frame,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -88,14 +104,9 @@ class SandboxedEngine(QueryEngine):
 
     def __init__(self, pipeline: Pipeline, limits: Limits) -> None:
         super().__init__(pipeline)
-        con = self._con
-        con.execute("SET autoinstall_known_extensions = false")
-        con.execute("SET autoload_known_extensions = false")
-        con.execute("SET allow_community_extensions = false")
-        con.execute("SET max_temp_directory_size = '0KB'")
-        con.execute(f"SET memory_limit = '{_size(limits.memory_limit)}'")
-        con.execute(f"SET threads = {int(limits.threads)}")
-        con.execute("SET lock_configuration = true")
+        self.limits = limits
+        _lock_down(self._con, limits)
+        self._system: tuple[object, duckdb.DuckDBPyConnection] | None = None
 
     def settings(self) -> dict[str, str]:
         """The sandbox settings as DuckDB reports them (for tests and diagnostics)."""
@@ -108,19 +119,87 @@ class SandboxedEngine(QueryEngine):
         return {str(k): str(v) for k, v in rows}
 
     def run(
-        self, query: str, params: Sequence[Any] | None, bind: str | None, as_of: AsOf
+        self,
+        query: str,
+        params: Sequence[Any] | None,
+        bind: str | None,
+        as_of: AsOf,
+        system: bool = False,
     ) -> pa.Table:
-        """Run ``query``; with ``params`` the table ``bind`` is bound first through ``sql``."""
-        if params is None:
-            return self.sql(query, as_of=as_of)
+        """Run ``query``; with ``params`` the table ``bind`` (default: every table the query
+        names) is bound first through ``sql``; ``system`` runs it on the schema-only copy."""
+        if not system and (params is None or bind is None):
+            return self.sql(query, as_of=as_of, params=params)
         _only_select(query)
-        if bind is not None:
+        if system:
+            con = self._system_connection()
+        else:
+            con = self._con
             self.sql(f"SELECT * FROM {bind} LIMIT 0", as_of=as_of)
         with self._lock:
             try:
-                return self._con.sql(query, params=list(params)).to_arrow_table()
+                return con.sql(query, params=list(params or [])).to_arrow_table()
             except duckdb.Error as e:
                 raise QueryError(str(e)) from None
+
+    def _system_connection(self) -> duckdb.DuckDBPyConnection:
+        """A connection whose ``lake``/``db`` schemas hold empty tables shaped like the
+        pipeline's, rebuilt when a table appears, goes or changes its schema."""
+        with self._lock:
+            lake = self._lake_pointers()
+            shapes = [
+                ("lake", name, arrow_schema(self._table(name, location).schema()))
+                for name, location in sorted(lake.items())
+            ] + [("db", name, self.db.read(name).schema) for name in self.db.names()]
+            key = [(s, n, str(schema)) for s, n, schema in shapes]
+            if self._system is not None and self._system[0] == key:
+                return self._system[1]
+            con = duckdb.connect()
+            con.execute("CREATE SCHEMA lake; CREATE SCHEMA db")
+            for schema, name, arrow in shapes:
+                con.register("shape", arrow.empty_table())
+                con.execute(f"CREATE TABLE {schema}.{quote(name)} AS SELECT * FROM shape")
+                con.unregister("shape")
+            con.execute("SET temp_directory = ''")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET python_enable_replacements = false")
+            _lock_down(con, self.limits)
+            if self._system is not None:
+                self._system[1].close()
+            self._system = (key, con)
+            return con
+
+    def close(self) -> None:
+        if self._system is not None:
+            self._system[1].close()
+        super().close()
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection, limits: Limits) -> None:
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET allow_community_extensions = false")
+    con.execute("SET max_temp_directory_size = '0KB'")
+    con.execute(f"SET memory_limit = '{_size(limits.memory_limit)}'")
+    con.execute(f"SET threads = {int(limits.threads)}")
+    con.execute("SET lock_configuration = true")
+
+
+def strip_terminator(sql: str) -> str:
+    """The statement without a trailing ``;`` (comments and strings are respected)."""
+    try:
+        tokens = duckdb.tokenize(sql)
+    except duckdb.Error:
+        return sql
+    text = sql.encode()  # token positions are byte offsets
+    code = [(pos, kind) for pos, kind in tokens if kind != duckdb.token_type.comment]
+    while code and code[-1][1] == duckdb.token_type.operator and text[code[-1][0]] == ord(";"):
+        text = text[: code[-1][0]]
+        code.pop()
+    return text.decode()
+
+
+_SYSTEM = Catalog(frozenset(), frozenset(), system=True)
 
 
 def _only_select(query: str) -> None:
@@ -247,6 +326,23 @@ class EnginePool:
         engine = self._engine()
         return Catalog(frozenset(engine.lake_names()), frozenset(engine.db.names()))
 
+    def select(
+        self,
+        sql: str,
+        rows: int,
+        params: Sequence[Any] | None = None,
+        as_of: AsOf = None,
+        system: bool = False,
+        cancel: threading.Event | None = None,
+    ) -> pa.Table:
+        """At most ``rows`` rows of user query ``sql``, checked by the guard before and
+        after it is wrapped in the row cap (``system``: a catalog query, see the module)."""
+        catalog = _SYSTEM if system else self.catalog()
+        sql_guard.check(sql, catalog)
+        wrapped = f"SELECT * FROM (\n{strip_terminator(sql)}\n) AS tidelake_query LIMIT {rows}"
+        sql_guard.check(wrapped, catalog)
+        return self.query(wrapped, params, as_of=as_of, system=system, cancel=cancel)
+
     def call(self, fn: Callable[[SandboxedEngine], T]) -> T:
         """Run a catalog call (no user SQL) on the in-process engine."""
         return fn(self._engine())
@@ -258,8 +354,11 @@ class EnginePool:
         bind: str | None = None,
         as_of: AsOf = None,
         timeout: float | None = None,
+        system: bool = False,
+        cancel: threading.Event | None = None,
     ) -> pa.Table:
-        """Run one guarded query in a worker under the time, memory and result-size limits."""
+        """Run one guarded query in a worker under the time, memory and result-size limits;
+        setting ``cancel`` stops it (``QueryCancelled``)."""
         limit = self.limits.timeout if timeout is None else timeout
         worker = self._acquire(min(self.limits.wait, limit))
         request = {
@@ -267,9 +366,10 @@ class EnginePool:
             "params": list(params) if params is not None else None,
             "bind": bind,
             "as_of": as_of,
+            "system": system,
         }
         try:
-            return worker.run(request, time.monotonic() + limit, limit)
+            return worker.run(request, time.monotonic() + limit, limit, cancel)
         except WorkerKilled as e:
             if e.reason == "time":
                 raise QueryTimeout(
@@ -280,7 +380,7 @@ class EnginePool:
                 f"query stopped: it needed more than the {self.limits.memory_limit} memory "
                 "limit (filter or aggregate more, or query fewer rows)"
             ) from None
-        except ResultTooLarge:
+        except (ResultTooLarge, QueryCancelled):
             raise
         except QueryError as e:
             raise QueryError(sanitize(str(e))) from None
@@ -303,8 +403,10 @@ __all__ = [
     "EngineBusy",
     "EnginePool",
     "Limits",
+    "QueryCancelled",
     "QueryTimeout",
     "ResultTooLarge",
     "SandboxedEngine",
     "sanitize",
+    "strip_terminator",
 ]

@@ -1,34 +1,18 @@
 """``/api/query`` and ``/api/queries``: one read-only SELECT, or a saved query by name.
 
-User SQL is checked by ``sql_guard`` before and after it is wrapped in the row limit."""
+User SQL goes through ``EnginePool.select``: the guard, the row limit, a worker."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated
 
-import duckdb
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
 
-from tidelake.serve import sql_guard
 from tidelake.serve.models import QueryRequest, QueryResult, SavedQuery
 from tidelake.serve.responses import rows_response
 from tidelake.serve.state import ApiState
-
-
-def _strip_terminator(sql: str) -> str:
-    """The statement without a trailing ``;`` (comments and strings are respected)."""
-    try:
-        tokens = duckdb.tokenize(sql)
-    except duckdb.Error:
-        return sql
-    text = sql.encode()  # token positions are byte offsets
-    code = [(pos, kind) for pos, kind in tokens if kind != duckdb.token_type.comment]
-    while code and code[-1][1] == duckdb.token_type.operator and text[code[-1][0]] == ord(";"):
-        text = text[: code[-1][0]]
-        code.pop()
-    return text.decode()
 
 
 def add_routes(api: APIRouter, state: ApiState) -> None:
@@ -39,11 +23,7 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
         if limit is not None and limit > state.limits.max_rows:
             raise HTTPException(422, f"limit: at most {state.limits.max_rows} rows per query")
         cap = limit or state.limits.max_rows
-        catalog = state.pool.catalog()
-        sql_guard.check(sql, catalog)
-        wrapped = f"SELECT * FROM (\n{_strip_terminator(sql)}\n) AS tidelake_query LIMIT {cap + 1}"
-        sql_guard.check(wrapped, catalog)
-        return rows_response(state.pool.query(wrapped, as_of=as_of), cap, started)
+        return rows_response(state.pool.select(sql, cap + 1, as_of=as_of), cap, started)
 
     @api.post("/query", response_model=QueryResult, summary="Run one read-only SELECT")
     def query(request: QueryRequest) -> Response:

@@ -134,6 +134,36 @@ ALLOWED_FUNCTIONS: frozenset[str] = frozenset(
 ALLOWED_TABLE_FUNCTIONS: frozenset[str] = frozenset({"unnest", "range", "generate_series"})
 """Table functions that only generate rows (the time and memory limits bound them)."""
 
+_PG_CATALOG = """
+pg_am pg_attrdef pg_attribute pg_class pg_collation pg_constraint pg_database pg_depend
+pg_description pg_enum pg_index pg_indexes pg_namespace pg_proc pg_sequence pg_sequences
+pg_tables pg_tablespace pg_type pg_views
+"""
+_INFORMATION_SCHEMA = """
+character_sets check_constraints columns constraint_column_usage constraint_table_usage
+key_column_usage referential_constraints schemata tables table_constraints views
+"""
+_CATALOG_FUNCTIONS = """
+version current_database current_schema current_schemas pg_table_is_visible
+pg_type_is_visible pg_function_is_visible format_type format_pg_type obj_description
+col_description shobj_description pg_get_expr pg_get_constraintdef pg_get_viewdef
+has_table_privilege has_schema_privilege has_database_privilege has_column_privilege
+has_any_column_privilege has_function_privilege pg_has_role pg_typeof pg_my_temp_schema
+pg_is_other_temp_schema array_upper array_length
+"""
+
+SYSTEM_RELATIONS: dict[str, frozenset[str]] = {
+    "pg_catalog": frozenset(_PG_CATALOG.split()),
+    "information_schema": frozenset(_INFORMATION_SCHEMA.split()),
+}
+"""DuckDB's PostgreSQL-compatible catalog views a ``Catalog(system=True)`` query may read
+(never ``pg_settings``: DuckDB's settings name local paths). They run over a schema-only copy
+of the pipeline's tables (``tidelake.serve.engine``), so they show names and types, no rows."""
+
+CATALOG_FUNCTIONS: frozenset[str] = frozenset(_CATALOG_FUNCTIONS.split())
+"""Catalog functions a ``Catalog(system=True)`` query may call (qualified with
+``pg_catalog.`` or not): they read the schema-only catalog, no data, file or setting."""
+
 _OPERATOR = re.compile(r"^[-+*/%^<>=!~&|@#?:]+$")
 _TABLE_REFS = {
     "BASE_TABLE", "SUBQUERY", "JOIN", "TABLE_FUNCTION", "EXPRESSION_LIST", "EMPTY", "EMPTY_FROM",
@@ -159,8 +189,17 @@ class Catalog:
 
     lake: frozenset[str]
     db: frozenset[str]
+    system: bool = False
+    """Also DuckDB's ``pg_catalog`` and ``information_schema`` views (``SYSTEM_RELATIONS``)
+    and ``CATALOG_FUNCTIONS``: the catalog queries of PostgreSQL clients."""
 
     def knows(self, schema: str, name: str) -> bool:
+        if self.system:
+            name = name.lower()
+            if schema in SYSTEM_RELATIONS:
+                return name in SYSTEM_RELATIONS[schema]
+            if not schema and name in SYSTEM_RELATIONS["pg_catalog"]:
+                return True
         if schema in ("", "main"):
             return name in self.lake or name in self.db
         if schema == "lake":
@@ -286,7 +325,7 @@ def _check_tree(node: Any, catalog: Catalog, ctes: frozenset[str]) -> None:
     if "class" not in node and isinstance(kind, str) and kind in _TABLE_REFS:
         _check_table_ref(node, catalog, ctes)
     if "function_name" in node:
-        _check_function(node)
+        _check_function(node, catalog)
     for key, value in node.items():
         if key != "cte_map" and isinstance(value, dict | list):
             _check_tree(value, catalog, ctes)
@@ -337,8 +376,16 @@ def _check_table_ref(node: dict[str, Any], catalog: Catalog, ctes: frozenset[str
             raise SQLRefused(f"table function {name}() is not allowed: query the pipeline's tables")
 
 
-def _check_function(node: dict[str, Any]) -> None:
+def _check_function(node: dict[str, Any], catalog: Catalog) -> None:
     name = str(node.get("function_name", "")).lower()
+    schema = str(node.get("schema") or "pg_catalog").lower()
+    if (
+        catalog.system
+        and name in CATALOG_FUNCTIONS
+        and schema == "pg_catalog"
+        and not node.get("catalog")
+    ):
+        return
     if node.get("schema") or node.get("catalog"):
         raise SQLRefused(f"function {name}() is not allowed (qualified function names are not)")
     if node.get("is_operator") and _OPERATOR.match(name):
@@ -350,4 +397,12 @@ def _check_function(node: dict[str, Any]) -> None:
         )
 
 
-__all__ = ["ALLOWED_FUNCTIONS", "ALLOWED_TABLE_FUNCTIONS", "Catalog", "SQLRefused", "check"]
+__all__ = [
+    "ALLOWED_FUNCTIONS",
+    "ALLOWED_TABLE_FUNCTIONS",
+    "CATALOG_FUNCTIONS",
+    "SYSTEM_RELATIONS",
+    "Catalog",
+    "SQLRefused",
+    "check",
+]

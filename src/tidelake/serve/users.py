@@ -5,6 +5,12 @@ alternative to the bearer token. The file is ``.tidelake/state.db`` beside the p
 never the pipeline's own database (whose tables the query engine serves), created with
 mode 0600. Hashes are ``scrypt$N$r$p$salt$hash`` (stdlib ``hashlib.scrypt``); a password
 is never stored, logged or echoed.
+
+The PostgreSQL wire endpoint authenticates with SCRAM-SHA-256, which needs the salted
+password's stored and server keys, not a scrypt hash: ``add`` keeps that verifier too
+(``SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey``, PostgreSQL's own format; neither
+key gives the password back). An account added before verifiers existed gets one when it is
+added again (``tidelake users add`` with the same name replaces it).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import hmac
 import os
 import secrets
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, get_args
@@ -28,6 +35,7 @@ ROLES: tuple[str, ...] = get_args(Role)
 """viewer reads (tables, SQL, status); operator also ingests; admin may do everything."""
 MIN_PASSWORD = 12
 _N, _R, _P = 2**14, 8, 1
+SCRAM_ITERATIONS = 4096
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
 
@@ -64,6 +72,41 @@ def verify_password(password: str, stored: str) -> bool:
     return kind == "scrypt" and hmac.compare_digest(given, expected)
 
 
+ScramKeys = tuple[bytes, bytes, bytes, int]
+"""salt, stored key, server key, iterations: what ``scramp`` needs to check a login."""
+
+
+def scram_verifier(password: str) -> str:
+    """The SCRAM-SHA-256 verifier of ``password`` in PostgreSQL's text form."""
+    import scramp  # the serve extra
+
+    salt, stored, server, iterations = scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(
+        password, iteration_count=SCRAM_ITERATIONS
+    )
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored).decode()}:"
+        + b64(server).decode()
+    )
+
+
+def scram_keys(verifier: str) -> ScramKeys:
+    """``scram_verifier``'s text back as keys (``ValueError`` when it is not one)."""
+    kind, head, keys = verifier.split("$")
+    iterations, salt = head.split(":")
+    stored, server = keys.split(":")
+    if kind != "SCRAM-SHA-256":
+        raise ValueError(f"not a SCRAM-SHA-256 verifier: {kind}")
+    b64 = base64.b64decode
+    return b64(salt), b64(stored), b64(server), int(iterations)
+
+
+@functools.cache
+def decoy_scram_keys() -> ScramKeys:
+    """Keys no password matches: an unknown user's login fails like a wrong password."""
+    return scram_keys(scram_verifier(secrets.token_urlsafe(16)))
+
+
 @functools.cache
 def _decoy() -> str:
     return hash_password(secrets.token_urlsafe(16))
@@ -87,6 +130,9 @@ class Users:
             "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL, "
             "password_hash TEXT NOT NULL, created_at TEXT NOT NULL)"
         )
+        columns = {row[1] for row in con.execute("PRAGMA table_info(users)")}
+        if "scram" not in columns:  # state databases from before the pg-wire endpoint
+            con.execute("ALTER TABLE users ADD COLUMN scram TEXT")
         return con
 
     def add(self, name: str, role: str, password: str) -> None:
@@ -105,8 +151,15 @@ class Users:
         assert con is not None
         with con:
             con.execute(
-                "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)",
-                (name, role, hash_password(password), datetime.now(UTC).isoformat()),
+                "INSERT OR REPLACE INTO users (name, role, password_hash, created_at, scram) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    name,
+                    role,
+                    hash_password(password),
+                    datetime.now(UTC).isoformat(),
+                    scram_verifier(password),
+                ),
             )
         con.close()
 
@@ -131,6 +184,25 @@ class Users:
     def exist(self) -> bool:
         """True when the pipeline has at least one account (then the API requires a login)."""
         return bool(self.list())
+
+    def scram(self, name: str) -> tuple[User, ScramKeys] | None:
+        """Account ``name`` and its SCRAM keys; None when there is no such account or it has
+        no verifier yet (added before the pg-wire endpoint: add it again)."""
+        con = self._connect()
+        if con is None:
+            return None
+        with closing(con):
+            row = con.execute(
+                "SELECT role, created_at, scram FROM users WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None or not row[2]:
+            return None
+        role, created, verifier = row
+        try:
+            keys = scram_keys(verifier)
+        except ValueError:
+            return None
+        return User(name, role, datetime.fromisoformat(created)), keys
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The account when ``password`` is its password, else None.
@@ -158,4 +230,16 @@ class Users:
         return User(name, role, datetime.fromisoformat(created))
 
 
-__all__ = ["MIN_PASSWORD", "ROLES", "Role", "User", "Users", "hash_password", "verify_password"]
+__all__ = [
+    "MIN_PASSWORD",
+    "ROLES",
+    "Role",
+    "ScramKeys",
+    "User",
+    "Users",
+    "decoy_scram_keys",
+    "hash_password",
+    "scram_keys",
+    "scram_verifier",
+    "verify_password",
+]

@@ -22,6 +22,7 @@ import select
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +45,10 @@ class WorkerKilled(QueryError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class QueryCancelled(QueryError):
+    """The client cancelled the query; its worker was killed."""
 
 
 class ResultTooLarge(QueryError):
@@ -113,18 +118,34 @@ class Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def run(self, request: dict[str, Any], deadline: float, timeout: float) -> pa.Table:
-        """Send one query; the table, or ``WorkerKilled``/``ResultTooLarge``/``QueryError``."""
+    def run(
+        self,
+        request: dict[str, Any],
+        deadline: float,
+        timeout: float,
+        cancel: threading.Event | None = None,
+    ) -> pa.Table:
+        """Send one query; the table, or ``WorkerKilled``/``ResultTooLarge``/``QueryError``
+        (``QueryCancelled`` once ``cancel`` is set)."""
         _write(self._in, orjson.dumps(request))
-        head = self._answer(deadline, self.ceiling, f"the {timeout:g} s time limit")
+        head = self._answer(deadline, self.ceiling, f"the {timeout:g} s time limit", cancel)
         if "error" in head:
             kind = ResultTooLarge if head.get("kind") == "size" else QueryError
             raise kind(str(head["error"]))
         with pa.ipc.open_stream(_read_frame(self._out)) as reader:
             return reader.read_all()
 
-    def _answer(self, deadline: float, ceiling: int | None, what: str) -> dict[str, Any]:
+    def _answer(
+        self,
+        deadline: float,
+        ceiling: int | None,
+        what: str,
+        cancel: threading.Event | None = None,
+    ) -> dict[str, Any]:
         while True:
+            if cancel is not None and cancel.is_set():
+                self.kill()
+                raise QueryCancelled("canceling statement due to user request")
             left = deadline - time.monotonic()
             if left <= 0:
                 self.kill()
@@ -180,7 +201,13 @@ def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
         except EOFError:
             return
         try:
-            table = engine.run(request["sql"], request["params"], request["bind"], request["as_of"])
+            table = engine.run(
+                request["sql"],
+                request["params"],
+                request["bind"],
+                request["as_of"],
+                request.get("system", False),
+            )
         except QueryError as e:
             _write(out, orjson.dumps({"error": str(e)}))
             continue

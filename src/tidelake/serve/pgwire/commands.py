@@ -1,0 +1,271 @@
+"""What a statement from a PostgreSQL client is, before anything runs it.
+
+Clients send session commands no query engine should see (``SET extra_float_digits = 3``,
+``BEGIN``, ``SHOW transaction_isolation``): they are answered here, from the session's own
+parameters, and never change the engine. Everything else is a query for
+``EnginePool.select``: a *system* query when it reads only catalog views (``pg_catalog``,
+``information_schema``) or no table at all, with the PostgreSQL spellings DuckDB does not
+take (``pg_catalog.`` function prefixes, ``OPERATOR(pg_catalog.~)``, ``version()``) rewritten
+before the guard sees it.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+import duckdb
+import sqlglot
+from sqlglot import exp
+
+from tidelake.errors import QueryError
+from tidelake.serve.sql_guard import SYSTEM_RELATIONS
+
+SERVER_VERSION = "16.0"
+"""What clients see as the server's PostgreSQL version (drivers pick features by it)."""
+
+HARMLESS_SETTINGS = frozenset(
+    {
+        "application_name",
+        "bytea_output",
+        "client_encoding",
+        "client_min_messages",
+        "datestyle",
+        "default_transaction_isolation",
+        "default_transaction_read_only",
+        "extra_float_digits",
+        "idle_in_transaction_session_timeout",
+        "intervalstyle",
+        "lock_timeout",
+        "search_path",
+        "standard_conforming_strings",
+        "statement_timeout",
+        "timezone",
+        "transaction_isolation",
+        "transaction_read_only",
+    }
+)
+"""Settings a client may ``SET``: kept in the session, shown by ``SHOW``, used by nothing."""
+
+
+def initial_parameters(user: str, application: str) -> dict[str, str]:
+    """The session's parameters at start-up (the reported ones go to the client)."""
+    return {
+        "server_version": SERVER_VERSION,
+        "server_encoding": "UTF8",
+        "client_encoding": "UTF8",
+        "datestyle": "ISO, MDY",
+        "timezone": "UTC",
+        "integer_datetimes": "on",
+        "standard_conforming_strings": "on",
+        "intervalstyle": "postgres",
+        "is_superuser": "off",
+        "session_authorization": user,
+        "application_name": application,
+        "transaction_isolation": "read committed",
+        "default_transaction_isolation": "read committed",
+        "transaction_read_only": "on",
+        "default_transaction_read_only": "on",
+        "search_path": "lake, db",
+        "extra_float_digits": "1",
+        "max_identifier_length": "63",
+    }
+
+
+REPORTED = (
+    "server_version",
+    "server_encoding",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "integer_datetimes",
+    "standard_conforming_strings",
+    "IntervalStyle",
+    "is_superuser",
+    "session_authorization",
+    "application_name",
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A session command: ``kind`` is its tag (``SET``, ``SHOW``, ``BEGIN`` ...)."""
+
+    kind: str
+    name: str = ""
+    value: str = ""
+
+
+_TRANSACTION = {
+    "BEGIN": "BEGIN",
+    "START": "BEGIN",
+    "COMMIT": "COMMIT",
+    "END": "COMMIT",
+    "ROLLBACK": "ROLLBACK",
+    "ABORT": "ROLLBACK",
+}
+_SET = re.compile(
+    r"SET\s+(?:SESSION\s+|LOCAL\s+)?(?P<name>[A-Za-z_][\w.]*)\s*(?:=|\s+TO\s+|\s+)\s*(?P<value>.*?)"
+    r"\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _words(sql: str) -> list[str]:
+    """The statement's tokens as text, comments left out."""
+    try:
+        tokens = duckdb.tokenize(sql)
+    except duckdb.Error:
+        return sql.split()
+    data = sql.encode()
+    ends = [pos for pos, _ in tokens[1:]] + [len(data)] if tokens else []
+    return [
+        data[pos:end].decode().strip()
+        for (pos, kind), end in zip(tokens, ends, strict=True)
+        if kind != duckdb.token_type.comment
+    ]
+
+
+def command(sql: str) -> Command | None:
+    """The session command ``sql`` is, or None for a query (``QueryError``: a command that is
+    refused, such as ``SET`` of an engine setting)."""
+    words = _words(sql)
+    if not words:
+        return Command("EMPTY")
+    first = words[0].upper()
+    if first in _TRANSACTION:
+        return Command(_TRANSACTION[first])
+    if first in ("DISCARD", "DEALLOCATE", "UNLISTEN", "RESET", "CLOSE"):
+        tag = "DISCARD ALL" if first == "DISCARD" else first
+        return Command(tag, words[1].lower() if first == "RESET" and len(words) > 1 else "")
+    if first == "SHOW":
+        name = " ".join(w.strip('"') for w in words[1:]).rstrip(";").strip().lower()
+        return Command("SHOW", name.replace(" ", "_"))
+    if first == "SET":
+        return _set(sql, words)
+    return None
+
+
+def _set(sql: str, words: list[str]) -> Command:
+    upper = [w.upper() for w in words]
+    if upper[1:3] in (["TRANSACTION"], ["TRANSACTION", "ISOLATION"]) or upper[1:3] == [
+        "SESSION",
+        "CHARACTERISTICS",
+    ]:
+        return Command("SET")  # transactions are read-only snapshots whatever is asked
+    if upper[1:3] == ["TIME", "ZONE"]:
+        return Command("SET", "timezone", " ".join(words[3:]).rstrip(";").strip("'\" "))
+    match = _SET.match(sql.strip())
+    name = match.group("name").lower() if match else ""
+    if name not in HARMLESS_SETTINGS:
+        raise QueryError(
+            f"SET {name or '?'} is not supported: the server's settings are fixed "
+            f"(a client may set {', '.join(sorted(HARMLESS_SETTINGS))})"
+        )
+    assert match is not None
+    return Command("SET", name, match.group("value").strip().strip("'\""))
+
+
+def split_statements(sql: str) -> list[str]:
+    """The statements of a simple-query message, split at ``;`` outside strings and comments."""
+    try:
+        tokens = duckdb.tokenize(sql)
+    except duckdb.Error:
+        return [sql]
+    data = sql.encode()
+    cuts = [
+        pos for pos, kind in tokens if kind == duckdb.token_type.operator and data[pos] == ord(";")
+    ]
+    parts, start = [], 0
+    for cut in cuts:
+        parts.append(data[start:cut].decode())
+        start = cut + 1
+    parts.append(data[start:].decode())
+    statements = [p for p in parts if _words(p)]
+    return statements or [""]
+
+
+def is_system(sql: str) -> bool:
+    """True when ``sql`` reads only catalog views, or no table at all."""
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.SqlglotError:
+        return False
+    ctes = {cte.alias.lower() for cte in tree.find_all(exp.CTE)}
+    for table in tree.find_all(exp.Table):
+        schema, name = table.db.lower(), table.name.lower()
+        if schema in SYSTEM_RELATIONS or (not schema and name in SYSTEM_RELATIONS["pg_catalog"]):
+            continue
+        if not schema and name in ctes or not name:
+            continue
+        return False
+    return True
+
+
+_REWRITES = [
+    (re.compile(r"OPERATOR\s*\(\s*pg_catalog\.([^)\s]+)\s*\)", re.I), r"\1"),
+    (re.compile(r"\s+COLLATE\s+pg_catalog\.\"?default\"?", re.I), ""),
+    (re.compile(r"\bpg_catalog\.(?=\w+\s*\()", re.I), ""),
+    (re.compile(r"\bpg_get_userbyid\s*\([^()]*\)", re.I), "current_user"),
+]
+
+
+def rewrite_system(sql: str, user: str, version: str) -> str:
+    """A catalog query in the spellings DuckDB accepts, with the session's user and the
+    server's version (``version()``) in place of DuckDB's."""
+    for pattern, replacement in _REWRITES:
+        sql = pattern.sub(replacement, sql)
+    literal = "'" + user.replace("'", "''") + "'"
+    sql = re.sub(r"\b(current_user|session_user)\b(?!\s*\()", literal, sql, flags=re.I)
+    return re.sub(r"\bversion\s*\(\s*\)", "'" + version.replace("'", "''") + "'", sql, flags=re.I)
+
+
+def placeholders(sql: str) -> int:
+    """The highest ``$n`` in ``sql`` (0 when it has none)."""
+    numbers = [int(n) for n in re.findall(r"\$(\d+)", sql)]
+    return max(numbers, default=0)
+
+
+_BINARY = {16: "?", 20: "!q", 21: "!h", 23: "!i", 700: "!f", 701: "!d"}
+_TEXT_INTS = {20, 21, 23, 26}
+
+
+def parameter(value: bytes | None, oid: int, binary: bool) -> object:
+    """One bound parameter as the Python value DuckDB binds (text, unless typed)."""
+    if value is None:
+        return None
+    if binary:
+        if oid == 16:
+            return value != b"\0"
+        if oid in _BINARY:
+            (number,) = struct.unpack(_BINARY[oid], value)
+            return number
+        if oid == 17:
+            return value
+        if oid in (25, 1043, 0, 705):
+            return value.decode()
+        raise QueryError(f"binary parameters of type {oid} are not supported: send them as text")
+    text = value.decode()
+    if oid in _TEXT_INTS:
+        return int(text)
+    if oid in (700, 701):
+        return float(text)
+    if oid == 16:
+        return text.lower() in ("t", "true", "1", "on", "yes", "y")
+    return text
+
+
+__all__ = [
+    "HARMLESS_SETTINGS",
+    "REPORTED",
+    "SERVER_VERSION",
+    "Command",
+    "command",
+    "initial_parameters",
+    "is_system",
+    "parameter",
+    "placeholders",
+    "rewrite_system",
+    "split_statements",
+]
