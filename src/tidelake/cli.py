@@ -667,14 +667,26 @@ def serve(
         str, typer.Option(help="bind address; beyond loopback needs TIDELAKE_API_TOKEN or a user")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    pg_port: Annotated[
+        int | None,
+        typer.Option(help="also serve the PostgreSQL wire protocol here (psql, JDBC, ODBC)"),
+    ] = None,
+    pg_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate: pg-wire clients may use TLS")
+    ] = None,
+    pg_key: Annotated[Path | None, typer.Option(help="PEM private key of --pg-cert")] = None,
 ) -> None:
     """Serve the SQL, table, ingest and flow API (OpenAPI docs at /docs) and /metrics.
 
     Example: TIDELAKE_API_TOKEN=$(openssl rand -hex 24) tidelake serve pipeline.yaml --host 0.0.0.0
     """
+    from tidelake.serve.pgwire import TLS
     from tidelake.serve.server import serve as run_server
 
-    run_server(_load(pipeline), host=host, port=port)
+    if (pg_cert is None) != (pg_key is None):
+        raise typer.BadParameter("--pg-cert and --pg-key go together")
+    tls = TLS(str(pg_cert), str(pg_key)) if pg_cert and pg_key else None
+    run_server(_load(pipeline), host=host, port=port, pg_port=pg_port, pg_tls=tls)
 
 
 UserArg = Annotated[str, typer.Argument(help="user name", show_default=False)]

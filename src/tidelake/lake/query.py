@@ -398,9 +398,7 @@ class QueryEngine:
 
     # -- SQL ----------------------------------------------------------------------
 
-    def sql(
-        self, query: str, as_of: AsOf = None, params: Sequence[Any] | None = None
-    ) -> pa.Table:
+    def sql(self, query: str, as_of: AsOf = None, params: Sequence[Any] | None = None) -> pa.Table:
         """Run one read-only SELECT; ``as_of`` time-travels the lake tables it reads;
         ``params`` are the values of its ``?``/``$n`` placeholders."""
         check_select(query)

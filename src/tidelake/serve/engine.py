@@ -155,7 +155,11 @@ class SandboxedEngine(QueryEngine):
             if self._system is not None and self._system[0] == key:
                 return self._system[1]
             con = duckdb.connect()
+            from tidelake.serve.pgwire.catalog import macros  # PostgreSQL clients' spellings
+
             con.execute("CREATE SCHEMA lake; CREATE SCHEMA db")
+            for macro in macros():
+                con.execute(macro)
             for schema, name, arrow in shapes:
                 con.register("shape", arrow.empty_table())
                 con.execute(f"CREATE TABLE {schema}.{quote(name)} AS SELECT * FROM shape")

@@ -1,4 +1,5 @@
-"""``tidelake serve``: run the API with uvicorn, refusing to expose it without a token."""
+"""``tidelake serve``: run the API with uvicorn (and the pg-wire endpoint), refusing to expose
+them without credentials."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import uvicorn
 
 from tidelake.config import Pipeline
 from tidelake.errors import ConfigError
+from tidelake.serve import pgwire
 from tidelake.serve.api import create_app
 from tidelake.serve.auth import TOKEN_ENV, Credentials, token_from_env
 from tidelake.serve.engine import Limits
+from tidelake.serve.pgwire import TLS
 
 
 def is_loopback(host: str) -> bool:
@@ -61,14 +64,32 @@ def check_bind(
             )
 
 
+def pg_login(host: str, credentials: Credentials) -> bool:
+    """Whether the pg-wire endpoint needs a login (the API's rule: beyond loopback, or when
+    the API has a token or users); ``ConfigError`` when it does and there is no user."""
+    users = credentials.users.exist()
+    if not (users or credentials.tokens or not is_loopback(host)):
+        return False
+    if not users:
+        raise ConfigError(
+            f"refusing to serve pg-wire on {host!r} without users: PostgreSQL clients log in "
+            "as a user of the pipeline. Add one (tidelake users add PIPELINE NAME), "
+            "or bind to 127.0.0.1 without an API token."
+        )
+    return True
+
+
 def serve(
     pipeline: Pipeline,
     host: str = "127.0.0.1",
     port: int = 8000,
     token: str | None = None,
     limits: Limits | None = None,
+    pg_port: int | None = None,
+    pg_tls: TLS | None = None,
 ) -> None:
-    """Serve ``pipeline``'s API until interrupted (``tidelake serve PIPELINE --host --port``).
+    """Serve ``pipeline``'s API until interrupted (``tidelake serve PIPELINE --host --port``),
+    and with ``pg_port`` the PostgreSQL wire endpoint on the same host.
 
     ``token`` defaults to ``TIDELAKE_API_TOKEN``.
     """
@@ -76,7 +97,14 @@ def serve(
     credentials = Credentials(pipeline, token)
     check_bind(host, token, credentials.named, users=credentials.users.exist())
     app = create_app(pipeline, token=token, limits=limits)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    pg = None
+    if pg_port is not None:
+        pg = pgwire.start(pipeline, host, pg_port, pg_login(host, credentials), limits, pg_tls)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    finally:
+        if pg is not None:
+            pg.stop()
 
 
-__all__ = ["MIN_TOKEN_LENGTH", "check_bind", "is_loopback", "serve"]
+__all__ = ["MIN_TOKEN_LENGTH", "check_bind", "is_loopback", "pg_login", "serve"]

@@ -149,7 +149,7 @@ pg_type_is_visible pg_function_is_visible format_type format_pg_type obj_descrip
 col_description shobj_description pg_get_expr pg_get_constraintdef pg_get_viewdef
 has_table_privilege has_schema_privilege has_database_privilege has_column_privilege
 has_any_column_privilege has_function_privilege pg_has_role pg_typeof pg_my_temp_schema
-pg_is_other_temp_schema array_upper array_length
+pg_is_other_temp_schema array_upper array_length pg_get_userbyid
 """
 
 SYSTEM_RELATIONS: dict[str, frozenset[str]] = {

@@ -5,7 +5,7 @@ Clients send session commands no query engine should see (``SET extra_float_digi
 parameters, and never change the engine. Everything else is a query for
 ``EnginePool.select``: a *system* query when it reads only catalog views (``pg_catalog``,
 ``information_schema``) or no table at all, with the PostgreSQL spellings DuckDB does not
-take (``pg_catalog.`` function prefixes, ``OPERATOR(pg_catalog.~)``, ``version()``) rewritten
+take (``pg_catalog.`` prefixes, ``OPERATOR(pg_catalog.~)``, ``current_user``) rewritten
 before the guard sees it.
 """
 
@@ -206,19 +206,16 @@ def is_system(sql: str) -> bool:
 _REWRITES = [
     (re.compile(r"OPERATOR\s*\(\s*pg_catalog\.([^)\s]+)\s*\)", re.I), r"\1"),
     (re.compile(r"\s+COLLATE\s+pg_catalog\.\"?default\"?", re.I), ""),
-    (re.compile(r"\bpg_catalog\.(?=\w+\s*\()", re.I), ""),
-    (re.compile(r"\bpg_get_userbyid\s*\([^()]*\)", re.I), "current_user"),
+    (re.compile(r"\bpg_catalog\.", re.I), ""),
 ]
 
 
-def rewrite_system(sql: str, user: str, version: str) -> str:
-    """A catalog query in the spellings DuckDB accepts, with the session's user and the
-    server's version (``version()``) in place of DuckDB's."""
+def rewrite_system(sql: str, user: str) -> str:
+    """A catalog query in the spellings DuckDB accepts, with the session's user."""
     for pattern, replacement in _REWRITES:
         sql = pattern.sub(replacement, sql)
     literal = "'" + user.replace("'", "''") + "'"
-    sql = re.sub(r"\b(current_user|session_user)\b(?!\s*\()", literal, sql, flags=re.I)
-    return re.sub(r"\bversion\s*\(\s*\)", "'" + version.replace("'", "''") + "'", sql, flags=re.I)
+    return re.sub(r"\b(current_user|session_user)\b(?!\s*\()", literal, sql, flags=re.I)
 
 
 def placeholders(sql: str) -> int:

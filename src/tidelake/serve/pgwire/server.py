@@ -2,7 +2,7 @@
 
 ``tidelake serve PIPELINE --pg-port 15432`` runs it beside the HTTP API, in a thread with
 its own asyncio loop and its own pool of sandboxed engines. Logins are the pipeline's users
-(``tidelake users add``), checked with SCRAM-SHA-256 (``scramp``): the password never
+(``tidelake users add``), checked with SCRAM-SHA-256: the password never
 crosses the wire and the server keeps only the verifier. When the endpoint needs no login
 (loopback, no user, no API token: the HTTP API's own rule) any user name is accepted.
 An ``SSLRequest`` is answered ``S`` and the connection upgraded when a certificate is
@@ -12,6 +12,8 @@ configured, ``N`` otherwise; a client that insists on TLS then stops by itself.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
 import itertools
 import logging
@@ -23,15 +25,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import scramp
-
 from tidelake.config import Pipeline
 from tidelake.errors import ConfigError
 from tidelake.serve.engine import EnginePool, Limits
 from tidelake.serve.pgwire import commands, messages
 from tidelake.serve.pgwire.messages import Body, ProtocolError
 from tidelake.serve.pgwire.session import Session
-from tidelake.serve.users import Users, decoy_scram_keys
+from tidelake.serve.users import ScramKeys, Users, decoy_scram_keys
 
 log = logging.getLogger(__name__)
 _SCRAM = "SCRAM-SHA-256"
@@ -48,6 +48,46 @@ class TLS:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.certificate, self.key)
         return context
+
+
+class _ScramExchange:
+    """The server side of one SCRAM-SHA-256 exchange (RFC 5802/7677) against stored keys.
+
+    PostgreSQL clients send an empty user name in the SCRAM messages (the user is the one of
+    the start-up packet), which ``scramp``'s server refuses; the exchange itself is these two
+    steps, ``scramp`` makes the verifiers (``tidelake.serve.users``)."""
+
+    def __init__(self, keys: ScramKeys) -> None:
+        self.salt, self.stored, self.server, self.iterations = keys
+
+    def first(self, client_first: str) -> str:
+        header, _, bare = client_first.partition(",")
+        header += "," + bare.split(",", 1)[0]
+        bare = bare.split(",", 1)[1]
+        if header[0] not in "ny":
+            raise ValueError("channel binding is not offered")
+        nonce = dict(f.split("=", 1) for f in bare.split(",") if "=" in f).get("r", "")
+        if not nonce:
+            raise ValueError("client nonce missing")
+        self.header, self.bare = header + ",", bare
+        self.nonce = nonce + secrets.token_urlsafe(18)
+        salt = base64.b64encode(self.salt).decode()
+        self.server_first = f"r={self.nonce},s={salt},i={self.iterations}"
+        return self.server_first
+
+    def final(self, client_final: str) -> str:
+        without_proof, _, proof = client_final.rpartition(",p=")
+        fields = dict(f.split("=", 1) for f in without_proof.split(","))
+        binding = base64.b64encode(self.header.encode()).decode()
+        if fields.get("c") != binding or fields.get("r") != self.nonce:
+            raise ValueError("channel binding or nonce mismatch")
+        message = f"{self.bare},{self.server_first},{without_proof}".encode()
+        signature = hmac.digest(self.stored, message, "sha256")
+        client_key = bytes(a ^ b for a, b in zip(base64.b64decode(proof), signature, strict=True))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self.stored):
+            raise ValueError("wrong password")
+        verifier = base64.b64encode(hmac.digest(self.server, message, "sha256")).decode()
+        return f"v={verifier}"
 
 
 class PgServer:
@@ -130,22 +170,22 @@ class PgServer:
         body = Body(data)
         if kind != b"p" or body.cstring() != _SCRAM:
             raise ProtocolError("expected a SASLInitialResponse for SCRAM-SHA-256")
-        server = scramp.ScramMechanism(_SCRAM).make_server(lambda _: keys)
+        exchange = _ScramExchange(keys)
         try:
-            server.set_client_first(body.bytes(body.int32()).decode())
-            writer.write(messages.authentication(11, server.get_server_first().encode()))
+            server_first = exchange.first(body.bytes(body.int32()).decode())
+            writer.write(messages.authentication(11, server_first.encode()))
             await writer.drain()
             kind, data = await messages.read_message(reader)
             if kind != b"p":
                 raise ProtocolError("expected a SASLResponse")
-            server.set_client_final(data.decode())
-        except scramp.ScramException:
+            server_final = exchange.final(data.decode())
+        except ValueError:
             found = None
         if found is None:
             failed = f'password authentication failed for user "{user}"'
             writer.write(messages.error("28P01", failed, "FATAL"))
             return False
-        writer.write(messages.authentication(12, server.get_server_final().encode()))
+        writer.write(messages.authentication(12, server_final.encode()))
         return True
 
     @contextmanager

@@ -76,7 +76,6 @@ class Session:
         self.statements: dict[str, Prepared] = {}
         self.portals: dict[str, Portal] = {}
         self.cancel = threading.Event()
-        self.version = f"PostgreSQL {commands.SERVER_VERSION} (tidelake, DuckDB)"
 
     async def run(self) -> None:
         """Answer messages until the client terminates or goes away."""
@@ -256,7 +255,7 @@ class Session:
     async def _select(self, sql: str, params: list[object], rows: int) -> pa.Table:
         system = commands.is_system(sql)
         if system:
-            sql = commands.rewrite_system(sql, self.user, self.version)
+            sql = commands.rewrite_system(sql, self.user)
         self.cancel.clear()
         try:
             return await asyncio.to_thread(
