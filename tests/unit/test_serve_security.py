@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from test_serve_api import ROWS, Lake, build_lake
 
 from tidelake.errors import QueryError
-from tidelake.serve import sql_guard
+from tidelake.serve import pgwire, sql_guard
 from tidelake.serve.api import create_app
 from tidelake.serve.engine import Limits, SandboxedEngine
 
@@ -147,16 +148,63 @@ def attacks(lake: Lake) -> list[str]:
     ]
 
 
-def test_guard_refuses_every_attack(lake: Lake, client: TestClient) -> None:
-    before = client.post("/api/query", json={"sql": "SELECT count(*) FROM events"}).json()
+ANSWERED_OVER_PGWIRE = {
+    "SELECT * FROM information_schema.tables",
+    "SELECT * FROM pg_catalog.pg_tables",
+    "SELECT version()",
+    "BEGIN TRANSACTION",
+    "SELECT * FROM events; SELECT 1",
+}
+"""What a PostgreSQL client may ask on connect: answered from the schema-only catalog (names
+and types, no rows) or acknowledged without effect; and two reads in one simple query, which
+run one by one, each through the guard (the other stacked attacks fail at their second)."""
+
+Door = Callable[[str], tuple[bool, str]]
+"""Run one statement through a door: (refused, what the client was told)."""
+
+
+@pytest.fixture(scope="module", params=["api", "pgwire"])
+def door(request: pytest.FixtureRequest, lake: Lake, client: TestClient) -> Iterator[Door]:
+    """``POST /api/query``, or the PostgreSQL wire endpoint (psycopg, autocommit)."""
+    if request.param == "api":
+
+        def post(sql: str) -> tuple[bool, str]:
+            r = client.post("/api/query", json={"sql": sql})
+            assert r.status_code in (200, 400), (sql, r.status_code, r.text)
+            refused = r.status_code == 400
+            return refused, r.json()["detail"] if refused else str(r.json()["rows"])
+
+        yield post
+        return
+    running = pgwire.start(lake.pipeline, "127.0.0.1", 0, login=False)
+    con = psycopg.connect(f"host=127.0.0.1 port={running.port} user=x dbname=x", autocommit=True)
+
+    def execute(sql: str) -> tuple[bool, str]:
+        try:
+            cur = con.execute(sql.encode())
+            return False, str(cur.fetchall() if cur.description else cur.statusmessage)
+        except psycopg.Error as e:
+            return True, str(e)
+        finally:  # BEGIN TRANSACTION opened one: the next attack starts outside it
+            if con.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                con.execute("ROLLBACK")
+
+    yield execute
+    con.close()
+    running.stop()
+
+
+def test_guard_refuses_every_attack(
+    lake: Lake, client: TestClient, door: Door, request: pytest.FixtureRequest
+) -> None:
+    pgwire_door = "pgwire" in request.node.callspec.id
+    before = door("SELECT count(*) FROM events")
     for sql in attacks(lake):
-        r = client.post("/api/query", json={"sql": sql})
-        assert r.status_code == 400, (sql, r.status_code, r.text)
-        detail = r.json()["detail"]
-        assert CANARY not in r.text and str(lake.root) not in detail, (sql, detail)
-        assert "Traceback" not in detail and len(detail) < 400
-    after = client.post("/api/query", json={"sql": "SELECT count(*) FROM events"}).json()
-    assert before["rows"] == after["rows"] == [[ROWS]]
+        refused, told = door(sql)
+        assert refused != (pgwire_door and sql in ANSWERED_OVER_PGWIRE), (sql, told)
+        assert CANARY not in told and str(lake.root) not in told, (sql, told)
+        assert "Traceback" not in told and (not refused or len(told) < 400)
+    assert door("SELECT count(*) FROM events") == before and str(ROWS) in before[1]
     assert sorted(p.name for p in lake.root.iterdir()) == [".tidelake", "canary.csv"]
     assert [t["name"] for t in client.get("/api/tables").json()] == ["events", "stock"]
 

@@ -136,9 +136,13 @@ def command(sql: str) -> Command | None:
     first = words[0].upper()
     if first in _TRANSACTION:
         return Command(_TRANSACTION[first])
-    if first in ("DISCARD", "DEALLOCATE", "UNLISTEN", "RESET", "CLOSE"):
-        tag = "DISCARD ALL" if first == "DISCARD" else first
-        return Command(tag, words[1].lower() if first == "RESET" and len(words) > 1 else "")
+    if first in ("DISCARD", "DEALLOCATE", "UNLISTEN", "CLOSE"):
+        return Command("DISCARD ALL" if first == "DISCARD" else first)
+    if first == "RESET":
+        name = words[1].lower() if len(words) > 1 else ""
+        if name not in HARMLESS_SETTINGS | {"all"}:
+            raise QueryError(f"RESET {name or '?'} is not supported: the server's settings stay")
+        return Command("RESET")
     if first == "SHOW":
         name = " ".join(w.strip('"') for w in words[1:]).rstrip(";").strip().lower()
         return Command("SHOW", name.replace(" ", "_"))
@@ -160,8 +164,8 @@ def _set(sql: str, words: list[str]) -> Command:
     name = match.group("name").lower() if match else ""
     if name not in HARMLESS_SETTINGS:
         raise QueryError(
-            f"SET {name or '?'} is not supported: the server's settings are fixed "
-            f"(a client may set {', '.join(sorted(HARMLESS_SETTINGS))})"
+            f"SET {name or '?'} is not supported: the server's settings are fixed (a client "
+            "may set session options such as application_name, DateStyle or search_path)"
         )
     assert match is not None
     return Command("SET", name, match.group("value").strip().strip("'\""))
@@ -190,8 +194,8 @@ def is_system(sql: str) -> bool:
     """True when ``sql`` reads only catalog views, or no table at all."""
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
-    except sqlglot.errors.SqlglotError:
-        return False
+    except (sqlglot.errors.SqlglotError, RecursionError):
+        return False  # the guard refuses it with the reason
     ctes = {cte.alias.lower() for cte in tree.find_all(exp.CTE)}
     for table in tree.find_all(exp.Table):
         schema, name = table.db.lower(), table.name.lower()
