@@ -142,9 +142,9 @@ def run(
 
     Example: tidelake run scenarios/stock/pipeline.yaml --flow opening_stock
     """
+    from tidelake.runtime import schedules
     from tidelake.runtime.console import show_live
     from tidelake.runtime.runner import Runner, failed, run_flows
-    from tidelake.runtime.schedules import Job, Scheduler
 
     p = _load(pipeline)
     names = flow or [f for f in p.flows if f not in p.scheduled()]
@@ -160,17 +160,8 @@ def run(
         _supervise(pipeline, p, counts, stop, done)
         return
     view: list[threading.Thread] = []
-
-    def ran(job: Job) -> None:
-        when = time.strftime("%H:%M:%S", time.gmtime(job.next_run))
-        failed_with = f", failed: {job.last_error}" if job.last_error else ""
-        err.print(f"schedule {job.name}: ran (run {job.runs}{failed_with}); next {when} UTC",
-                  markup=False)  # fmt: skip
-
     if not flow and p.schedules:
-        jobs = Scheduler(p, stop, on_run=ran)
-        view.append(threading.Thread(target=jobs.run, name="schedules", daemon=True))
-        view[-1].start()
+        view.append(schedules.start(p, stop, lambda line: err.print(line, markup=False)))
 
     def started(runners: list[Runner]) -> None:
         t = threading.Thread(

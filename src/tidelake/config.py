@@ -295,10 +295,11 @@ def _interpolate_tree(
                 )
             )
             return obj
-        if _VAR.fullmatch(
-            obj
-        ):  # a whole-value variable is typed like YAML: 200 -> int, null -> None
-            typed = yaml.safe_load(value) if value.strip() else None
+        if _VAR.fullmatch(obj):  # a whole-value variable is typed like YAML: 200 -> int
+            try:  # ... null -> None; what is no YAML scalar (a cron's */5) stays a string
+                typed = yaml.safe_load(value) if value.strip() else None
+            except yaml.YAMLError:
+                return value
             return typed if not isinstance(typed, dict | list) else value
         return value
     return obj

@@ -23,6 +23,7 @@ SOURCES = {
     "topic": "tidelake.sources.topic:TopicSource",
     "dead_letters": "tidelake.sources.dead_letters:DeadLetterSource",
     "cdc": "tidelake.sources.cdc:CdcSource",
+    "query": "tidelake.sources.query:QuerySource [lake]",
     "crawl": "tidelake.sources.crawl:CrawlSource [crawl]",
 }
 TRANSFORMS = {

@@ -1,4 +1,5 @@
-"""Headless Chromium driven over the Chrome DevTools Protocol, for the dashboard tests.
+"""Headless Chromium driven over the Chrome DevTools Protocol, for the dashboard tests,
+and ``tidelake demo`` run in the background for them to watch.
 
 No Selenium/Playwright: the machine's ``/usr/bin/chromium`` (installed with apt-get when
 absent) is started with ``--remote-debugging-port=0`` and one page is driven through
@@ -13,8 +14,11 @@ import io
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -131,3 +135,74 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+DEMO_SERVICES = ("RATINGS_API", "REVIEWS_APP", "MARKET_API")
+"""Outside services a demo starts itself unless the environment names them."""
+
+
+class Demo:
+    """``tidelake demo NAME`` in the background; its output collected by a reader thread.
+    ``env`` adds to the environment (``MARKET_API``: the test's own market API)."""
+
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        api: int,
+        dashboard: int,
+        *args: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.dashboard = f"http://127.0.0.1:{dashboard}"
+        environ = {k: v for k, v in os.environ.items() if k not in DEMO_SERVICES}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tidelake.cli", "demo", name,
+             "--api-port", str(api), "--dashboard-port", str(dashboard),
+             "--dir", str(folder), *args],
+            env=environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def alive(self) -> bool:
+        """True while the demo runs; the test fails with its output once it has exited."""
+        if self.proc.poll() is not None:
+            self._reader.join(10)
+            pytest.fail(f"the demo exited with {self.proc.returncode}:\n{self.output}")
+        return True
+
+    def show(self, browser: Browser) -> None:
+        """Open the demo's dashboard in ``browser`` once it is up."""
+        wait_for(
+            lambda: self.alive() and httpx.get(f"{self.dashboard}/_stcore/health").text == "ok",
+            120,
+            "the dashboard",
+        )
+        browser.send("Page.navigate", url=self.dashboard)
+
+    def interrupt(self, timeout: float = 60) -> int:
+        """Ctrl-C, then the exit code (SIGKILL and an error if it hangs)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"demo ignored Ctrl-C for {timeout}s:\n{self.output}") from None
+        self._reader.join(10)
+        return code

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import Browser, find_chromium, free_port, wait_for
+from browser import Browser, free_port, wait_for
 from PIL import ImageChops
 
 from tidelake import config
@@ -49,11 +48,6 @@ dashboard:
 CHART = ".st-key-panel-0 [data-testid=stVegaLiteChart]"
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    return find_chromium()
-
-
 @pytest.fixture
 def live_pipeline(tmp_path: Path) -> Iterator[Path]:
     """The pipeline file, with its flow landing ticks in the lake for the test's duration."""
@@ -67,14 +61,6 @@ def live_pipeline(tmp_path: Path) -> Iterator[Path]:
     stop_flow.set()
     thread.join(30)
     assert runner.metrics.state == "stopped", runner.metrics.last_error
-
-
-@pytest.fixture
-def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
-    b = Browser(chromium, tmp_path / "chromium")
-    yield b
-    b.close()
-    shutil.rmtree(tmp_path / "chromium", ignore_errors=True)
 
 
 def test_dashboard_charts_refresh_live(live_pipeline: Path, browser: Browser) -> None:

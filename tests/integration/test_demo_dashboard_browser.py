@@ -10,20 +10,13 @@ Ctrl-C (SIGINT) then stops the process tree with exit code 0.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from browser import Browser, find_chromium, free_port, wait_for
+from browser import Browser, Demo, free_port, wait_for
 from PIL import ImageChops
 
 pytestmark = pytest.mark.integration
@@ -31,68 +24,6 @@ pytestmark = pytest.mark.integration
 PER_MINUTE = ".st-key-panel-0"  # the scenario's dashboard panels, in file order
 TOP_RATED = ".st-key-panel-1"
 IN_LAKE = ".st-key-panel-3"
-
-
-class Demo:
-    """``tidelake demo movies`` in the background; its output collected by a reader thread."""
-
-    def __init__(self, folder: Path, api: int, dashboard: int, ratings: int) -> None:
-        env = os.environ | {"PYTHONUNBUFFERED": "1"}
-        env.pop("RATINGS_API", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tidelake.cli", "demo", "movies",
-             "--api-port", str(api), "--dashboard-port", str(dashboard),
-             "--ratings-port", str(ratings), "--dir", str(folder)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def alive(self) -> bool:
-        """True while the demo runs; the test fails with its output once it has exited."""
-        if self.proc.poll() is not None:
-            self._reader.join(10)
-            pytest.fail(f"the demo exited with {self.proc.returncode}:\n{self.output}")
-        return True
-
-    def interrupt(self, timeout: float = 60) -> int:
-        """Ctrl-C, then the exit code (SIGKILL and an error if it hangs)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"demo ignored Ctrl-C for {timeout}s:\n{self.output}") from None
-        self._reader.join(10)
-        return code
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    return find_chromium()
-
-
-@pytest.fixture
-def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
-    b = Browser(chromium, tmp_path / "chromium")
-    yield b
-    b.close()
-    shutil.rmtree(tmp_path / "chromium", ignore_errors=True)
 
 
 def _number(text: str | None) -> int | None:
@@ -103,15 +34,9 @@ def _number(text: str | None) -> int | None:
 
 def test_demo_movies_dashboard_updates_live(tmp_path: Path, browser: Browser) -> None:
     api, dashboard, ratings = free_port(), free_port(), free_port()
-    demo = Demo(tmp_path / "movies", api, dashboard, ratings)
+    demo = Demo("movies", tmp_path / "movies", api, dashboard, "--ratings-port", str(ratings))
     try:
-        url = f"http://127.0.0.1:{dashboard}"
-        wait_for(
-            lambda: demo.alive() and httpx.get(f"{url}/_stcore/health").text == "ok",
-            120,
-            "the dashboard",
-        )
-        browser.send("Page.navigate", url=url)
+        demo.show(browser)
         assert browser.js("document.title") is not None
 
         bar = json.dumps(f"{PER_MINUTE} [data-testid=stVegaLiteChart] svg .mark-rect path")

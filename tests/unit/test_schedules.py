@@ -96,3 +96,16 @@ def test_bad_schedules_fail_at_load(tmp_path: Path, schedules: str, message: str
     with pytest.raises(ConfigError, match=r"p.yaml:\d+") as e:
         loads(pipeline(tmp_path, schedules), tmp_path / "p.yaml")
     assert message in str(e.value)
+
+
+def test_a_cron_from_the_environment_and_a_query_source_that_only_selects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EOD_CRON", raising=False)  # `*/5` is no YAML scalar: it stays a string
+    p = loads(pipeline(tmp_path, "  x: {cron: '${EOD_CRON:-*/5 * * * *}', flow: summary}\n"),
+              tmp_path / "p.yaml")  # fmt: skip
+    assert p.schedules["x"].cron == "*/5 * * * *"
+    query = "name: t\nflows:\n  q:\n    source: {type: query, sql: 'DELETE FROM lake.x'}\n"
+    query += "    sink: {type: console}\n"
+    with pytest.raises(ConfigError, match=r"p.yaml:4: .*only a single read-only SELECT"):
+        loads(query, tmp_path / "p.yaml")

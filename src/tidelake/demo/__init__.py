@@ -23,6 +23,7 @@ from tidelake import extras
 from tidelake.config import Pipeline, load
 from tidelake.demo.projects import demo_folder
 from tidelake.errors import ConfigError
+from tidelake.runtime import schedules
 from tidelake.runtime.console import show_live
 from tidelake.runtime.runner import Runner, run_flows
 
@@ -218,8 +219,11 @@ def run_demo(
                 daemon=True,
             ).start()
 
+    if pipeline.schedules:
+        schedules.start(pipeline, stop, lambda line: console.print(line, markup=False))
     try:
-        run_flows(pipeline, list(pipeline.flows), stop, on_start=started)
+        flows = [f for f in pipeline.flows if f not in pipeline.scheduled()]
+        run_flows(pipeline, flows, stop, on_start=started)
     finally:
         done.set()
         if proc is not None:

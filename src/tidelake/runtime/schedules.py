@@ -22,6 +22,7 @@ import orjson
 from croniter import croniter
 
 from tidelake.config import Pipeline, Schedule
+from tidelake.errors import TidelakeError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ class Scheduler:
             job.last_error = ""
         except Exception as e:  # noqa: BLE001 - shown with the job; it runs again when due
             job.last_error = f"{type(e).__name__}: {e}"
-            log.exception("schedule %s failed", job.name)
+            log.warning(
+                "schedule %s failed: %s", job.name, e, exc_info=not isinstance(e, TidelakeError)
+            )
 
     def _save(self) -> None:
         path = self.pipeline.state_dir / "schedules.json"
@@ -110,3 +113,32 @@ class Scheduler:
             }
             for j in self.jobs
         ]
+
+
+def start(
+    pipeline: Pipeline, stop: threading.Event, say: Callable[[str], None]
+) -> threading.Thread:
+    """Run ``pipeline``'s schedules in a thread until ``stop``, telling ``say`` each job's
+    next run now and its last and next run after every run (the console's view of them)."""
+    jobs = Scheduler(
+        pipeline, stop, on_run=lambda job: say(f"schedule {job.name}: {describe(job)}")
+    )
+    for job in jobs.jobs:
+        say(f"schedule {job.name}: {describe(job)}")
+    thread = threading.Thread(target=jobs.run, name="schedules", daemon=True)
+    thread.start()
+    return thread
+
+
+def describe(job: Job) -> str:
+    """What a job runs, when it last ran (and how that went) and when it runs next (UTC)."""
+
+    def hms(t: float) -> str:
+        return time.strftime("%H:%M:%S", time.gmtime(t))
+
+    what = job.schedule.flow or f"compact {', '.join(job.schedule.compact)}"
+    last = "not yet run"
+    if job.last_run is not None:
+        failed = f", failed: {job.last_error}" if job.last_error else ""
+        last = f"last run {hms(job.last_run)} (run {job.runs}{failed})"
+    return f"{what} at {job.schedule.cron!r}; {last}; next {hms(job.next_run)} UTC"

@@ -130,6 +130,7 @@ class FlowStatus(_Model):
     partitions: dict[str, int] = Field(
         {}, description="partitions this worker owns (<topic>/<partition>) -> lag"
     )
+    schedule: str | None = Field(None, description="the schedule that runs it")
     cron: str | None = Field(None, description="a scheduled flow's cron expression")
     last_run: float | None = Field(None, description="a scheduled flow's last start (epoch s)")
     next_run: float | None = Field(None, description="a scheduled flow's next start (epoch s)")

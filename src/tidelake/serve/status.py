@@ -87,7 +87,8 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
     def flows() -> list[FlowStatus]:
         now, state_dir = time.time(), state.pipeline.state_dir
         out = [_flow_status(raw, now) for raw in read_all(state_dir / "metrics")]
-        try:  # scheduled flows: their cron, last and next run (written by `tidelake run`)
+        try:  # scheduled flows: their cron, last and next run (written by `tidelake run`;
+            # a compaction job is listed as `compact <tables>`)
             jobs = {j["runs"]: j for j in orjson.loads((state_dir / "schedules.json").read_bytes())}
         except (OSError, orjson.JSONDecodeError):
             jobs = {}
@@ -95,7 +96,9 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
         out += [FlowStatus(flow=f, state="scheduled") for f in jobs if f not in seen]
         for f in out:
             if job := jobs.get(f.flow):
-                f.cron, f.last_run, f.next_run = job["cron"], job["last_run"], job["next_run"]
+                f.schedule, f.cron = job["schedule"], job["cron"]
+                f.last_run, f.next_run = job["last_run"], job["next_run"]
+                f.last_error = f.last_error or job["last_error"]
         return out
 
 

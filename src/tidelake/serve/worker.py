@@ -87,7 +87,9 @@ def rss_bytes(pid: int) -> int:
 
 def setup_frame(pipeline: Pipeline, limits: dict[str, Any]) -> bytes:
     """What a worker needs to open the pipeline's tables (no flows: it never runs them)."""
-    fields = pipeline.model_dump(mode="json", exclude={"flows", "queries", "dashboard", "serve"})
+    fields = pipeline.model_dump(
+        mode="json", exclude={"flows", "schedules", "queries", "dashboard", "serve"}
+    )
     return orjson.dumps(
         {"pipeline": fields | {"flows": {}}, "base_dir": str(pipeline.base_dir), "limits": limits}
     )
