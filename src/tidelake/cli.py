@@ -790,6 +790,36 @@ def demo(
     )
 
 
+@app.command("airflow-dag")
+def airflow_dag(
+    pipeline: PipelineArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="DAG file to write (default: print it)"),
+    ] = None,
+    tidelake: Annotated[
+        str | None,
+        typer.Option(help="the tidelake command where Airflow runs the tasks", show_default=False),
+    ] = None,
+) -> None:
+    """Write the pipeline's schedules as an Airflow DAG file: one DAG per schedule, whose
+    tasks run its batch flow (tidelake run --flow) or compact its lake tables.
+
+    Example: tidelake airflow-dag scenarios/markets/pipeline.yaml -o dags/markets.py
+    """
+    from tidelake.airflow_dag import render
+
+    p = _load(pipeline)
+    text = render(p, pipeline, tidelake or str(Path(sys.executable).with_name("tidelake")))
+    if output is None:
+        print(text, end="")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    dags = ", ".join(f"{p.name}.{name}" for name in p.schedules)
+    console.print(f"wrote {output}: DAGs {dags}", highlight=False)
+
+
 @app.command()
 def schema(
     markdown: Annotated[
