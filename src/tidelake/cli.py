@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import signal
 import sys
 import threading
 import time
@@ -145,6 +144,7 @@ def run(
     from tidelake.runtime import schedules
     from tidelake.runtime.console import show_live
     from tidelake.runtime.runner import Runner, failed, run_flows
+    from tidelake.runtime.signals import stop_on_signals
 
     p = _load(pipeline)
     names = flow or [f for f in p.flows if f not in p.scheduled()]
@@ -153,8 +153,7 @@ def run(
             p.flows[name].engine = engine.value
     stop = threading.Event()
     done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     counts = {n: workers or p.flows[n].workers for n in names if n in p.flows}
     if not worker and any(n > 1 for n in counts.values()):
         _supervise(pipeline, p, counts, stop, done)
@@ -392,14 +391,14 @@ def dlq_redrive(
     (CAST(replace(quantity, 'two', '2') AS INT) AS quantity) FROM batch"
     """
     from tidelake.runtime.redrive import input_topic, redrive
+    from tidelake.runtime.signals import stop_on_signals
 
     try:
         p, broker, topic = _dead_letter_topic(pipeline, flow)
         broker.close()
         target = to or input_topic(p, flow)
         stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+        stop_on_signals(stop)
         m = redrive(p, flow, sql=sql, to=target, batch_size=batch_size, stop=stop)
     except TidelakeError as e:
         _fail(e)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from tidelake.errors import ConfigError
 from tidelake.runtime import schedules
 from tidelake.runtime.console import show_live
 from tidelake.runtime.runner import Runner, run_flows
+from tidelake.runtime.signals import stop_on_signals
 
 LAKE_FLOW = {
     "movies": ("ratings_lake", "ratings flowing into the lake"),
@@ -199,8 +199,7 @@ def run_demo(
     console.print("  Ctrl-C stops everything.\n")
 
     stop, done = threading.Event(), threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     if name == "reviews":
         from tidelake.demo.reviews_app import post_traffic
 

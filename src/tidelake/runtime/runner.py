@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 50_000
 """Rows asked of a source per read: big batches still check their deadline between chunks."""
+READ_WAIT_SECONDS = 0.5
+"""Longest wait for a source's next record, whatever the batch latency: a stop request,
+a rebalance and the published metrics are seen this often."""
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 """Backoff between attempts after a transient fault: doubling from the first to the max."""
@@ -166,10 +169,11 @@ class FlowRunner:
             self.metrics.state = "running"
             first_at: float | None = None
             while not self.stop.is_set():
-                wait = (
+                wait = min(
+                    READ_WAIT_SECONDS,
                     settings.max_latency
                     if first_at is None
-                    else max(0.0, settings.max_latency - (time.monotonic() - first_at))
+                    else max(0.0, settings.max_latency - (time.monotonic() - first_at)),
                 )
                 want = min(settings.size - self._pending_rows, READ_CHUNK)
                 batch = self.source.read(want, wait)

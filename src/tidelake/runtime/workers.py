@@ -10,11 +10,13 @@ The supervisor starts each worker as ``tidelake run PIPELINE --flow F --worker I
 restarts one that crashed after a backoff (doubling from ``RESTART_FIRST_SECONDS`` to
 ``RESTART_MAX_SECONDS``, back to the first after ``RESTART_RESET_SECONDS`` of running),
 and on Ctrl-C or SIGTERM passes SIGTERM to every worker and waits until each landed its
-batch in flight and left the group.
+batch in flight and left the group. On Linux a worker also gets SIGTERM when the supervisor
+dies without passing it on (SIGKILL, OOM killer), so no worker outlives its supervisor.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,11 @@ def problems(pipeline: Pipeline, flow: str, workers: int) -> list[str]:
         return []
     spec = pipeline.flows[flow]
     out = []
+    if spec.engine == "spark":
+        out.append(
+            "Spark spreads a flow over its own executors; set workers: 1 and scale with the "
+            "Spark cluster (spark.master, executors) instead"
+        )
     if spec.source.type != "topic":  # type: ignore[attr-defined]
         out.append(
             f"a {spec.source.type} source cannot be split between workers; read from a "  # type: ignore[attr-defined]
@@ -121,7 +129,23 @@ def supervise(path: Path, counts: dict[str, int], stop: threading.Event) -> int:
 
 def _spawn(path: Path, w: Worker) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "tidelake.cli", "run", str(path), "--flow", w.flow]
-    return subprocess.Popen([*args, "--worker", w.id])
+    arm = _terminate_with(os.getpid()) if sys.platform == "linux" else None
+    return subprocess.Popen([*args, "--worker", w.id], preexec_fn=arm)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with(parent: int) -> Callable[[], None]:
+    """For the forked worker, before exec: SIGTERM it when ``parent`` dies (prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the supervisor died before the wish was registered
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def _why(code: int) -> str:
