@@ -74,6 +74,8 @@ users_app = typer.Typer(
     help="Manage the pipeline's user accounts (API logins).", no_args_is_help=True
 )
 app.add_typer(users_app, name="users")
+forms_app = typer.Typer(help="The operator forms' audit trail.", no_args_is_help=True)
+app.add_typer(forms_app, name="forms")
 
 
 class Engine(enum.StrEnum):
@@ -727,6 +729,48 @@ def users_remove(pipeline: PipelineArg, name: UserArg) -> None:
     if not Users(_load(pipeline)).remove(name):
         _fail(TidelakeError(f"no user {name!r} (see tidelake users list)"))
     console.print(f"user {name} removed")
+
+
+@forms_app.command("entries")
+def forms_entries(
+    pipeline: PipelineArg,
+    form: Annotated[str | None, typer.Argument(help="only this form", show_default=False)] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, or json: one entry per line")
+    ] = "table",
+) -> None:
+    """Who entered what and when, newest first, with each entry's status (sent, refused with
+    the reason, failed: the log did not take it).  Example: tidelake forms entries stock.yaml sale
+    """
+    import json
+
+    from rich.table import Table
+
+    from tidelake.config import STAMPS
+    from tidelake.serve.users import Entries
+
+    if fmt not in ("table", "json"):
+        _fail(TidelakeError(f"--format {fmt!r}: use table or json"))
+    p = _load(pipeline)
+    if form is not None and form not in p.forms:
+        _fail(TidelakeError(f"no form {form!r} (forms: {', '.join(p.forms) or 'none'})"))
+    entries = Entries(p).list(form)
+    if fmt == "json":
+        for e in entries:
+            row = {"entry_id": e.entry_id, "form": e.form, "user": e.user,
+                   "entered_at": e.entered_at.isoformat(), "status": e.status,
+                   "reason": e.reason, "values": e.payload}  # fmt: skip
+            print(json.dumps(row, default=str))
+        return
+    t = Table("entered at", "form", "user", "status", "values", "entry", title="form entries")
+    for e in entries:
+        values = {k: v for k, v in e.payload.items() if k not in STAMPS}
+        status = e.status if e.reason is None else f"{e.status}: {e.reason}"
+        t.add_row(
+            e.entered_at.strftime("%Y-%m-%d %H:%M:%S UTC"), e.form, e.user, status,
+            json.dumps(values, default=str), e.entry_id,
+        )  # fmt: skip
+    print_table(console, t)
 
 
 @app.command()

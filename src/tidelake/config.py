@@ -136,6 +136,76 @@ class ServeSettings(_Model):
         description="named API tokens, each with its own ingest scope "
         "(secret: env var TIDELAKE_API_TOKEN_<NAME>)",
     )
+    session_minutes: int = Field(
+        480, gt=0, le=7 * 24 * 60, description="how long an operator's login lasts"
+    )
+
+
+STAMPS = ("entry_id", "entered_by", "entered_at")
+"""Columns the form door adds to every entry: its idempotency key, the operator, the time."""
+
+
+class FormField(_Model):
+    """One input of an operator form."""
+
+    label: str | None = Field(None, description="what the form shows (default: the name)")
+    type: Literal["text", "integer", "number", "boolean", "date"] = "text"
+    required: bool = True
+    choices: list[str | int] | None = Field(None, description="the only values accepted")
+    choices_query: str | None = Field(
+        None,
+        description="a read-only SELECT whose first column lists the values accepted "
+        "(e.g. SELECT DISTINCT product_id FROM operations ORDER BY 1)",
+    )
+    min: float | None = Field(None, description="integer/number: smallest value accepted")
+    max: float | None = Field(None, description="integer/number: largest value accepted")
+    max_length: int = Field(200, gt=0, description="text: longest value accepted")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FormField:
+        if self.choices is not None and self.choices_query is not None:
+            raise ValueError("give `choices` or `choices_query`, not both")
+        if (self.min is not None or self.max is not None) and self.type not in (
+            "integer",
+            "number",
+        ):
+            raise ValueError(f"min/max apply to integer and number fields, not {self.type}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
+        return self
+
+
+class Form(_Model):
+    """An operator form: its entries, stamped with who entered them and when, go to a topic."""
+
+    title: str
+    topic: str = Field(description="where entries go (a flow reads it)")
+    fields: dict[str, FormField]
+    roles: list[Literal["viewer", "operator", "admin"]] = Field(
+        ["operator", "admin"], description="who may use it (users' roles)"
+    )
+    dead_letter: str | None = Field(
+        None, description="where refused entries go (default: <pipeline>.forms.<form>.dlq)"
+    )
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_ok(cls, v: str) -> str:
+        if not re.fullmatch(r"(?!__)[A-Za-z0-9][A-Za-z0-9._-]{0,248}", v):
+            raise ValueError("topic names use letters, digits, '.', '_' or '-' (not '__...')")
+        return v
+
+    @field_validator("fields")
+    @classmethod
+    def _names_ok(cls, v: dict[str, FormField]) -> dict[str, FormField]:
+        if not v:
+            raise ValueError("a form needs at least one field")
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"field {name!r}: use letters, digits and '_'")
+            if name in STAMPS:
+                raise ValueError(f"field {name!r}: the form door adds it to every entry")
+        return v
 
 
 class SparkSettings(_Model):
@@ -173,6 +243,9 @@ class Pipeline(_Model):
     queries: dict[str, str] = {}
     dashboard: list[Panel] = []
     serve: ServeSettings = ServeSettings()
+    forms: dict[str, Form] = Field(
+        {}, description="operator forms: the dashboard and /forms show them after a login"
+    )
     spark: SparkSettings = SparkSettings()
     time_zone: str = Field(
         "UTC", description="IANA time zone the dashboard draws times in (e.g. Europe/Paris)"
@@ -197,6 +270,13 @@ class Pipeline(_Model):
                 raise ValueError(
                     f"schedules.{name}: no flow {job.flow!r} (flows: {', '.join(self.flows)})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _form_names_ok(self) -> Pipeline:
+        for name in self.forms:
+            if not _NAME.match(name):
+                raise ValueError(f"forms.{name}: use letters, digits, '_', '-' or '.'")
         return self
 
     def scheduled(self) -> set[str]:

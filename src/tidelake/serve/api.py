@@ -29,7 +29,16 @@ from fastapi_offline import FastAPIOffline
 
 from tidelake.config import Pipeline
 from tidelake.errors import ConnectorError, TidelakeError
-from tidelake.serve import bodies, ingest_route, prometheus, queries, sql_guard, status, tables
+from tidelake.serve import (
+    bodies,
+    forms_route,
+    ingest_route,
+    prometheus,
+    queries,
+    sql_guard,
+    status,
+    tables,
+)
 from tidelake.serve.auth import Credentials
 from tidelake.serve.engine import (
     EngineBusy,
@@ -55,9 +64,11 @@ def create_app(
     token: str | None = None,
     limits: Limits | None = None,
     max_body: int = MAX_BODY,
+    secure_cookies: bool = False,
 ) -> FastAPI:
     """The API for ``pipeline``; with ``token``, named tokens or users, /api and /metrics need
-    credentials (``tidelake.serve.auth``)."""
+    credentials (``tidelake.serve.auth``). With ``forms:``, /forms serves them to logged-in
+    users (``forms_route``), with HTTPS-only cookies when ``secure_cookies``."""
     limits = limits or Limits()
     state = ApiState(
         pipeline, EnginePool(pipeline, limits), limits, max_body, prometheus.RequestStats()
@@ -115,6 +126,8 @@ def create_app(
         module.add_routes(api, state)
     app.include_router(api)
     status.add_app_routes(app, state, auth)
+    if pipeline.forms:
+        forms_route.add_routes(app, state, secure_cookies)
     app.add_middleware(bodies.BodyLimit, max_body=max_body)
     app.add_middleware(status.RequestMetrics, stats=state.stats)
     return app

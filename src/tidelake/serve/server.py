@@ -96,7 +96,7 @@ def serve(
     token = token or token_from_env()
     credentials = Credentials(pipeline, token)
     check_bind(host, token, credentials.named, users=credentials.users.exist())
-    app = create_app(pipeline, token=token, limits=limits)
+    app = create_app(pipeline, token=token, limits=limits, secure_cookies=not is_loopback(host))
     pg = None
     if pg_port is not None:
         pg = pgwire.start(pipeline, host, pg_port, pg_login(host, credentials), limits, pg_tls)

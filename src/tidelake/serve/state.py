@@ -1,12 +1,11 @@
 """What every route of one API app shares: the pipeline, its engine pool and limits, the
-request statistics and a lazily opened producer for ingest."""
+request statistics and a lazily connected writer for ingest and forms."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
-from tidelake.broker import Broker, Producer, connect
+from tidelake.broker import Writer
 from tidelake.config import Pipeline
 from tidelake.serve import prometheus
 from tidelake.serve.engine import EnginePool, Limits
@@ -19,21 +18,14 @@ class ApiState:
     limits: Limits
     max_body: int
     stats: prometheus.RequestStats
-    _broker: Broker | None = None
-    _producer: Producer | None = None
-    _produce_lock: threading.Lock = field(default_factory=threading.Lock)
+    writer: Writer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = Writer(self.pipeline.url(self.pipeline.broker))
 
     def produce(self, topic: str, values: list[bytes]) -> None:
-        with self._produce_lock:
-            if self._producer is None:
-                self._broker = connect(self.pipeline.url(self.pipeline.broker))
-                self._producer = self._broker.producer()
-            self._producer.produce(topic, values)
-            self._producer.flush()
+        self.writer.write(topic, values)
 
     def close(self) -> None:
         self.pool.close()
-        if self._producer is not None:
-            self._producer.close()
-        if self._broker is not None:
-            self._broker.close()
+        self.writer.close()

@@ -1,4 +1,5 @@
-"""Accounts of one pipeline: names, roles and scrypt password hashes in its state database.
+"""The state database of one pipeline: accounts (names, roles, scrypt password hashes), the
+operators' login sessions and the form entries (the audit trail of ``tidelake.serve.forms``).
 
 ``tidelake users add|list|remove`` manage them; the API accepts them (HTTP Basic) as an
 alternative to the bearer token. The file is ``.tidelake/state.db`` beside the pipeline,
@@ -11,6 +12,11 @@ password's stored and server keys, not a scrypt hash: ``add`` keeps that verifie
 (``SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey``, PostgreSQL's own format; neither
 key gives the password back). An account added before verifiers existed gets one when it is
 added again (``tidelake users add`` with the same name replaces it).
+
+A session is known by the SHA-256 of its token (the cookie's value is never stored), ends at
+``serve: {session_minutes}`` after the login, at logout, or when its account is removed, and
+carries the CSRF token its forms must send back. An entry is claimed under its idempotency
+key before it is produced, so the same key lands once however often it is submitted.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ import base64
 import functools
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Literal, get_args
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 from tidelake.config import Pipeline
 from tidelake.errors import ConfigError
@@ -112,6 +120,34 @@ def _decoy() -> str:
     return hash_password(secrets.token_urlsafe(16))
 
 
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL, "
+    "password_hash TEXT NOT NULL, created_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sessions (token_hash TEXT PRIMARY KEY, user TEXT NOT NULL, "
+    "csrf TEXT NOT NULL, expires_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS entries (entry_id TEXT PRIMARY KEY, form TEXT NOT NULL, "
+    "user TEXT NOT NULL, entered_at TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, "
+    "payload TEXT NOT NULL)",
+)
+
+
+def open_state(path: Path, create: bool = False) -> sqlite3.Connection | None:
+    """The state database at ``path`` (mode 0600 when created); None when it does not exist
+    and ``create`` is False."""
+    if not path.exists():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    con = sqlite3.connect(path, timeout=30, isolation_level=None)
+    for table in _TABLES:
+        con.execute(table)
+    columns = {row[1] for row in con.execute("PRAGMA table_info(users)")}
+    if "scram" not in columns:  # state databases from before the pg-wire endpoint
+        con.execute("ALTER TABLE users ADD COLUMN scram TEXT")
+    return con
+
+
 class Users:
     """The accounts table of one pipeline's state database."""
 
@@ -120,20 +156,7 @@ class Users:
         self._verified: dict[tuple[str, bytes], str] = {}
 
     def _connect(self, create: bool = False) -> sqlite3.Connection | None:
-        if not self.path.exists():
-            if not create:
-                return None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        con.execute(
-            "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL, "
-            "password_hash TEXT NOT NULL, created_at TEXT NOT NULL)"
-        )
-        columns = {row[1] for row in con.execute("PRAGMA table_info(users)")}
-        if "scram" not in columns:  # state databases from before the pg-wire endpoint
-            con.execute("ALTER TABLE users ADD COLUMN scram TEXT")
-        return con
+        return open_state(self.path, create)
 
     def add(self, name: str, role: str, password: str) -> None:
         """Create or replace account ``name`` (``ConfigError`` on a bad name, role or password)."""
@@ -230,11 +253,156 @@ class Users:
         return User(name, role, datetime.fromisoformat(created))
 
 
+@dataclass(frozen=True)
+class Session:
+    """A logged-in user: the account's current role, and the CSRF token its forms carry."""
+
+    user: str
+    role: Role
+    csrf: str
+    expires_at: datetime
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Sessions:
+    """Login sessions of one pipeline, known by their token's hash."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.path = pipeline.state_dir / "state.db"
+        self.ttl = timedelta(minutes=pipeline.serve.session_minutes)
+
+    def open(self, user: User) -> tuple[str, Session]:
+        """A new session of ``user``: its token (for the cookie) and the session."""
+        token = secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        session = Session(user.name, user.role, secrets.token_urlsafe(32), now + self.ttl)
+        con = open_state(self.path, create=True)
+        assert con is not None
+        with closing(con):
+            con.execute("DELETE FROM sessions WHERE expires_at < ?", (now.isoformat(),))
+            con.execute(
+                "INSERT INTO sessions (token_hash, user, csrf, expires_at) VALUES (?, ?, ?, ?)",
+                (_digest(token), user.name, session.csrf, session.expires_at.isoformat()),
+            )
+        return token, session
+
+    def get(self, token: str) -> Session | None:
+        """The live session of ``token``; None when unknown, expired or its account is gone."""
+        con = open_state(self.path)
+        if con is None or not token:
+            return None
+        with closing(con):
+            row = con.execute(
+                "SELECT s.user, u.role, s.csrf, s.expires_at FROM sessions s "
+                "JOIN users u ON u.name = s.user WHERE s.token_hash = ? AND s.expires_at > ?",
+                (_digest(token), datetime.now(UTC).isoformat()),
+            ).fetchone()
+        if row is None:
+            return None
+        return Session(row[0], row[1], row[2], datetime.fromisoformat(row[3]))
+
+    def close(self, token: str) -> None:
+        """End the session of ``token`` (logout)."""
+        con = open_state(self.path)
+        if con is not None:
+            with closing(con):
+                con.execute("DELETE FROM sessions WHERE token_hash = ?", (_digest(token),))
+
+
+EntryStatus = Literal["pending", "sent", "refused", "failed"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One submission of a form: who, when, what, and what became of it."""
+
+    entry_id: str
+    form: str
+    user: str
+    entered_at: datetime
+    status: EntryStatus
+    reason: str | None
+    payload: dict[str, Any]
+
+
+class Entries:
+    """The form entries of one pipeline: the audit trail and the idempotency keys."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.path = pipeline.state_dir / "state.db"
+
+    def claim(self, entry: Entry) -> bool:
+        """Record ``entry`` (status pending) unless its key is taken; a key whose entry
+        failed to reach the log may be claimed again. True when this call owns the key."""
+        con = open_state(self.path, create=True)
+        assert con is not None
+        row = (entry.entered_at.isoformat(), json.dumps(entry.payload), entry.entry_id)
+        with closing(con):
+            try:
+                con.execute(
+                    "INSERT INTO entries (entered_at, payload, entry_id, form, user, status) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending')",
+                    (*row, entry.form, entry.user),
+                )
+                return True
+            except sqlite3.IntegrityError:
+                retried = con.execute(
+                    "UPDATE entries SET entered_at = ?, payload = ?, status = 'pending', "
+                    "reason = NULL WHERE entry_id = ? AND status = 'failed'",
+                    row,
+                )
+                return retried.rowcount == 1
+
+    def record(self, entry: Entry) -> None:
+        """Record an entry as it is (a refused one)."""
+        con = open_state(self.path, create=True)
+        assert con is not None
+        with closing(con):
+            con.execute(
+                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (entry.entry_id, entry.form, entry.user, entry.entered_at.isoformat(),
+                 entry.status, entry.reason, json.dumps(entry.payload)),
+            )  # fmt: skip
+
+    def finish(self, entry_id: str, status: EntryStatus, reason: str | None = None) -> None:
+        con = open_state(self.path, create=True)
+        assert con is not None
+        with closing(con):
+            con.execute(
+                "UPDATE entries SET status = ?, reason = ? WHERE entry_id = ?",
+                (status, reason, entry_id),
+            )
+
+    def list(self, form: str | None = None, entry_id: str | None = None) -> list[Entry]:
+        """Entries, newest first (of one form, or the one with ``entry_id``)."""
+        con = open_state(self.path)
+        if con is None:
+            return []
+        with closing(con):
+            rows = con.execute(
+                "SELECT entry_id, form, user, entered_at, status, reason, payload FROM entries "
+                "WHERE (? IS NULL OR form = ?) AND (? IS NULL OR entry_id = ?) "
+                "ORDER BY entered_at DESC, rowid DESC",
+                (form, form, entry_id, entry_id),
+            ).fetchall()
+        return [
+            Entry(e, f, u, datetime.fromisoformat(t), s, r, json.loads(p))
+            for e, f, u, t, s, r, p in rows
+        ]
+
+
 __all__ = [
     "MIN_PASSWORD",
     "ROLES",
+    "Entries",
+    "Entry",
     "Role",
     "ScramKeys",
+    "Session",
+    "Sessions",
     "User",
     "Users",
     "decoy_scram_keys",
