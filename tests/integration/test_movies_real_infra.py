@@ -23,11 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
+from real_infra import lake_env, parquet_files, release_cdc
 
-from tidelake.sources.cdc import drop_slot
 from tidelake.sources.cdc.envelope import default_name
 
 pytestmark = pytest.mark.integration
@@ -52,22 +51,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _lake_env(services: dict[str, str], unique: str, tmp_path: Path) -> dict[str, str]:
-    if SKIP_S3:
-        return {"TIDELAKE_LAKE": f"file://{tmp_path / 'lake'}"}
-    from tidelake.infra import s3
-
-    bucket = f"movies-{unique}"
-    s3.create_bucket(bucket, services["s3"])
-    access, secret = s3.credentials()
-    return {
-        "TIDELAKE_LAKE": f"s3://{bucket}/movies",
-        "TIDELAKE_S3_ENDPOINT": services["s3"],
-        "AWS_ACCESS_KEY_ID": access,
-        "AWS_SECRET_ACCESS_KEY": secret,
-    }
 
 
 def _query(pipeline: Path, env: dict[str, str], sql: str) -> list[str]:
@@ -105,7 +88,7 @@ def test_movies_scenario_on_kafka_postgres_cdc_and_s3(
         "CDC_ENGINE": engine,
         "PIPELINE_NAME": name,
         "CDC_TOPIC_PREFIX": f"m{unique}",
-        **_lake_env(services, unique, tmp_path),
+        **lake_env(services, unique, tmp_path, SKIP_S3),
     }
     env.pop("RATINGS_API", None)
     if engine == "debezium":
@@ -155,7 +138,7 @@ def test_movies_scenario_on_kafka_postgres_cdc_and_s3(
             in_db = pg.execute("SELECT count(*) FROM ratings").fetchone()
         assert in_db is not None and int(n) <= in_db[0], "more ratings in the lake than in the db"
         if not SKIP_S3:
-            assert _parquet_files(services["s3"], env["TIDELAKE_LAKE"]) > 0
+            assert parquet_files(services["s3"], env["TIDELAKE_LAKE"]) > 0
 
         # the movies table went CSV -> PostgreSQL -> CDC -> Kafka -> lake, and joins the ratings
         deadline = started + budget + 60
@@ -184,36 +167,6 @@ def test_movies_scenario_on_kafka_postgres_cdc_and_s3(
             proc.wait()
             code = None
         reader.join(10)
-        _release(engine, services, postgres_url, slot)
+        release_cdc(engine, services.get("connect"), postgres_url, slot)
     assert code == 0, "".join(lines)
     assert "demo stopped" in "".join(lines)
-
-
-def _parquet_files(endpoint: str, lake: str) -> int:
-    """Data files under the ``s3://`` lake prefix, listed on the S3 server itself."""
-    from pyarrow import fs
-
-    from tidelake.infra import s3
-
-    selector = fs.FileSelector(lake.removeprefix("s3://"), recursive=True)
-    infos = s3.filesystem(endpoint).get_file_info(selector)
-    return sum(1 for info in infos if info.path.endswith(".parquet"))
-
-
-def _release(engine: str, services: dict[str, str], database: str, slot: str) -> None:
-    """Delete the run's connector and drop its replication slot (the database is dropped next)."""
-    if engine == "debezium":  # stop, forget its offsets (Connect keeps them past a delete), delete
-        connector = f"/connectors/{slot.replace('_', '-')}"
-        with httpx.Client(base_url=services["connect"], timeout=30) as http:
-            http.put(f"{connector}/stop")
-            for _ in range(20):
-                if http.delete(f"{connector}/offsets").status_code < 300:
-                    break
-                time.sleep(0.5)
-            http.delete(connector)
-    for _ in range(40):  # a connector's task lets go of its slot a moment after the delete
-        try:
-            drop_slot(database, slot, slot)
-            return
-        except Exception:
-            time.sleep(0.5)

@@ -1,19 +1,25 @@
-"""The reviews scenario on embedded defaults against a reference computed from the same
-inputs: app reviews POSTed to the app (CDC of its table) and the review site's pages
-(crawled), redacted, in the lake (current state and history), negative ones alerted."""
+"""The reviews scenario against a reference computed from the same inputs: app reviews
+POSTed to the app (CDC of its table) and the review site's pages (crawled), redacted, in the
+lake (current state and history), negative ones alerted. The same pipeline file runs on
+embedded defaults and, switched by environment variables, on PostgreSQL + Debezium + Kafka +
+an S3 lake (``TIDELAKE_SKIP_CONNECT=1`` skips that run, ``TIDELAKE_SKIP_S3=1`` keeps its lake
+on local disk)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pyarrow as pa
 import pytest
 from browser import free_port
+from real_infra import lake_env, parquet_files, release_cdc
 from scenario_run import run_until
 from test_scenario_panels import read_panel
 
@@ -22,12 +28,52 @@ from tidelake.demo import _Server
 from tidelake.demo.reviews_app import app_review, create_app, post_traffic, site_review
 from tidelake.lake import QueryEngine
 from tidelake.runtime.runner import prepare_database
+from tidelake.sources.cdc.envelope import default_name
 from tidelake.transforms.redact import Redact
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 APP, SITE = 60, 30
 NEGATIVE = "nul|déçu|cassé|horrible|arnaque"
+SKIP_CONNECT = os.environ.get("TIDELAKE_SKIP_CONNECT") == "1"
+SKIP_S3 = os.environ.get("TIDELAKE_SKIP_S3") == "1"
+
+
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param(
+            "debezium",
+            marks=pytest.mark.skipif(SKIP_CONNECT, reason="TIDELAKE_SKIP_CONNECT=1"),
+        ),
+    ]
+)
+def infrastructure(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, unique: str, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    """Embedded defaults, or the variables that move the same file to PostgreSQL (a fresh
+    database), Debezium on Kafka Connect, Kafka and a fresh S3 bucket (names unique per run)."""
+    if request.param == "embedded":
+        yield {}
+        return
+    from tidelake import infra
+
+    services = infra.up(["kafka", "postgres", "connect", *([] if SKIP_S3 else ["s3"])])
+    database = request.getfixturevalue("postgres_url")
+    name = f"reviews_{unique}"
+    env = {
+        "TIDELAKE_BROKER": services["kafka"],
+        "TIDELAKE_DATABASE": database,
+        "CDC_ENGINE": "debezium",
+        "KAFKA_CONNECT": services["connect"],
+        "PIPELINE_NAME": name,
+        "CDC_TOPIC_PREFIX": f"r{unique}",
+        **lake_env(services, unique, tmp_path, SKIP_S3),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield env
+    release_cdc("debezium", services["connect"], database, default_name(name, "capture"))
 
 
 def _count(pipeline: object, sql: str) -> int:
@@ -39,7 +85,7 @@ def _count(pipeline: object, sql: str) -> int:
 
 
 def test_reviews_land_redacted_and_negative_ones_alert(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    infrastructure: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shutil.copytree(ROOT / "scenarios" / "reviews", tmp_path / "reviews")
     port = free_port()
@@ -68,7 +114,7 @@ def test_reviews_land_redacted_and_negative_ones_alert(
             history = _count(pipeline, "SELECT count(*) FROM lake.reviews_history")
             return lake >= APP + SITE and history >= APP + SITE and alerts >= negative
 
-        run_until(pipeline, done, timeout=90)
+        run_until(pipeline, done, timeout=180 if infrastructure else 90)
     finally:
         server.stop()
 
@@ -87,6 +133,10 @@ def test_reviews_land_redacted_and_negative_ones_alert(
     assert Counter((r["source"], r["product"], r["rating"], r["text"]) for r in rows) == expected
     assert not any("@" in r["text"] for r in rows)  # the e-mails customers pasted are gone
     assert history == [{"n": APP + SITE}]
+    if "TIDELAKE_S3_ENDPOINT" in infrastructure:  # the lake's data is on the S3 server
+        assert parquet_files(
+            infrastructure["TIDELAKE_S3_ENDPOINT"], infrastructure["TIDELAKE_LAKE"]
+        )
     assert sum(len(b) for b in app.state.alerts.values()) == negative  # each alert once
 
     share = {
