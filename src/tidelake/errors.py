@@ -24,3 +24,7 @@ class InfraError(TidelakeError):
 class TransientError(ConnectorError):
     """A fault that may clear by itself (a lost connection, a restarting server, a busy
     lock): the runner restarts the flow from its checkpoint with backoff."""
+
+
+class Fenced(TransientError):
+    """This worker lost a partition to another one: its batch is refused, it rejoins."""

@@ -2,7 +2,9 @@
 
 What the topic sink's exactly-once rests on: records produced in a transaction show up
 all at once or never, a newer producer with the same transactional id fences the older
-one, and ``latest`` reads the last committed value of a key in a compacted topic.
+one, group offsets sent with a transaction commit with it and only while the consumer
+still owns their partitions (KIP-447), and ``latest`` reads the last committed value of a
+key in a compacted topic.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from collections import defaultdict
 import pytest
 from test_log_contract import Names, Rec, consume, quiet
 
-from tidelake.broker import Broker
-from tidelake.broker.embedded import EmbeddedBroker
-from tidelake.errors import ConnectorError
+from tidelake.broker import Broker, Consumer
+from tidelake.broker.embedded import EmbeddedBroker, EmbeddedConsumer
+from tidelake.errors import ConnectorError, Fenced
 
 COMPACT = {"cleanup.policy": "compact"}
 
@@ -126,11 +128,67 @@ def test_fenced_producer_cannot_commit_even_without_producing_first(
     c.close()
 
 
+def _member(broker: Broker, group: str, topic: str) -> Consumer:
+    """A group member that the group gives up on after about 6 s without a poll."""
+    if isinstance(broker, EmbeddedBroker):
+        return EmbeddedConsumer(broker, group, [topic], session_timeout=4.0)
+    from tidelake.broker.kafka import KafkaBroker, KafkaConsumer
+
+    assert isinstance(broker, KafkaBroker)
+    quick = {"session.timeout.ms": 6000, "max.poll.interval.ms": 6000}
+    return KafkaConsumer(broker, group, [topic], **quick)
+
+
+def _owns(c: Consumer, tp: tuple[str, int], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while tp not in c.assignment():
+        assert time.monotonic() < deadline, f"{tp} never assigned"
+        c.poll(100, 0.2)
+
+
+def test_group_offsets_commit_with_the_transaction_while_the_member_owns_them(
+    broker: Broker, name: Names
+) -> None:
+    topic, out, group = name("in"), name("out"), name("g")
+    broker.create_topic(topic, 1)
+    broker.create_topic(out, 1)
+    tp = (topic, 0)
+    zombie = _member(broker, group, topic)
+    _owns(zombie, tp)
+    tx = broker.transactional_producer(name("tx"))
+    tx.begin()
+    tx.produce(out, [b"landed"])
+    tx.send_offsets({tp: 5}, zombie)
+    tx.commit()
+    assert zombie.committed([tp]) == {tp: 5}
+    tx.begin()
+    tx.produce(out, [b"aborted"])
+    tx.send_offsets({tp: 9}, zombie)
+    tx.abort()
+    assert zombie.committed([tp]) == {tp: 5}, "offsets of an aborted transaction never count"
+
+    # the zombie stops polling (paused, cut off); the group gives its partition to another
+    other = _member(broker, group, topic)
+    _owns(other, tp)
+    tx.begin()
+    tx.produce(out, [b"stale"])
+    with pytest.raises(Fenced, match="group"):
+        tx.send_offsets({tp: 7}, zombie)
+        tx.commit()
+    tx.abort()
+    assert other.committed([tp]) == {tp: 5}
+    reader = broker.consumer(name("reader"), [out])
+    assert [v for *_, v in consume(reader, 1)] == [b"landed"]
+    assert quiet(reader, 1.5) == []
+    for c in (reader, other, zombie, tx):
+        c.close()
+
+
 def test_compacted_topic_latest_value_per_key(broker: Broker, name: Names) -> None:
     topic = name("ckpt")
     broker.create_topic(topic, 1, COMPACT)
-    assert broker.latest(topic, b"a") is None
-    assert broker.latest(name("missing"), b"a") is None
+    assert broker.latest(topic, [b"a"]) == {}
+    assert broker.latest(name("missing"), [b"a"]) == {}
     tx = broker.transactional_producer(name("tx"))
     for i in range(20):
         tx.begin()
@@ -146,16 +204,13 @@ def test_compacted_topic_latest_value_per_key(broker: Broker, name: Names) -> No
     tx.produce(topic, [b"b-aborted"], [b"b"])
     tx.abort()
     tx.close()
-    assert broker.latest(topic, b"a") == b"a19"
-    assert broker.latest(topic, b"b") == b"b-last"
-    assert broker.latest(topic, b"c") is None
+    assert broker.latest(topic, [b"a", b"b", b"c"]) == {b"a": b"a19", b"b": b"b-last"}
     # plain producers write compacted topics too; the last record of a key wins
     p = broker.producer()
     p.produce(topic, [b"a-plain", b"c1", b"c2"], [b"a", b"c", b"c"])
     p.flush()
     p.close()
-    assert broker.latest(topic, b"a") == b"a-plain"
-    assert broker.latest(topic, b"c") == b"c2"
+    assert broker.latest(topic, [b"a", b"c"]) == {b"a": b"a-plain", b"c": b"c2"}
 
 
 def test_latest_waits_for_open_transactions_of_others(broker: Broker, name: Names) -> None:
@@ -177,10 +232,10 @@ def test_latest_waits_for_open_transactions_of_others(broker: Broker, name: Name
     closer = threading.Timer(2.0, other.commit)
     closer.start()
     try:
-        assert broker.latest(topic, b"me") == b"v2"
+        assert broker.latest(topic, [b"me"]) == {b"me": b"v2"}
     finally:
         closer.join()
-    assert broker.latest(topic, b"other") == b"o1"
+    assert broker.latest(topic, [b"other"]) == {b"other": b"o1"}
     mine.close()
     other.close()
 
@@ -242,7 +297,7 @@ def test_embedded_retention_spares_compacted_topics(tmp_path: object) -> None:
     time.sleep(0.01)
     p._enforce_retention()
     p.close()
-    assert broker.latest("ckpt", b"a") == b"1"
+    assert broker.latest("ckpt", [b"a"]) == {b"a": b"1"}
     conn = broker.connection()
     left = conn.execute("SELECT count(*) FROM messages WHERE topic = 'data'").fetchone()[0]
     conn.close()
@@ -279,7 +334,7 @@ def test_embedded_log_of_an_older_version_gains_compaction(tmp_path: object) -> 
     p.produce("old", [b"1"])
     p.produce("ckpt", [b"1", b"2"], [b"k", b"k"])
     p.close()
-    assert broker.latest("ckpt", b"k") == b"2"
+    assert broker.latest("ckpt", [b"k"]) == {b"k": b"2"}
 
 
 def test_kafka_consumers_read_committed() -> None:

@@ -1,7 +1,7 @@
 """Scale out on real Kafka: ``tidelake run --workers 3`` over an 8-partition topic while
 workers are SIGKILLed (the supervisor restarts them), one worker joins from another
-command and one leaves (rebalances); the lake table / PostgreSQL table ends up holding
-exactly the input. And a zombie: a worker paused past its session timeout whose
+command and one leaves (rebalances); the lake table / PostgreSQL table / output topic ends
+up holding exactly the input. And a zombie: a worker paused past its session timeout whose
 partitions moved cannot land its stale batch.
 
 The issue asks for 600,000 records and 15 kills; the CI budget allows 12,000 records and
@@ -232,6 +232,36 @@ def test_postgres_table_with_three_workers_killed_and_rebalanced(
         )
     finally:
         db.close()
+
+
+def test_topic_sink_with_three_workers_killed_and_rebalanced(
+    tmp_path: Path, kafka_url: str, unique: str
+) -> None:
+    """Each worker's transactions carry its group offsets (KIP-447)."""
+    out = f"scale_out_{unique}"
+    pipeline = make_pipeline(
+        tmp_path, unique, kafka_url, f"{{type: topic, topic: {out}, partitions: 4}}"
+    )
+    broker = connect(kafka_url)
+    reader = broker.consumer(f"check_{unique}", [out])  # read_committed
+    landed: list[dict[str, int]] = []
+
+    def count() -> int:
+        landed.extend(orjson.loads(v) for v in reader.poll(100_000, 0.05).values)
+        return len(landed)
+
+    try:
+        log = churn(pipeline, count, tmp_path, random.Random(19))
+        assert "restarting in" in log
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # a duplicate would arrive after the target
+            count()
+    finally:
+        reader.close()
+        broker.close()
+    ids = [r["id"] for r in landed]
+    assert (len(ids), len(set(ids)), min(ids), max(ids)) == (RECORDS, RECORDS, 0, RECORDS - 1)
+    assert sum(r["twice"] for r in landed) == RECORDS * (RECORDS - 1)
 
 
 def test_workers_stop_when_their_supervisor_is_killed(

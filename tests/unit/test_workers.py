@@ -51,7 +51,7 @@ def test_validate_refuses_workers_where_they_cannot_split_the_flow(tmp_path: Pat
         f"{path}:15: flows.generated.workers: a generator source cannot be split between "
         "workers; read from a topic (its partitions are what workers share) or set workers: 1",
         f"{path}:15: flows.generated.workers: this s3 sink keeps one writer per flow; use a lake "
-        "sink or a table sink on a SQL database for several workers, or set workers: 1",
+        "or topic sink, or a table sink on a SQL database, for several workers, or set workers: 1",
         f"{path}:19: flows.fanned.workers: a lake table template (fan-out) takes one worker; "
         "set workers: 1",
     ]

@@ -102,6 +102,16 @@ class TransactionalProducer(ABC):
         """Append records to ``topic`` inside the open transaction (as ``Producer.produce``)."""
 
     @abstractmethod
+    def send_offsets(self, offsets: dict[TopicPartition, int], consumer: Consumer) -> None:
+        """Commit ``consumer``'s group offsets with the open transaction (Kafka's KIP-447).
+
+        The log checks, inside the transaction, that ``consumer`` still owns the partitions
+        in its group (Kafka: the group generation; the embedded log: the ``owners`` table);
+        when the group gave one to another member since, nothing of the transaction can
+        commit and :class:`~tidelake.errors.Fenced` is raised here or from ``commit``.
+        """
+
+    @abstractmethod
     def commit(self) -> None:
         """Make everything produced since ``begin`` durable and visible, atomically.
 
@@ -126,6 +136,14 @@ class Consumer(ABC):
     @abstractmethod
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Store ``offsets`` (the next offset to read) as the group's position."""
+
+    @abstractmethod
+    def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's stored offsets of ``partitions`` (those without one are left out).
+
+        Offsets a transaction still being decided carries (``send_offsets``) are waited for
+        (Kafka: OffsetFetch with require_stable under read_committed), so what is returned
+        is final."""
 
     @abstractmethod
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
@@ -181,8 +199,11 @@ class Broker(ABC):
         """A producer of atomic transactions; fences earlier ones with the same id."""
 
     @abstractmethod
-    def latest(self, topic: str, key: bytes, timeout: float = 120.0) -> bytes | None:
-        """The value of the last committed record with ``key`` in ``topic`` (None if none).
+    def latest(
+        self, topic: str, keys: Sequence[bytes], timeout: float = 120.0
+    ) -> dict[bytes, bytes]:
+        """The value of the last committed record of each of ``keys`` in ``topic`` (keys
+        without a record are left out), read in one pass.
 
         Meant for small compacted topics: Kafka reads the topic to its end (read_committed,
         waiting for open transactions of other producers to finish, up to ``timeout`` s).

@@ -16,7 +16,10 @@ Transactions: a :class:`EmbeddedTransactionalProducer` buffers what is produced 
 consumers see all of it or none of it, and offsets stay dense (aborted records never
 reach the file). Each transactional id has an epoch in the ``producers`` table; opening
 a producer bumps it, and ``commit`` checks it inside the write transaction, so a fenced
-(zombie) producer can never commit.
+(zombie) producer can never commit. Group offsets sent with a transaction
+(``send_offsets``) are written in the same transaction, after checking in the ``owners``
+table that the consumer still owns their partitions: a member evicted for silence (paused
+past ``session_timeout``) whose partitions went to another cannot commit (Kafka's KIP-447).
 
 Contention: every write is one ``BEGIN IMMEDIATE`` transaction run by :func:`_transaction`,
 which rolls back and retries with backoff while other writers hold the lock (beyond
@@ -51,7 +54,7 @@ from tidelake.broker.base import (
     TransactionalProducer,
     partition_for,
 )
-from tidelake.errors import ConfigError, ConnectorError
+from tidelake.errors import ConfigError, ConnectorError, Fenced
 from tidelake.sqlite_wal import open_wal
 
 _SCHEMA = """
@@ -202,18 +205,24 @@ class EmbeddedBroker(Broker):
     def transactional_producer(self, transactional_id: str) -> EmbeddedTransactionalProducer:
         return EmbeddedTransactionalProducer(self, transactional_id)
 
-    def latest(self, topic: str, key: bytes, timeout: float = 120.0) -> bytes | None:
+    def latest(
+        self, topic: str, keys: Sequence[bytes], timeout: float = 120.0
+    ) -> dict[bytes, bytes]:
         conn = self.connection()
         try:
             row = conn.execute("SELECT partitions FROM topics WHERE name = ?", (topic,)).fetchone()
             if row is None:
-                return None
-            found = conn.execute(
-                "SELECT value FROM messages WHERE topic = ? AND partition = ? AND key = ?"
-                " ORDER BY offset DESC LIMIT 1",
-                (topic, partition_for(key, row[0], 0), key),
-            ).fetchone()
-            return None if found is None else found[0]  # type: ignore[no-any-return]
+                return {}
+            found = {}
+            for key in keys:
+                value = conn.execute(
+                    "SELECT value FROM messages WHERE topic = ? AND partition = ? AND key = ?"
+                    " ORDER BY offset DESC LIMIT 1",
+                    (topic, partition_for(key, row[0], 0), key),
+                ).fetchone()
+                if value is not None:
+                    found[key] = value[0]
+            return found
         finally:
             conn.close()
 
@@ -375,6 +384,7 @@ class EmbeddedTransactionalProducer(EmbeddedProducer, TransactionalProducer):
         super().__init__(broker)
         self.transactional_id = transactional_id
         self._buffer: dict[tuple[str, int], Records] | None = None
+        self._offsets: tuple[str, str, dict[TopicPartition, int]] | None = None
         conn = self.conn
 
         def bump() -> int:
@@ -393,7 +403,7 @@ class EmbeddedTransactionalProducer(EmbeddedProducer, TransactionalProducer):
     def begin(self) -> None:
         if self._buffer is not None:
             raise ConnectorError(f"producer {self.transactional_id!r}: a transaction is open")
-        self._buffer = {}
+        self._buffer, self._offsets = {}, None
 
     def produce(
         self, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None
@@ -403,11 +413,45 @@ class EmbeddedTransactionalProducer(EmbeddedProducer, TransactionalProducer):
         if values:
             self._partitioned(topic, values, keys, self._buffer)
 
+    def send_offsets(self, offsets: dict[TopicPartition, int], consumer: Consumer) -> None:
+        if self._buffer is None:
+            raise ConnectorError(f"producer {self.transactional_id!r}: offsets outside begin()")
+        if not isinstance(consumer, EmbeddedConsumer) or consumer.broker.path != self.broker.path:
+            raise ConnectorError("send_offsets: the consumer must read the same embedded log")
+        self._offsets = (consumer.group, consumer.member, dict(offsets))
+
     def commit(self) -> None:
         if self._buffer is None:
             raise ConnectorError(f"producer {self.transactional_id!r}: commit outside begin()")
         buffer, self._buffer = self._buffer, None
-        self._write(buffer, check=self._not_fenced)
+        offsets, self._offsets = self._offsets, None
+
+        def check() -> None:
+            self._not_fenced()
+            if offsets is not None:
+                self._commit_offsets(*offsets)
+
+        self._write(buffer, check=check)
+
+    def _commit_offsets(self, group: str, member: str, offsets: dict[TopicPartition, int]) -> None:
+        """Inside the write transaction: refuse unless ``member`` owns every partition."""
+        owners = dict(
+            ((t, p), m)
+            for t, p, m in self.conn.execute(
+                "SELECT topic, partition, member FROM owners WHERE grp = ?", (group,)
+            )
+        )
+        lost = sorted(f"{t}/{p}" for t, p in offsets if owners.get((t, p)) != member)
+        if lost:
+            raise Fenced(
+                f"group {group!r} gave partition(s) {', '.join(lost[:3])} to another member "
+                "while this one was not heard from (paused or cut off past its session "
+                "timeout); nothing of the transaction was committed"
+            )
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)",
+            [(group, t, p, o) for (t, p), o in offsets.items()],
+        )
 
     def _not_fenced(self) -> None:
         row = self.conn.execute(
@@ -421,7 +465,7 @@ class EmbeddedTransactionalProducer(EmbeddedProducer, TransactionalProducer):
             )
 
     def abort(self) -> None:
-        self._buffer = None
+        self._buffer, self._offsets = None, None
 
     def flush(self, timeout: float = 30.0) -> None:
         """Nothing to do: ``commit`` is the durability point."""
@@ -603,6 +647,13 @@ class EmbeddedConsumer(Consumer):
             ),
             f"commit offsets of group {self.group!r}",
         )
+
+    def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        rows = self.conn.execute(
+            "SELECT topic, partition, offset FROM group_offsets WHERE grp = ?", (self.group,)
+        )
+        wanted = set(partitions)
+        return {(t, p): o for t, p, o in rows if (t, p) in wanted}
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, o in offsets.items():

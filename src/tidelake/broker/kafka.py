@@ -73,7 +73,7 @@ from tidelake.broker.base import (
     TopicPartition,
     TransactionalProducer,
 )
-from tidelake.errors import ConfigError, ConnectorError, TransientError
+from tidelake.errors import ConfigError, ConnectorError, Fenced, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,13 @@ _COMES_BACK = _DOWN | {
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
 }
 """Codes a broker restart causes: a later attempt will not see them."""
+_GROUP_MOVED = {
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError.REBALANCE_IN_PROGRESS,
+}
+"""Group offsets sent with a transaction refused: the group moved on without this member."""
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -278,7 +285,9 @@ class KafkaBroker(Broker):
     def transactional_producer(self, transactional_id: str) -> KafkaTransactionalProducer:
         return KafkaTransactionalProducer(self, transactional_id)
 
-    def latest(self, topic: str, key: bytes, timeout: float = 120.0) -> bytes | None:
+    def latest(
+        self, topic: str, keys: Sequence[bytes], timeout: float = 120.0
+    ) -> dict[bytes, bytes]:
         """Read ``topic`` from its start to the high watermark seen now, read_committed.
 
         A read_committed consumer stops at the last stable offset: records after the first
@@ -289,10 +298,10 @@ class KafkaBroker(Broker):
         """
         t = self._metadata(topic).topics.get(topic)
         if t is None or t.error is not None:
-            return None
+            return {}
         ends = {p: o for p, o in self._list_offsets(topic, list(t.partitions)).items() if o > 0}
         if not ends:
-            return None
+            return {}
         c = _Consumer(
             {
                 **CONSUMER_DEFAULTS,
@@ -306,7 +315,7 @@ class KafkaBroker(Broker):
                 "logger": log,
             }
         )
-        found: list[bytes | None] = []  # the last value with ``key`` (one partition holds it)
+        wanted, found = set(keys), {}  # the last value of each key (one partition holds it)
         try:
             tps = [_TP(topic, p, OFFSET_BEGINNING) for p in sorted(ends)]
             c.assign(tps)
@@ -319,8 +328,8 @@ class KafkaBroker(Broker):
                         if err.code() == KafkaError._PARTITION_EOF:
                             continue
                         raise ConnectorError(f"Kafka read of {topic!r} failed: {err.str()}")
-                    if m.key() == key:
-                        found[:] = [m.value()]  # type: ignore[list-item]
+                    if m.key() in wanted:
+                        found[m.key()] = m.value()
                 for tp in c.position([_TP(topic, p) for p in left]):
                     if tp.offset >= left[tp.partition]:
                         del left[tp.partition]
@@ -335,7 +344,7 @@ class KafkaBroker(Broker):
             raise _unreachable(f"read topic {topic!r}", self.servers, e) from e
         finally:
             c.close()
-        return found[0] if found else None
+        return found  # type: ignore[return-value]
 
     def consumer(
         self,
@@ -488,6 +497,13 @@ class KafkaTransactionalProducer(TransactionalProducer):
                 return
             except KafkaException as e:
                 err: KafkaError = e.args[0]
+                if err.code() in _GROUP_MOVED and not err.fatal():
+                    self._abort_quietly()
+                    raise Fenced(
+                        f"Kafka producer {self.transactional_id!r}: the consumer group moved "
+                        f"on ({err.str()}): its partitions may be another member's now; "
+                        "nothing of the transaction was committed"
+                    ) from e
                 if err.retriable() and not err.fatal() and time.monotonic() < deadline:
                     time.sleep(0.1)
                     continue
@@ -522,6 +538,18 @@ class KafkaTransactionalProducer(TransactionalProducer):
         except ConnectorError:
             self._abort_quietly()
             raise
+
+    def send_offsets(self, offsets: dict[TopicPartition, int], consumer: Consumer) -> None:
+        if not self._open:
+            raise ConnectorError(f"producer {self.transactional_id!r}: offsets outside begin()")
+        if not isinstance(consumer, KafkaConsumer):
+            raise ConnectorError("send_offsets: the consumer must read the same Kafka cluster")
+        tps = [_tp(tp, o) for tp, o in offsets.items()]
+        group = consumer._c.consumer_group_metadata()
+        self._call(
+            "commit group offsets with the transaction",
+            lambda timeout: self._p.send_offsets_to_transaction(tps, group, timeout),
+        )
 
     def commit(self) -> None:
         if not self._open:
@@ -713,6 +741,17 @@ class KafkaConsumer(Consumer):
                 f"Kafka commit of group {self.group!r} failed for "
                 + ", ".join(f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in failed)
             )
+
+    def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if not partitions:
+            return {}
+        try:
+            result = self._c.committed([_tp(tp) for tp in partitions], timeout=_TIMEOUT)
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+            cls = TransientError if kafka_transient(err) else ConnectorError
+            raise cls(f"Kafka: reading the offsets of group {self.group!r} failed: {e}") from e
+        return {(tp.topic, tp.partition): tp.offset for tp in result if tp.offset >= 0}
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, o in offsets.items():

@@ -24,7 +24,7 @@ from tidelake.vocabulary import PROVENANCE as PROVENANCE  # re-exported for conn
 from tidelake.vocabulary import Checkpoint, ConnectorConfig
 
 if TYPE_CHECKING:
-    from tidelake.broker import Broker
+    from tidelake.broker import Broker, Consumer
     from tidelake.config import Pipeline
     from tidelake.runtime.metrics import FlowMetrics
 
@@ -58,6 +58,10 @@ class FlowContext:
     release: Callable[[list[str]], None] = lambda keys: None
     """Partitions revoked from this worker (after ``flush``): their positions are no longer
     this worker's to store."""
+    group: Callable[[], Consumer | None] = lambda: None
+    """The consumer-group member the flow's source reads with (``Source.group_member``)."""
+    worker: str = ""
+    """This worker's id when the flow runs as several workers (``--workers``), else empty."""
     _broker: Broker | None = None
 
     @property
@@ -95,6 +99,11 @@ class Source(ABC):
 
     def committed(self, checkpoint: Checkpoint) -> None:  # noqa: B027 - optional hook
         """The sink durably stored ``checkpoint``: acknowledge upstream (commit offsets, LSN)."""
+
+    def group_member(self) -> Consumer | None:
+        """The consumer-group member this source reads with, if any (topic sources): a sink
+        writing to the same log commits its group offsets inside its transactions."""
+        return None
 
     def close(self) -> None:  # noqa: B027
         """Release resources."""
@@ -139,8 +148,10 @@ class Sink(ABC):
 
     Config: ClassVar[type[ConnectorConfig]]
     several_writers: ClassVar[bool] = False
-    """Several workers of one flow may write at once: ``claim`` stores partition epochs and
-    ``write`` refuses stale ones (``positions.merge``) in the same commit as the rows."""
+    """Several workers of one flow may write at once: ``claim`` makes partitions this
+    worker's and ``write`` refuses, in the same commit as the rows, the batch of a worker
+    that lost them since (partition epochs, ``positions.merge``; the topic sink: the
+    consumer group's ownership, checked by the log)."""
 
     @classmethod
     def takes_several_writers(cls, config: ConnectorConfig, pipeline: Pipeline) -> bool:

@@ -22,16 +22,14 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tidelake.errors import TransientError
+from tidelake.errors import Fenced
 from tidelake.vocabulary import PROVENANCE, Checkpoint
+
+__all__ = ["Fenced", "claim", "epoch_key", "fence", "merge"]
 
 log = logging.getLogger(__name__)
 
 EPOCH = "#epoch"
-
-
-class Fenced(TransientError):
-    """This worker lost a partition to another one: its batch is refused, it rejoins."""
 
 
 def epoch_key(key: str) -> str:

@@ -156,6 +156,8 @@ class FlowRunner:
             committed=lambda: self.sink.checkpoint(),
             claim=self._claim,
             release=self._release,
+            group=lambda: self.source.group_member(),
+            worker=self.metrics.worker,
         )
         self.ctx = ctx
         settings = self.spec.batch

@@ -58,8 +58,8 @@ def problems(pipeline: Pipeline, flow: str, workers: int) -> list[str]:
     sink: type[Sink] = registry.lookup("sink", spec.sink.type)  # type: ignore[attr-defined]
     if not sink.takes_several_writers(spec.sink, pipeline):
         out.append(
-            f"this {spec.sink.type} sink keeps one writer per flow; use a lake sink or a table "  # type: ignore[attr-defined]
-            "sink on a SQL database for several workers, or set workers: 1"
+            f"this {spec.sink.type} sink keeps one writer per flow; use a lake or topic sink, "  # type: ignore[attr-defined]
+            "or a table sink on a SQL database, for several workers, or set workers: 1"
         )
     elif "{" in str(getattr(spec.sink, "table", "")):
         out.append("a lake table template (fan-out) takes one worker; set workers: 1")

@@ -1,17 +1,28 @@
 """Write batches to a topic of the pipeline's log as JSON records, exactly once.
 
 Each ``write`` is ONE log transaction (docs/architecture.md, principle 1): the batch's
-records and the flow's checkpoint -- a JSON record keyed ``<pipeline>/<flow>`` in the
-compacted topic ``_tidelake_checkpoints`` of the same log -- become visible together or
-not at all. A
-flow killed mid-batch leaves an open (Kafka) or unwritten (embedded) transaction that
-read_committed consumers never see; on restart the sink's transactional producer
-(id ``tidelake/<pipeline>/<flow>``) fences the dead one, aborting that transaction,
-and the flow resumes from the checkpoint committed with the last visible batch.
+records and the flow's checkpoint become visible together or not at all. The checkpoint
+has two parts, both in the transaction:
 
-One writer per flow: a second process running the same flow fences the first, whose
-next commit fails with a ``ConnectorError``. The checkpoint belongs to the log, not to the
-state dir: two deployments of one pipeline on one Kafka cluster share it unless their
+- positions in the partitions of a ``topic`` source are the consumer group's offsets,
+  sent with the transaction (``send_offsets``, Kafka's KIP-447; the embedded log's
+  equivalent). The log commits them only while this worker's consumer still owns those
+  partitions in the group (the group generation; the embedded ``owners`` table): a worker
+  that lost them (paused past its session timeout, cut off) cannot land its stale batch,
+  its commit raises ``Fenced`` and it rejoins. So several workers of one flow
+  (``--workers``) write to the same topics at once, each one committing its own
+  partitions. When partitions are assigned, ``claim`` resumes them from the group's
+  offsets, which waits for a transaction still carrying some (OffsetFetch require_stable);
+- every other key (positions of other sources, a window's state) is a JSON record keyed
+  ``<pipeline>/<flow>`` in the compacted topic ``_tidelake_checkpoints`` of the same log
+  (checkpoints of earlier versions, there too, are read as a floor).
+
+A flow killed mid-batch leaves an open (Kafka) or unwritten (embedded) transaction that
+read_committed consumers never see. The transactional producer's id is
+``tidelake/<pipeline>/<flow>`` (with ``/<worker>`` for a worker of several): a restarted
+flow fences its dead predecessor, aborting that transaction, and a second process running
+the same flow without ``--workers`` fences the first. The checkpoint belongs to the log, not
+to the state dir: two deployments of one pipeline on one Kafka cluster share it unless their
 sinks set distinct ``transactional_id``s.
 
 ``topic`` may be a template over columns (``"{topic}"``, ``"cdc.{_table}"``): each row
@@ -70,6 +81,7 @@ class TopicSinkConfig(ConnectorConfig):
 class TopicSink(Sink):
     Config = TopicSinkConfig
     config: TopicSinkConfig
+    several_writers = True
 
     def open(self, ctx: FlowContext) -> None:
         self.fields = column_templates.fields(self.config.topic)
@@ -84,17 +96,35 @@ class TopicSink(Sink):
         # fences a previous instance of this flow (a killed one's open transaction is aborted)
         # before the checkpoint is read, so what is read is final
         self.producer: TransactionalProducer = self.broker.transactional_producer(
-            f"tidelake/{writer}"
+            f"tidelake/{writer}" + (f"/{ctx.worker}" if ctx.worker else "")
         )
         self._committed: Checkpoint | None = None
+        self._claimed: dict[str, tuple[str, int]] = {}  # partition key -> (topic, partition)
+        self._sent: Checkpoint = {}  # group offsets committed by this sink
 
     def checkpoint(self) -> Checkpoint:
-        """The checkpoint of the last committed transaction; read once, then kept (this sink
-        is the flow's only writer: another one would have fenced it)."""
+        """The record of the last committed transaction (keys no consumer group holds); read
+        once, then kept: other workers of the flow only move group offsets."""
         if self._committed is None:
-            raw = self.broker.latest(CHECKPOINT_TOPIC, self.key)
+            raw = self.broker.latest(CHECKPOINT_TOPIC, [self.key]).get(self.key)
             self._committed = orjson.loads(raw) if raw else self._legacy()
         return dict(self._committed)
+
+    def claim(self, keys: list[str]) -> Checkpoint:
+        """Partitions assigned to this worker: their positions are the group's offsets (or,
+        higher, a position an earlier version stored in the record)."""
+        stored = self.checkpoint()
+        member = self.ctx.group()
+        if member is None:
+            return stored
+        tps = {key: _partition(key) for key in keys}
+        offsets = member.committed(list(tps.values()))
+        for key, tp in tps.items():
+            if tp in offsets:
+                stored[key] = max(offsets[tp], stored.get(key, 0))
+                self._sent[key] = offsets[tp]
+        self._claimed.update(tps)
+        return stored
 
     def _legacy(self) -> Checkpoint:
         """A checkpoint left by versions that kept it in the state dir (at-least-once)."""
@@ -108,7 +138,10 @@ class TopicSink(Sink):
             store.close()
 
     def write(self, table: pa.Table, checkpoint: Checkpoint) -> None:
-        if not table.num_rows and checkpoint == self._committed:
+        member = self.ctx.group() if self._claimed else None
+        mine = {k: v for k, v in checkpoint.items() if member is not None and k in self._claimed}
+        record = {k: v for k, v in checkpoint.items() if k not in mine}
+        if not table.num_rows and record == self._committed and mine.items() <= self._sent.items():
             return
         self.producer.begin()
         try:
@@ -125,7 +158,10 @@ class TopicSink(Sink):
                     for topic in pc.unique(topics).to_pylist():
                         self._create(topic)
                         self._produce(topic, table.filter(pc.equal(topics, topic)))
-            self.producer.produce(CHECKPOINT_TOPIC, [orjson.dumps(checkpoint)], [self.key])
+            if record != self._committed:
+                self.producer.produce(CHECKPOINT_TOPIC, [orjson.dumps(record)], [self.key])
+            if mine and member is not None:
+                self.producer.send_offsets({self._claimed[k]: v for k, v in mine.items()}, member)
             self.producer.commit()
         except BaseException:
             try:
@@ -133,7 +169,8 @@ class TopicSink(Sink):
             except Exception:  # the error that stopped the transaction is the one to report
                 log.debug("topic sink: abort failed", exc_info=True)
             raise
-        self._committed = dict(checkpoint)
+        self._committed = record
+        self._sent.update(mine)
 
     def _create(self, topic: str) -> None:
         if topic not in self.created:
@@ -164,6 +201,12 @@ class TopicSink(Sink):
     def close(self) -> None:
         if hasattr(self, "producer"):  # open() may have failed before connecting
             self.producer.close()
+
+
+def _partition(key: str) -> tuple[str, int]:
+    """``<topic>/<partition>`` -> (topic, partition)."""
+    topic, _, partition = key.rpartition("/")
+    return topic, int(partition)
 
 
 def encode_envelopes(table: pa.Table) -> list[bytes]:

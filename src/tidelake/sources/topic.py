@@ -122,6 +122,9 @@ class TopicSource(Source):
             )
             self.ctx.dead_letter(row, reason)
 
+    def group_member(self) -> Consumer | None:
+        return getattr(self, "consumer", None)
+
     def committed(self, checkpoint: Checkpoint) -> None:
         mine = {position_key(*tp): tp for tp in self.consumer.assignment()}
         self.consumer.commit({tp: checkpoint[k] for k, tp in mine.items() if k in checkpoint})
