@@ -157,12 +157,17 @@ def run(
     done = threading.Event()
     stop_on_signals(stop)
     counts = {n: workers or p.flows[n].workers for n in names if n in p.flows}
-    if not worker and any(n > 1 for n in counts.values()):
-        _supervise(pipeline, p, counts, stop, done)
-        return
+    supervised = not worker and any(n > 1 for n in counts.values())
+    if supervised:
+        _refuse_unsplittable(p, counts)
     view: list[threading.Thread] = []
     if not flow and p.schedules:
         view.append(schedules.start(p, stop, lambda line: err.print(line, markup=False)))
+    if supervised:
+        status = _supervise(pipeline, p, counts, stop, done)
+        while view and not stop.wait(1):
+            pass  # the workers ended; the schedules run on until Ctrl-C
+        raise typer.Exit(status)
 
     def started(runners: list[Runner]) -> None:
         t = threading.Thread(
@@ -190,19 +195,25 @@ def run(
         raise typer.Exit(1)
 
 
-def _supervise(
-    path: Path, p: Pipeline, counts: dict[str, int], stop: threading.Event, done: threading.Event
-) -> None:
-    """``run`` with several workers: refuse what cannot be split, else supervise the workers."""
+def _refuse_unsplittable(p: Pipeline, counts: dict[str, int]) -> None:
+    """Exit 2, with each reason and fix, when a flow cannot run as its count of workers."""
     from tidelake.runtime import workers
-    from tidelake.runtime.console import show_live
-    from tidelake.runtime.metrics import FlowMetrics, read_all
 
     wrong = [(f, why) for f, n in counts.items() for why in workers.problems(p, f, n)]
     for f, why in wrong:
         err.print(f"error: flow {f} with {counts[f]} workers: {why}", markup=False)
     if wrong:
         raise typer.Exit(2)
+
+
+def _supervise(
+    path: Path, p: Pipeline, counts: dict[str, int], stop: threading.Event, done: threading.Event
+) -> int:
+    """``run`` with several workers: supervise them until ``stop``; their exit status."""
+    from tidelake.runtime import workers
+    from tidelake.runtime.console import show_live
+    from tidelake.runtime.metrics import FlowMetrics, read_all
+
     tag = workers.tag()
 
     def current() -> list[FlowMetrics]:
@@ -216,11 +227,10 @@ def _supervise(
     view = threading.Thread(target=show_live, args=(current, done, err), daemon=True)
     view.start()
     try:
-        status = workers.supervise(path, counts, stop)
+        return workers.supervise(path, counts, stop)
     finally:
         done.set()
         view.join(2)
-    raise typer.Exit(status)
 
 
 @topics_app.command("list")

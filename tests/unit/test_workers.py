@@ -1,8 +1,12 @@
-"""Several workers per flow: what validate refuses (with the fix), and what users see of
-each worker (console, /api/flows)."""
+"""Several workers per flow: what validate refuses (with the fix), what users see of
+each worker (console, /api/flows), and the schedules running beside supervised workers."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -73,3 +77,42 @@ def test_console_and_api_show_each_workers_partitions_and_lag(tmp_path: Path) ->
     assert "worker" in table and "partitions (lag)" in table
     assert "h-1.0" in table and "ev/0:12 ev/2:0" in table and "ev/1:3" in table
     assert " worker h-1.1 [ev/1:3] running: " in progress_line(metrics[1])
+
+
+def test_run_with_workers_starts_the_schedules_too(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        """\
+name: p
+flows:
+  land:
+    workers: 2
+    source: {type: topic, topic: events}
+    sink: {type: table, table: events}
+  nightly:
+    source: {type: query, sql: "SELECT 1 AS one"}
+    sink: {type: table, table: nightly}
+schedules:
+  nightly: {cron: "0 3 * * *", flow: nightly}
+"""
+    )
+    cmd = [sys.executable, "-m", "tidelake.cli", "run", str(tmp_path / "p.yaml")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    announced = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("schedule nightly: nightly at '0 3 * * *'; not yet run"):
+                announced.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert announced.wait(60), "no schedule announced:\n" + "".join(lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        reader.join(5)
+    assert proc.returncode == 0, "".join(lines)
