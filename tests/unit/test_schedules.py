@@ -1,6 +1,7 @@
 """``schedules:``: a job due every minute runs exactly once per minute (a fake clock drives
 the scheduler through ten minutes) and ``/api/flows`` shows its last and next run, a run
-that overruns skips due times instead of catching up, and bad schedules fail at load."""
+that overruns skips due times instead of catching up, compaction of a lake table no flow
+created yet is nothing to do, and bad schedules fail at load."""
 
 from __future__ import annotations
 
@@ -69,6 +70,18 @@ def test_a_job_due_every_minute_runs_exactly_once_per_minute(tmp_path: Path) -> 
         (flow,) = [f for f in c.get("/api/flows").json() if f["flow"] == "summary"]
     assert (flow["cron"], flow["next_run"]) == ("* * * * *", START + 630)
     assert flow["last_run"] == START + 570 and flow["state"] == "finished"
+
+
+def test_compacting_a_table_not_created_yet_is_not_a_failure(tmp_path: Path) -> None:
+    schedules = "  tidy: {cron: '* * * * *', compact: [candles]}\n"
+    p = loads(
+        pipeline(tmp_path, schedules) + f"lake: file://{tmp_path}/lake\n", tmp_path / "p.yaml"
+    )
+    stop = threading.Event()
+    clock = FakeClock(stop, START + 60)
+    ran: list[Job] = []
+    Scheduler(p, stop, clock, clock.wait, on_run=ran.append).run()
+    assert [(j.runs, j.last_error) for j in ran] == [(1, "")]
 
 
 def test_a_run_that_overruns_skips_the_due_times_it_missed(tmp_path: Path) -> None:

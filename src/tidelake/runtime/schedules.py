@@ -81,10 +81,14 @@ class Scheduler:
                 from tidelake.runtime.runner import FlowRunner
 
                 FlowRunner(self.pipeline, job.schedule.flow, self.stop).run()
-            for table in job.schedule.compact:
+            if job.schedule.compact:
                 from tidelake import lake
+                from tidelake.lake.catalog import table_names
 
-                lake.compact(self.pipeline, table)
+                existing = set(table_names(self.pipeline))
+                for table in job.schedule.compact:
+                    if table in existing:  # a table no flow created yet has nothing to compact
+                        lake.compact(self.pipeline, table)
             job.last_error = ""
         except Exception as e:  # noqa: BLE001 - shown with the job; it runs again when due
             job.last_error = f"{type(e).__name__}: {e}"
