@@ -1,4 +1,6 @@
-"""The four scenarios, run briefly side by side, for the tests that read their dashboards."""
+"""Dashboards read as a person reads them: every panel's result (``read_panel``) and its
+drawing in Chromium (``read_drawn``), and the four scenarios run briefly side by side for the
+tests that read their dashboards."""
 
 from __future__ import annotations
 
@@ -8,13 +10,17 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 import pytest
+from browser import Browser, wait_for
 
-from tidelake.config import Pipeline, load
+from tidelake.config import Panel, Pipeline, load
 from tidelake.demo.ratings_api import create_app as ratings_app
 from tidelake.lake import QueryEngine
 from tidelake.runtime.runner import run_flows
+from tidelake.serve.dashboard import charts
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("movies", "datalake", "stock", "users")
@@ -82,3 +88,111 @@ def running_scenarios(tmp: Path, port: int, timeout: float = 90) -> Iterator[dic
             w.join(60)
         assert not errors, errors
         yield pipelines
+
+
+READABLE_BARS = 25
+
+
+def _number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _shown_bars(chart: charts.Chart) -> list[tuple[Any, float]]:
+    """(x, y) of the bars left to right, as Vega-Lite orders a discrete x axis."""
+    x = chart.spec["encoding"]["x"]
+    y = chart.spec["encoding"]["y"]["field"]
+    rows = [(r[x["title"]], r[y]) for r in chart.data.to_pylist()]
+    sort = x.get("sort", "ascending")  # Vega-Lite's default: ascending by the x value
+    if sort == "-y":
+        return sorted(rows, key=lambda r: -r[1])
+    if sort is None:
+        return rows
+    return sorted(rows, key=lambda r: r[0])
+
+
+def read_panel(panel: Panel, engine: QueryEngine, pipeline: Pipeline) -> list[str]:
+    """What is wrong with one panel as a person sees it (empty when it reads right)."""
+    try:
+        result = engine.sql(panel.sql)
+    except Exception as e:  # noqa: BLE001 - the panel shows this error box
+        return [f"error: {e}"]
+    if not result.num_rows:
+        return ["no rows"]
+    if panel.chart in ("metric", "table"):
+        return []
+    chart = charts.build(panel, result, pipeline.time_zone)
+    enc, problems = chart.spec["encoding"], []
+    if enc["y"]["type"] != "quantitative":
+        problems.append(f"y axis is {enc['y']['type']}")
+    ys = [panel.y] if isinstance(panel.y, str) else list(panel.y or [])
+    for y in ys:
+        if not _number(chart.data.schema.field(y).type):
+            problems.append(f"y {y} reaches the browser as {chart.data.schema.field(y).type}")
+    x_type = result.schema.field(panel.x).type
+    if pa.types.is_timestamp(x_type) or pa.types.is_date(x_type):
+        if enc["x"]["type"] != "temporal":
+            problems.append(f"time x axis is {enc['x']['type']}")
+        fmt = enc["x"].get("axis", {}).get("format", "")
+        if "%I" in fmt or "%p" in fmt or "%H" not in fmt:
+            problems.append(f"times not on a 24-hour clock ({fmt!r})")
+        if panel.chart == "bar" and (
+            "x2" not in enc or chart.spec["mark"].get("orient") != "vertical"
+        ):
+            problems.append("time bars are hairlines, not their bucket wide")
+    elif panel.chart == "bar":
+        bars = _shown_bars(chart)
+        if len(bars) > READABLE_BARS:
+            problems.append(f"{len(bars)} bars")
+        values = [v for x, v in bars if x != charts.OTHER]
+        if charts.orders_rows(panel.sql):
+            wanted = [r[panel.x] for r in result.slice(0, len(values)).to_pylist()]
+            if [str(x) for x, _ in bars[: len(values)]] != [str(w) for w in wanted]:
+                problems.append("bars not in the query's order")
+        elif values != sorted(values, reverse=True):
+            problems.append(f"bars not by value: {values[:8]}")
+    return problems
+
+
+# the Vega views of a panel's charts, as Vega-Lite's ARIA descriptions state their scales
+_ARIA = (
+    "[...document.querySelectorAll('.st-key-panel-%d [data-testid=stVegaLiteChart] "
+    "[aria-roledescription=%s]')].map(e => e.getAttribute('aria-label'))"
+)
+_BARS = "document.querySelectorAll('.st-key-panel-%d path[aria-roledescription=bar]').length"
+_ERRORS = "document.querySelectorAll('[data-testid=stAlertContentError]').length"
+
+
+def read_drawn(browser: Browser, pipeline: Pipeline) -> None:
+    """Assert that every panel of the dashboard open in ``browser`` is drawn right: a metric
+    shows a value; values are on a linear scale, times (by the result's Arrow type) on a UTC
+    scale (the wall clock) without AM/PM, categories on a discrete one, a heatmap's colour on a
+    gradient; a bar chart has a readable number of bars; no panel shows an error."""
+    with QueryEngine(pipeline) as engine:
+        schemas = [engine.sql(p.sql).schema for p in pipeline.dashboard]
+    for i, (panel, schema) in enumerate(zip(pipeline.dashboard, schemas, strict=True)):
+        if panel.chart == "table":
+            continue
+        if panel.chart == "metric":
+            metric = f".st-key-panel-{i} [data-testid=stMetricValue]"
+            assert wait_for(lambda m=metric: browser.text(m), 120, panel.title) != "—"
+            continue
+        axes = wait_for(lambda i=i: browser.js(_ARIA % (i, "axis")), 120, panel.title)
+        xs = [a for a in axes if a.startswith("X-axis")]
+        ys = [a for a in axes if a.startswith("Y-axis")]
+        assert xs and ys, (panel.title, axes)
+        if panel.chart == "heatmap":
+            assert all("discrete scale" in a for a in xs + ys), (panel.title, axes)
+            legends = browser.js(_ARIA % (i, "legend"))
+            assert any(g.startswith("Gradient legend") for g in legends), (panel.title, legends)
+            continue
+        assert all("linear scale" in a for a in ys), (panel.title, ys)
+        x_type = schema.field(panel.x).type
+        for x in xs:
+            if pa.types.is_timestamp(x_type) or pa.types.is_date(x_type):
+                assert "utc scale" in x, (panel.title, x)
+                assert not any(m in x for m in (" AM", " PM")), (panel.title, x)
+            else:
+                assert "discrete scale" in x, (panel.title, x)
+        if panel.chart == "bar":
+            assert 0 < browser.js(_BARS % i) <= READABLE_BARS, panel.title
+    assert browser.js(_ERRORS) == 0, browser.js("document.body.innerText")

@@ -8,8 +8,8 @@ sixth field: seconds).
 - The candlestick panel draws one chart per symbol. Every candle drawn (the OHLC Vega writes
   into each body's aria-label) is a candle of ``lake.candles``, no minute is missing between
   the first and the last drawn, a body is green when it closed up, and each chart has its
-  two moving averages over it. Two looks a few seconds apart, without a reload, show more
-  candles and other pixels.
+  two moving averages over it; every panel's scales are right (``read_drawn``). Two looks
+  a few seconds apart, without a reload, show more candles and other pixels.
 - The console prints each schedule's last and next run and ``/api/flows`` shows them. Once
   the market API stops and the candles are final, the next end-of-day run's
   ``daily_summary`` equals a pandas reference over those candles; compaction ran.
@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 from browser import Browser, Demo, free_port, wait_for
 from PIL import ImageChops
+from scenario_panels import read_drawn
 
 from tidelake.config import load
 from tidelake.demo import _Server
@@ -128,6 +129,7 @@ def test_demo_markets_candles_live_and_schedules_run(tmp_path: Path, browser: Br
         demo.show(browser)
         first_look = wait_for(lambda: enough(browser, 3), 120, "3 candles for every symbol")
         check_candles(first_look, lake_candles(path))
+        read_drawn(browser, load(path))  # every panel's scales, the heatmap and top movers too
         browser.js("window.__not_reloaded = true")
         first = browser.screenshot(CHARTS)
 

@@ -1,6 +1,7 @@
 """The reviews scenario against a reference computed from the same inputs: app reviews
 POSTed to the app (CDC of its table) and the review site's pages (crawled), redacted, in the
-lake (current state and history), negative ones alerted. The same pipeline file runs on
+lake (current state and history), negative ones alerted; its dashboard's panels read right
+(as results, and on embedded defaults as drawn in Chromium). The same pipeline file runs on
 embedded defaults and, switched by environment variables, on PostgreSQL + Debezium + Kafka +
 an S3 lake (``TIDELAKE_SKIP_CONNECT=1`` skips that run, ``TIDELAKE_SKIP_S3=1`` keeps its lake
 on local disk)."""
@@ -18,16 +19,17 @@ from pathlib import Path
 import httpx
 import pyarrow as pa
 import pytest
-from browser import free_port
+from browser import free_port, wait_for
 from real_infra import lake_env, parquet_files, release_cdc
+from scenario_panels import read_drawn, read_panel
 from scenario_run import run_until
-from test_scenario_panels import read_panel
 
 from tidelake.config import load
 from tidelake.demo import _Server
 from tidelake.demo.reviews_app import app_review, create_app, post_traffic, site_review
 from tidelake.lake import QueryEngine
 from tidelake.runtime.runner import prepare_database
+from tidelake.serve.dashboard.launch import launch, stop
 from tidelake.sources.cdc.envelope import default_name
 from tidelake.transforms.redact import Redact
 
@@ -85,7 +87,10 @@ def _count(pipeline: object, sql: str) -> int:
 
 
 def test_reviews_land_redacted_and_negative_ones_alert(
-    infrastructure: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    infrastructure: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     shutil.copytree(ROOT / "scenarios" / "reviews", tmp_path / "reviews")
     port = free_port()
@@ -151,3 +156,16 @@ def test_reviews_land_redacted_and_negative_ones_alert(
     assert results["negative_words"] and results["recurring_problems"]
     worst = results["recurring_problems"][0]
     assert worst["product"] in ("casque audio", "trottinette")
+
+    if infrastructure:  # the drawing does not depend on where the data lives
+        return
+    browser = request.getfixturevalue("browser")
+    dashboard = free_port()
+    proc = launch(tmp_path / "reviews" / "pipeline.yaml", port=dashboard, refresh=30)
+    try:
+        url = f"http://127.0.0.1:{dashboard}"
+        wait_for(lambda: httpx.get(f"{url}/_stcore/health").text == "ok", 120, "streamlit")
+        browser.send("Page.navigate", url=url)
+        read_drawn(browser, pipeline)
+    finally:
+        stop(proc)
