@@ -17,6 +17,7 @@ from rich.markup import escape
 from tidelake import __version__
 from tidelake.errors import TidelakeError
 from tidelake.extras import missing_extra
+from tidelake.projects import scenario_names
 from tidelake.query_output import print_table
 
 if TYPE_CHECKING:
@@ -139,7 +140,8 @@ def run(
     With several workers (--workers N or workers: in the file) each flow runs as N supervised
     processes in one consumer group; the same command on another machine joins the group.
     Off a terminal (a pipe, CI, a log file) it prints a progress line per flow every 5 s.
-    --engine spark runs them as Spark Structured Streaming queries (pip install 'tidelake[spark]').
+    --engine spark runs them as Spark Structured Streaming queries
+    (pip install 'tidelake\\[spark]').
 
     Example: tidelake run scenarios/stock/pipeline.yaml --flow opening_stock
     """
@@ -289,6 +291,9 @@ def topics_tail(
 
     p = _load(pipeline)
     broker = connect(p.url(p.broker))
+    if topic not in broker.topics():
+        broker.close()
+        raise TidelakeError(f"no topic {topic!r} in the log (tidelake topics list {pipeline})")
     consumer = broker.consumer(f"tidelake-tail-{uuid.uuid4().hex[:8]}", [topic])
     seen = 0
     try:
@@ -315,11 +320,8 @@ def dlq_list(pipeline: PipelineArg, flow: FlowArg) -> None:
 
     from tidelake.runtime import dead_letters
 
-    try:
-        p, broker, topic = _dead_letter_topic(pipeline, flow)
-        counts = Counter(letter.reason for letter in dead_letters.read(broker, topic))
-    except TidelakeError as e:
-        _fail(e)
+    p, broker, topic = _dead_letter_topic(pipeline, flow)
+    counts = Counter(letter.reason for letter in dead_letters.read(broker, topic))
     broker.close()
     t = Table("dead letters", "reason", title=f"{topic}: {sum(counts.values()):,} dead letters")
     for reason, n in counts.most_common():
@@ -349,26 +351,23 @@ def dlq_show(
     from tidelake.runtime import dead_letters
 
     if fmt not in ("table", "json"):
-        _fail(TidelakeError(f"--format {fmt!r}: use table or json"))
-    try:
-        p, broker, topic = _dead_letter_topic(pipeline, flow)
-        t = Table("#", "reason", "origin", "payload", title=topic)
-        for i, letter in enumerate(dead_letters.read(broker, topic)):
-            if limit and i >= limit:
-                break
-            at = {"dlq_partition": letter.partition, "dlq_offset": letter.offset}
-            if fmt == "json":
-                sys.stdout.buffer.write(orjson.dumps(at | letter.value) + b"\n")
-                continue
-            origin = letter.value.get("origin")
-            t.add_row(
-                f"{letter.partition}/{letter.offset}",
-                letter.reason,
-                _origin_text(origin),
-                orjson.dumps(letter.value.get("payload")).decode(),
-            )
-    except TidelakeError as e:
-        _fail(e)
+        raise TidelakeError(f"--format {fmt!r}: use table or json")
+    p, broker, topic = _dead_letter_topic(pipeline, flow)
+    t = Table("#", "reason", "origin", "payload", title=topic)
+    for i, letter in enumerate(dead_letters.read(broker, topic)):
+        if limit and i >= limit:
+            break
+        at = {"dlq_partition": letter.partition, "dlq_offset": letter.offset}
+        if fmt == "json":
+            sys.stdout.buffer.write(orjson.dumps(at | letter.value) + b"\n")
+            continue
+        origin = letter.value.get("origin")
+        t.add_row(
+            f"{letter.partition}/{letter.offset}",
+            letter.reason,
+            _origin_text(origin),
+            orjson.dumps(letter.value.get("payload")).decode(),
+        )
     broker.close()
     if fmt == "table":
         for c in t.columns:
@@ -405,15 +404,12 @@ def dlq_redrive(
     from tidelake.runtime.redrive import input_topic, redrive
     from tidelake.runtime.signals import stop_on_signals
 
-    try:
-        p, broker, topic = _dead_letter_topic(pipeline, flow)
-        broker.close()
-        target = to or input_topic(p, flow)
-        stop = threading.Event()
-        stop_on_signals(stop)
-        m = redrive(p, flow, sql=sql, to=target, batch_size=batch_size, stop=stop)
-    except TidelakeError as e:
-        _fail(e)
+    p, broker, topic = _dead_letter_topic(pipeline, flow)
+    broker.close()
+    target = to or input_topic(p, flow)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    m = redrive(p, flow, sql=sql, to=target, batch_size=batch_size, stop=stop)
     left_out = max(0, m.records_in - m.records_out - m.dead_letters)
     err.print(
         f"redriven: {m.records_out:,} dead letters of {topic} into {target}"
@@ -530,7 +526,7 @@ def query(
     from tidelake.query_output import render
 
     if fmt not in ("table", "csv", "json", "parquet"):
-        _fail(TidelakeError(f"--format {fmt!r}: use table, csv, json or parquet"))
+        raise TidelakeError(f"--format {fmt!r}: use table, csv, json or parquet")
     from tidelake.lake import QueryEngine
     from tidelake.lake.catalog import table_names
     from tidelake.lake.query import check_select
@@ -737,7 +733,7 @@ def users_remove(pipeline: PipelineArg, name: UserArg) -> None:
     from tidelake.serve.users import Users
 
     if not Users(_load(pipeline)).remove(name):
-        _fail(TidelakeError(f"no user {name!r} (see tidelake users list)"))
+        raise TidelakeError(f"no user {name!r} (see tidelake users list)")
     console.print(f"user {name} removed")
 
 
@@ -803,9 +799,7 @@ def dashboard(
 def demo(
     scenario: Annotated[
         str,
-        typer.Argument(
-            help="scenario under scenarios/ (movies, datalake, stock, users, reviews, markets)"
-        ),
+        typer.Argument(help=f"a scenario shipped with tidelake: {', '.join(scenario_names())}"),
     ] = "movies",
     api_port: Annotated[int, typer.Option(help="REST API port")] = 8000,
     dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,
@@ -899,7 +893,8 @@ def schema(
 @app.command()
 def init(
     name: Annotated[
-        str, typer.Argument(help="a scenario (movies, datalake, stock, users) or 'minimal'")
+        str,
+        typer.Argument(help=f"a scenario ({', '.join(scenario_names())}) or 'minimal'"),
     ],
     directory: Annotated[
         Path | None, typer.Argument(help="new project folder (default: ./NAME)", show_default=False)
@@ -909,7 +904,7 @@ def init(
 
     Example: tidelake init minimal shop && tidelake run shop/pipeline.yaml
     """
-    from tidelake.demo.projects import init_project
+    from tidelake.projects import init_project
 
     pipeline = init_project(name, directory)
     console.print(f"[green]created[/green] {pipeline.parent}")

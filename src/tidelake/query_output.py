@@ -83,7 +83,8 @@ def render(result: pa.Table, fmt: str, output: Path | None, console: Console) ->
         for row in result.to_pylist():
             view.add_row(*("" if v is None else str(v) for v in row.values()))
         print_table(console, view)
-        console.print(f"[dim]{result.num_rows:,} rows[/dim]")
+        n = result.num_rows
+        console.print(f"[dim]{n:,} row{'' if n == 1 else 's'}[/dim]")
         return
     buf = io.BytesIO()
     if fmt == "json":

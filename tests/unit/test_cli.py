@@ -85,6 +85,18 @@ def test_topics_create_list_tail(tmp_path: Path) -> None:
         3,
         4,
     ]
+    missing = runner.invoke(app, ["topics", "tail", str(p), "evnets"])  # a typo
+    assert missing.exit_code == 2 and "no topic 'evnets' in the log" in missing.output
+    assert "evnets" not in broker.topics(), "reading a topic must not create it"
+
+
+def test_help_texts_show_what_they_name() -> None:
+    """Scenario lists come from the shipped scenarios; brackets are text, not markup."""
+    for cmd in (["init"], ["demo"]):
+        text = " ".join(runner.invoke(app, [*cmd, "--help"]).output.split())
+        for name in ("datalake", "markets", "movies", "reviews", "stock", "users"):
+            assert name in text, (cmd, name)
+    assert "'tidelake[spark]'" in runner.invoke(app, ["run", "--help"]).output
 
 
 def test_run_lands_and_query_reads_back(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tidelake.cli import app
 from tidelake.config import load
-from tidelake.demo.projects import demo_folder, scenario_names
+from tidelake.projects import demo_folder, scenario_names
 
 runner = CliRunner()
 

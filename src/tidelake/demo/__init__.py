@@ -20,8 +20,8 @@ from rich.console import Console
 
 from tidelake import extras
 from tidelake.config import Pipeline, load
-from tidelake.demo.projects import demo_folder
 from tidelake.errors import ConfigError
+from tidelake.projects import demo_folder
 from tidelake.runtime import schedules
 from tidelake.runtime.console import show_live
 from tidelake.runtime.runner import Runner, run_flows

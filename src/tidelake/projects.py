@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tidelake.errors import ConfigError
 
-PACKAGE = Path(__file__).resolve().parents[1]
+PACKAGE = Path(__file__).resolve().parent
 TEMPLATE = "minimal"
 _TEMPLATE_NAME = "name: my_pipeline"
 
