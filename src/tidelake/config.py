@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tidelake import registry
 from tidelake.errors import ConfigError
-from tidelake.vocabulary import ConnectorConfig
+from tidelake.vocabulary import ConnectorConfig, pa_type
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -62,8 +62,6 @@ class Flow(_Model):
     @field_validator("schema_")
     @classmethod
     def _types_ok(cls, v: dict[str, str]) -> dict[str, str]:
-        from tidelake.runtime.conform import pa_type
-
         for name in v.values():
             try:
                 pa_type(name)

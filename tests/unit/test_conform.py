@@ -10,7 +10,8 @@ import pytest
 
 from tidelake.config import loads
 from tidelake.errors import ConfigError
-from tidelake.runtime.conform import Conformer, pa_type
+from tidelake.runtime.conform import Conformer
+from tidelake.vocabulary import pa_type
 
 
 def test_csv_text_takes_the_type_most_of_its_values_parse_as() -> None:

@@ -14,29 +14,13 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tidelake.errors import ConfigError
 from tidelake.formats.json import select
 from tidelake.runtime.dead_letters import quoted
 
-_ALIASES = {"int": "int64", "float": "double", "str": "string", "boolean": "bool"}
 _INT = r"\s*[-+]?\d+\s*"
 _FLOAT = r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*"
 _BOOL = r"(?i)\s*(true|false)\s*"
 _ZONE = r":\d\d(\.\d*)?\s*(Z|[+-]\d\d(:?\d\d)?)\s*$"
-
-
-def pa_type(name: str) -> pa.DataType:
-    """``int``, ``float``, ``string``, ``bool``, ``timestamp`` (UTC), ``date32``, or any
-    pyarrow type alias (``int32``, ``timestamp[ms]``, ...)."""
-    if name == "timestamp":
-        return pa.timestamp("us", tz="UTC")
-    try:
-        return pa.type_for_alias(_ALIASES.get(name, name))
-    except ValueError:
-        raise ConfigError(
-            f"unknown column type {name!r} (use int, float, string, bool, timestamp, date32 "
-            "or a pyarrow type name such as int32 or timestamp[ms])"
-        ) from None
 
 
 def _sql_type(t: pa.DataType) -> str | None:

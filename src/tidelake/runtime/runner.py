@@ -44,8 +44,9 @@ from tidelake.config import Flow, Pipeline
 from tidelake.errors import ConfigError, TidelakeError
 from tidelake.runtime import dead_letters, faults, positions
 from tidelake.runtime.base import Batch, Checkpoint, FlowContext, Sink, Source, Transform
-from tidelake.runtime.conform import Conformer, pa_type
+from tidelake.runtime.conform import Conformer
 from tidelake.runtime.metrics import FlowMetrics
+from tidelake.vocabulary import pa_type
 
 log = logging.getLogger(__name__)
 

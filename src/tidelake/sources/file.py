@@ -34,9 +34,10 @@ from pydantic import Field
 from tidelake.errors import ConfigError, ConnectorError
 from tidelake.formats import decode_json
 from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
-from tidelake.runtime.conform import Conformer, pa_type
+from tidelake.runtime.conform import Conformer
 from tidelake.runtime.dead_letters import RAW
 from tidelake.s3_settings import S3Settings
+from tidelake.vocabulary import pa_type
 
 Format = Literal["csv", "json", "jsonl", "parquet"]
 _EXTENSIONS: dict[str, Format] = {
