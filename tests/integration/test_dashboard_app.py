@@ -36,6 +36,7 @@ dashboard:
   - {title: Orders, sql: "SELECT * FROM orders", chart: table}
   - {title: Bad SQL, sql: "SELECT FROM WHERE", chart: line}
   - {title: Bad column, sql: "SELECT category FROM orders", chart: line, x: category, y: nope}
+  - {title: Big orders, sql: "SELECT * FROM orders WHERE amount > 100", chart: table}
 """
 
 
@@ -90,6 +91,8 @@ def test_panels_and_health(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert "'nope' is not in the result" in panel_errors[1]
     assert len(at.dataframe) == 1 and at.dataframe[0].value.shape == (3, 2)
     assert len(at.get("vega_lite_chart")) == 1
+    (empty,) = [i.value.replace("\\", "") for i in at.info]  # the panel says why it is empty
+    assert empty == "No rows: the query matched none of the rows of orders (3 rows).", empty
 
 
 def test_a_new_snapshot_shows_on_the_next_run(
@@ -98,6 +101,12 @@ def test_a_new_snapshot_shows_on_the_next_run(
     path = _pipeline(tmp_path)
     at = _run(path, monkeypatch)
     assert any("orders" in e.value for e in at.error), "no table yet: said in the panel"
+    _land(
+        path,
+        pa.table({"category": pa.array([], pa.string()), "amount": pa.array([], pa.float64())}),
+    )
+    at.run()
+    assert "No rows yet: orders is empty" in at.info[0].value.replace("\\", ""), at.info
 
     _land(path, pa.table({"category": ["a"], "amount": [4.0]}))
     at.run()
