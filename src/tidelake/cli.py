@@ -787,7 +787,8 @@ def dashboard(
 ) -> None:
     """Open the live dashboard: flow health and the pipeline's `dashboard:` panels.
 
-    It binds to loopback only (it has no login); put an authenticating proxy in front to share it.
+    It binds to loopback only (its panels need no login; its forms do); put an authenticating
+    proxy in front to share it.
     Example: tidelake dashboard scenarios/movies/pipeline.yaml
     """
     from tidelake.serve.dashboard.launch import serve as run_dashboard

@@ -194,6 +194,19 @@ def run_demo(
     console.print(f"  REST API     http://127.0.0.1:{api_port}/docs")
     if dashboard:
         console.print(f"  dashboard    http://127.0.0.1:{dashboard_port}")
+    if pipeline.forms:
+        from tidelake.serve.users import Users
+
+        where = "on the dashboard or at " if dashboard else "at "
+        console.print(f"  forms        {where}http://127.0.0.1:{api_port}/forms, after a login")
+        operators = [u.name for u in Users(pipeline).list() if u.role in ("operator", "admin")]
+        if operators:
+            console.print(f"  operators    {', '.join(operators)}", highlight=False)
+        else:
+            console.print(
+                f"  operators    none yet: {command()} users add {path} NAME --role operator",
+                highlight=False,
+            )
     example = next(iter(pipeline.queries), '"SELECT count(*) FROM ratings"')
     console.print(f"  query        {command()} query {path} {example}")
     console.print("  Ctrl-C stops everything.\n")

@@ -1,6 +1,7 @@
 """The tidelake dashboard (a Streamlit script): pipeline health, then the file's panels.
 
-Run it through ``tidelake dashboard PIPELINE`` (``launch.py``), or directly with
+With ``forms:``, users log in in the sidebar and get the forms their role allows
+(``operator.py``). Run it through ``tidelake dashboard PIPELINE`` (``launch.py``), or directly with
 ``streamlit run app.py -- PIPELINE [--refresh SECONDS]``. Both live sections are
 Streamlit fragments re-run every ``--refresh`` seconds, so the page updates in
 place without a reload. Every query goes through the one query layer
@@ -26,10 +27,12 @@ import pyarrow as pa
 import streamlit as st
 
 from tidelake import config
+from tidelake.broker import Writer
 from tidelake.config import Panel, Pipeline
 from tidelake.lake.query import QueryEngine, referenced_tables
 from tidelake.runtime import metrics
-from tidelake.serve.dashboard import charts
+from tidelake.serve.dashboard import charts, operator
+from tidelake.serve.forms import Desk
 
 # (comments, not docstrings: Streamlit "magic" would print bare strings on the page)
 MAX_ROWS = 10_000  # rows a panel draws at most; the rest is counted, not sent to the browser
@@ -50,6 +53,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @st.cache_resource(scope="session", show_spinner=False, on_release=lambda e: e.close())
 def engine(path: str) -> QueryEngine:
     return QueryEngine(config.load(path))
+
+
+@st.cache_resource(show_spinner=False, on_release=lambda w: w.close())
+def writer(url: str) -> Writer:
+    return Writer(url)
 
 
 # -- pipeline health -----------------------------------------------------------------
@@ -221,6 +229,14 @@ def main() -> None:
     st.caption(f"{path} · updates every {args.refresh:g}s")
     every = args.refresh
     st.fragment(run_every=every)(health)(pipeline)
+    if pipeline.forms:
+        session = operator.login(pipeline)
+        st.subheader("Forms")
+        if session is None:
+            st.info("Log in (in the sidebar) to use the forms.")
+        else:
+            desk = Desk(pipeline, writer(pipeline.url(pipeline.broker)).write, engine(path).sql)
+            operator.forms(desk, session)
     st.subheader("Panels")
     st.fragment(run_every=every)(panels)(pipeline, path)
 
