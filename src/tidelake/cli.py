@@ -746,7 +746,9 @@ def forms_entries(
     ] = "table",
 ) -> None:
     """Who entered what and when, newest first, with each entry's status (sent, refused with
-    the reason, failed: the log did not take it).  Example: tidelake forms entries stock.yaml sale
+    the reason, failed: the log did not take it).
+
+    Example: tidelake forms entries scenarios/stock/pipeline.yaml sale
     """
     import json
 
