@@ -1,8 +1,8 @@
 """The tidelake dashboard (a Streamlit script): pipeline health, then the file's panels.
 
 With ``forms:``, users log in in the sidebar and get the forms their role allows
-(``operator.py``). Run it through ``tidelake dashboard PIPELINE`` (``launch.py``), or directly with
-``streamlit run app.py -- PIPELINE [--refresh SECONDS]``. Both live sections are
+(``operator.py``). Run it through ``tidelake dashboard PIPELINE`` (``launch.py``), or
+directly with ``streamlit run app.py -- PIPELINE [--refresh SECONDS]``. Both live sections are
 Streamlit fragments re-run every ``--refresh`` seconds, so the page updates in
 place without a reload. Every query goes through the one query layer
 (``QueryEngine``), one engine per browser session; it resolves each lake table's
