@@ -9,6 +9,7 @@ import re
 import shutil
 import sqlite3
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from tidelake.runtime.dead_letters import read
 from tidelake.serve.api import create_app
 from tidelake.serve.engine import Limits
 from tidelake.serve.forms import parse
-from tidelake.serve.users import Sessions, Users
+from tidelake.serve.users import STALE, Entries, Entry, Sessions, Users
 
 PIPELINE = """\
 name: shop
@@ -336,6 +337,26 @@ def test_an_entry_the_log_refused_can_be_sent_again_and_lands_once(pipeline: Pip
     assert client.post("/forms/sale", data=data).status_code == 200
     assert "was already recorded" in client.post("/forms/sale", data=data).text
     assert [r["entry_id"] for r in records(pipeline, "ops")] == [data["entry_id"]]
+
+
+def test_an_entry_whose_door_died_mid_write_can_be_sent_again(
+    client: TestClient, pipeline: Pipeline
+) -> None:
+    login(client)
+    page = client.get("/forms/sale").text
+    data = {"csrf": hidden(page, "csrf"), "entry_id": hidden(page, "entry_id"),
+            "product_id": "SKU-1", "quantity": "4"}  # fmt: skip
+    then = datetime.now(UTC) - timedelta(minutes=1)
+    pending = Entry(data["entry_id"], "sale", "olga", then, "pending", None, {})
+    assert Entries(pipeline).claim(pending)  # claimed, then the door died before the log
+    assert "was already recorded" in client.post("/forms/sale", data=data).text  # in flight?
+    assert records(pipeline, "ops") == []
+    with sqlite3.connect(pipeline.state_dir / "state.db") as db:
+        db.execute("UPDATE entries SET entered_at = ?", ((then - STALE).isoformat(),))
+    sent = client.post("/forms/sale", data=data)
+    assert sent.status_code == 200 and "was already recorded" not in sent.text
+    assert [r["quantity"] for r in records(pipeline, "ops")] == [4]
+    assert Entries(pipeline).list("sale")[0].status == "sent"
 
 
 def test_forms_entries_is_the_audit_trail(client: TestClient, pipeline: Pipeline) -> None:

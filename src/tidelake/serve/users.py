@@ -313,6 +313,8 @@ class Sessions:
 
 
 EntryStatus = Literal["pending", "sent", "refused", "failed"]
+STALE = timedelta(minutes=2)
+"""A pending entry this old lost its door (a write to the log waits 30 s at most)."""
 
 
 @dataclass(frozen=True)
@@ -335,11 +337,15 @@ class Entries:
         self.path = pipeline.state_dir / "state.db"
 
     def claim(self, entry: Entry) -> bool:
-        """Record ``entry`` (status pending) unless its key is taken; a key whose entry
-        failed to reach the log may be claimed again. True when this call owns the key."""
+        """Record ``entry`` (status pending) unless its key is taken. A key may be claimed
+        again when its entry failed to reach the log, or is still pending ``STALE`` after its
+        claim (its door died before the log answered: the entry may be in the log twice
+        then, which a flow upserting by ``entry_id`` lands once). True when this call owns
+        the key."""
         con = open_state(self.path, create=True)
         assert con is not None
         row = (entry.entered_at.isoformat(), json.dumps(entry.payload), entry.entry_id)
+        stale = (entry.entered_at - STALE).isoformat()
         with closing(con):
             try:
                 con.execute(
@@ -351,8 +357,9 @@ class Entries:
             except sqlite3.IntegrityError:
                 retried = con.execute(
                     "UPDATE entries SET entered_at = ?, payload = ?, status = 'pending', "
-                    "reason = NULL WHERE entry_id = ? AND status = 'failed'",
-                    row,
+                    "reason = NULL WHERE entry_id = ? AND (status = 'failed' OR "
+                    "(status = 'pending' AND entered_at < ?))",
+                    (*row, stale),
                 )
                 return retried.rowcount == 1
 
@@ -397,6 +404,7 @@ class Entries:
 __all__ = [
     "MIN_PASSWORD",
     "ROLES",
+    "STALE",
     "Entries",
     "Entry",
     "Role",
