@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import inspect
+import re
 import sys
 import threading
 import time
@@ -912,6 +914,20 @@ def init(
     pipeline = init_project(name, directory)
     console.print(f"[green]created[/green] {pipeline.parent}")
     console.print(f"  tidelake validate {pipeline}\n  tidelake run {pipeline}", highlight=False)
+
+
+def _reflow(group: typer.Typer) -> None:
+    """Join the lines of each help paragraph so the terminal's width wraps them (typer keeps a
+    docstring's line breaks: ragged lines at 80 columns); an ``Example:`` starts its own line."""
+    for command in group.registered_commands:
+        text = command.help or inspect.getdoc(command.callback) or ""
+        command.help = re.sub(r"(?<!\n)\n(?!\n|Example:)", " ", text)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow(sub.typer_instance)
+
+
+_reflow(app)
 
 
 def main() -> None:

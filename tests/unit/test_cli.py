@@ -97,6 +97,9 @@ def test_help_texts_show_what_they_name() -> None:
         for name in ("datalake", "markets", "movies", "reviews", "stock", "users"):
             assert name in text, (cmd, name)
     assert "'tidelake[spark]'" in runner.invoke(app, ["run", "--help"]).output
+    # a paragraph wraps at the terminal's width, not where the docstring's lines end
+    wide = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output.splitlines()
+    assert any("runs as N supervised processes in one consumer group" in ln for ln in wide), wide
 
 
 def test_run_lands_and_query_reads_back(tmp_path: Path) -> None:
