@@ -157,12 +157,6 @@ class Consumer(ABC):
     def lag(self) -> int:
         """Records in the assigned partitions not yet read by this consumer."""
 
-    def pause(self) -> None:  # noqa: B027 - optional: backends that prefetch stop here
-        """Stop fetching ahead (backpressure); ``poll`` still returns buffered data."""
-
-    def resume(self) -> None:  # noqa: B027
-        """Undo ``pause``."""
-
     @abstractmethod
     def close(self) -> None:
         """Leave the group; its partitions go to the remaining members."""

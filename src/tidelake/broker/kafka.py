@@ -32,9 +32,7 @@ Choices (see ``tidelake.broker.base`` for the contract):
   calls ``incremental_assign`` with them -- the fetcher starts at the sought
   offset and never reads from the committed one first.
 - Bounded memory: the pre-fetch queue is capped by ``queued.max.messages.kbytes``
-  and ``fetch.max.bytes``. ``pause`` discards the pre-fetched records of the
-  paused partitions (librdkafka's behaviour); they are fetched again from the
-  consumer's position on ``resume`` -- nothing is lost or skipped.
+  and ``fetch.max.bytes``.
 """
 
 from __future__ import annotations
@@ -599,7 +597,6 @@ class KafkaConsumer(Consumer):
         self.on_revoke = on_revoke
         self._owned: set[TopicPartition] = set()
         self._seeks: dict[TopicPartition, int | None] | None = None  # set while on_assign runs
-        self._paused = False
         self._closed = False
         self._revoked_in_poll = False
         self._callback_error: BaseException | None = None
@@ -651,8 +648,6 @@ class KafkaConsumer(Consumer):
             consumer.incremental_assign(tps)
         else:
             consumer.assign(tps)
-        if self._paused and tps:
-            consumer.pause(tps)
 
     def _revoked(self, consumer: _Consumer, partitions: list[_TP]) -> None:
         revoked = sorted((p.topic, p.partition) for p in partitions)
@@ -783,16 +778,6 @@ class KafkaConsumer(Consumer):
             return total
         except KafkaException as e:
             raise ConnectorError(f"Kafka lag of group {self.group!r} failed: {e}") from e
-
-    def pause(self) -> None:
-        self._paused = True
-        if self._owned:
-            self._c.pause([_tp(tp) for tp in self._owned])
-
-    def resume(self) -> None:
-        self._paused = False
-        if self._owned:
-            self._c.resume([_tp(tp) for tp in self._owned])
 
     def close(self) -> None:
         """Hand every owned partition to ``on_revoke`` (commits still work there), then leave."""
