@@ -37,14 +37,22 @@ def _pipeline(tmp_path: Path, head: str, sink: str = "{type: table, table: t}") 
     return p
 
 
+TABLE = "{type: table, table: t}"
+CASSANDRA = "{type: cassandra, url: 'cassandra://127.0.0.1:1/k', table: t, key: [user_id]}"
+MONGODB = "{type: mongodb, url: 'mongodb://127.0.0.1:1/d', collection: c}"
+
+
 @pytest.mark.parametrize(
-    ("blocked", "head", "command", "extra"),
+    ("blocked", "head", "sink", "command", "extra"),
     [
-        ("confluent_kafka", "broker: kafka://127.0.0.1:1", ["topics", "list", "P"], "kafka"),
-        ("psycopg", "database: postgresql://u@127.0.0.1:1/db", ["run", "P"], "postgres"),
-        ("pyiceberg", "", ["query", "P", "SELECT 1"], "lake"),
-        ("uvicorn", "", ["serve", "P"], "serve"),
-        ("streamlit", "", ["dashboard", "P"], "dashboard"),
+        ("confluent_kafka", "broker: kafka://127.0.0.1:1", TABLE, ["topics", "list", "P"], "kafka"),
+        ("psycopg", "database: postgresql://u@127.0.0.1:1/db", TABLE, ["run", "P"], "postgres"),
+        ("pymysql", "database: mysql://u@127.0.0.1:1/db", TABLE, ["run", "P"], "mysql"),
+        ("pyiceberg", "", TABLE, ["query", "P", "SELECT 1"], "lake"),
+        ("uvicorn", "", TABLE, ["serve", "P"], "serve"),
+        ("streamlit", "", TABLE, ["dashboard", "P"], "dashboard"),
+        ("cassandra", "", CASSANDRA, ["run", "P"], "cassandra"),
+        ("pymongo", "", MONGODB, ["run", "P"], "mongodb"),
     ],
 )
 def test_a_command_names_the_missing_extra(
@@ -52,6 +60,7 @@ def test_a_command_names_the_missing_extra(
     monkeypatch: pytest.MonkeyPatch,
     blocked: str,
     head: str,
+    sink: str,
     command: list[str],
     extra: str,
 ) -> None:
@@ -60,7 +69,7 @@ def test_a_command_names_the_missing_extra(
     monkeypatch.setattr(
         "importlib.util.find_spec", lambda name, *a: None if name == blocked else find_spec(name)
     )
-    p = str(_pipeline(tmp_path, head))
+    p = str(_pipeline(tmp_path, head, sink))
     result = runner.invoke(app, [p if arg == "P" else arg for arg in command])
     assert result.exit_code in (1, 2), result.output  # 1: a flow failed with the message
     assert f"pip install 'tidelake[{extra}]'" in " ".join(result.output.split())
