@@ -1,8 +1,9 @@
 """The PostgreSQL wire endpoint with real clients: psql, psycopg 3, the PostgreSQL JDBC driver.
 
-Each lists the tables, reads columns with their types and runs a GROUP BY over 1M lake rows;
-logins are SCRAM-SHA-256 against the pipeline's users, and a wrong or missing password is
-refused.
+psql lists the tables, reads columns with their types and runs a GROUP BY over 1M lake rows;
+psycopg reads results in text and in binary format alike; JDBC runs a prepared statement
+past the point where the driver switches to binary results, and browses the tables. Logins
+are SCRAM-SHA-256 against the pipeline's users, and a wrong or missing password is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +167,47 @@ def test_psycopg_server_side_parameters_and_types(endpoint: Endpoint) -> None:
             con.execute("SELECT * FROM read_text('/etc/passwd')")
         con.rollback()  # psycopg opened a transaction: the error failed it until ROLLBACK
         assert con.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_psycopg_binary_results_equal_text_ones(endpoint: Endpoint) -> None:
+    sql = (
+        "SELECT id, ts, paid, price, region, qty, CAST(price AS DECIMAL(10, 2)) AS amount,"
+        " CAST(ts AS DATE) AS day, CAST(ts AS TIME) AS t, CAST(ts AS TIMESTAMPTZ) AS tz,"
+        " CAST(NULL AS BIGINT) AS nothing FROM lake.sales WHERE id BETWEEN 0 AND 99 ORDER BY id"
+    )
+    with psycopg.connect(endpoint.dsn()) as conn:
+        text = conn.execute(sql).fetchall()
+        binary = conn.cursor(binary=True).execute(sql).fetchall()
+    assert len(binary) == 100 and binary == text
+    assert binary[3][6] == Decimal("0.75") and binary[3][7] == date(2024, 5, 1)
+
+
+JDBC_DRIVER = "org.postgresql:postgresql:42.7.8"
+
+
+def test_jdbc_prepared_statements_and_table_browser(endpoint: Endpoint) -> None:
+    from tidelake.infra import _java, _maven, cache_root
+
+    lib = _maven.copy_dependencies(
+        cache_root() / "pgjdbc-42.7.8", [JDBC_DRIVER], what="PostgreSQL JDBC driver"
+    )
+    url = f"jdbc:postgresql://127.0.0.1:{endpoint.port}/shop?user=analyst"
+    source = Path(__file__).parent / "jdbc" / "JdbcCheck.java"
+    done = subprocess.run(
+        [_java.java(), "-Duser.timezone=UTC", "-cp", f"{lib}/*", str(source), url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    rows = [line for line in lines if not line.startswith("table|")]
+    assert rows == [
+        f"{i}|2024-05-01 00:00:0{i}.0|{str(i % 2 == 0).lower()}|{i * 0.25}|{REGIONS[i % 4]}|{i}"
+        f"|{i * 0.25:.2f}|2024-05-01"
+        for i in range(1, 9)
+    ]  # the 5th to 8th executions came back in binary format, decoded alike
+    assert {"table|lake.sales", "table|db.products"} <= set(lines)
 
 
 def test_cancel_stops_a_running_query(endpoint: Endpoint) -> None:

@@ -211,6 +211,11 @@ _REWRITES = [
     (re.compile(r"OPERATOR\s*\(\s*pg_catalog\.([^)\s]+)\s*\)", re.I), r"\1"),
     (re.compile(r"\s+COLLATE\s+pg_catalog\.\"?default\"?", re.I), ""),
     (re.compile(r"\bpg_catalog\.", re.I), ""),
+    # 'pg_class'::regclass (JDBC's table browser): DuckDB has no regclass type
+    (
+        re.compile(r"'(?:\w+\.)?(\w+)'\s*::\s*regclass", re.I),
+        r"(SELECT oid FROM pg_class WHERE relname = '\1' LIMIT 1)",
+    ),
 ]
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from tidelake.serve.pgwire.types import pg_type
+from tidelake.serve.pgwire.types import pg_type, result_format
 
 PROTOCOL_3 = 196608
 SSL_REQUEST = 80877103
@@ -115,11 +115,13 @@ def notice(text: str) -> bytes:
     return message(b"N", b"SNOTICE\0VNOTICE\0C00000\0M" + cstring(text) + b"\0")
 
 
-def row_description(schema: pa.Schema) -> bytes:
+def row_description(schema: pa.Schema, formats: Sequence[int] = ()) -> bytes:
+    """Columns with their types and format codes (``formats``: as in ``data_rows``)."""
     body = struct.pack("!h", len(schema))
-    for field in schema:
+    for i, field in enumerate(schema):
         t = pg_type(field.type)
-        body += cstring(field.name) + struct.pack("!ihihih", 0, 0, t.oid, t.size, t.modifier, 0)
+        code = result_format(formats, i)
+        body += cstring(field.name) + struct.pack("!ihihih", 0, 0, t.oid, t.size, t.modifier, code)
     return message(b"T", body)
 
 

@@ -2,7 +2,8 @@
 
 Every query goes through ``EnginePool.select`` (the guard, the row cap, a sandboxed worker
 under the time and memory limits of ``POST /api/query``); session commands are answered
-from the session's parameters (``commands``). Results are sent in text format. A
+from the session's parameters (``commands``). Results go in text format, or in binary where
+the Bind message asks for it (JDBC, for prepared statements; ``types``). A
 transaction is a read-only formality: ``BEGIN``/``COMMIT`` are acknowledged, an error inside
 one fails it until ``ROLLBACK`` as PostgreSQL does.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -55,6 +57,8 @@ class Portal:
     tag: str = ""
     sent: int = 0
     described: bool = field(default=False)
+    formats: list[int] = field(default_factory=list)
+    """The result format codes of its Bind (``types.result_format``)."""
 
 
 class Session:
@@ -138,7 +142,8 @@ class Session:
             else:
                 portal = self._portal(name)
                 await self._execute(portal)
-                self._describe(portal.result.schema if portal.result is not None else None)
+                schema = portal.result.schema if portal.result is not None else None
+                self._describe(schema, portal.formats)
                 portal.described = True
         elif kind == b"E":
             name, limit = body.cstring(), body.int32()
@@ -185,9 +190,7 @@ class Session:
             except (QueryError, ValueError) as e:
                 raise SessionError("22P02", f"parameter ${i + 1}: {e}") from None
         results = [body.int16() for _ in range(body.int16())]
-        if any(f == 1 for f in results):
-            raise SessionError("0A000", "binary result format is not supported: ask for text")
-        self.portals[portal_name] = Portal(prepared, params)
+        self.portals[portal_name] = Portal(prepared, params, formats=results)
 
     async def _describe_statement(self, prepared: Prepared) -> None:
         count = max(len(prepared.oids), commands.placeholders(prepared.sql))
@@ -204,9 +207,11 @@ class Session:
             prepared.schema = empty.schema
         self._describe(prepared.schema)
 
-    def _describe(self, schema: pa.Schema | None) -> None:
-        described = messages.NO_DATA if schema is None else messages.row_description(schema)
-        self.writer.write(described)
+    def _describe(self, schema: pa.Schema | None, formats: Sequence[int] = ()) -> None:
+        if schema is None:
+            self.writer.write(messages.NO_DATA)
+        else:
+            self.writer.write(messages.row_description(schema, formats))
 
     # -- running ------------------------------------------------------------------
 
@@ -286,7 +291,11 @@ class Session:
         result = portal.result
         if result is not None:
             end = result.num_rows if limit <= 0 else min(result.num_rows, portal.sent + limit)
-            self.writer.write(data_rows(result.slice(portal.sent, end - portal.sent)))
+            try:
+                rows = data_rows(result.slice(portal.sent, end - portal.sent), portal.formats)
+            except ValueError as e:
+                raise SessionError("0A000", str(e)) from None
+            self.writer.write(rows)
             portal.sent = end
             if end < result.num_rows:
                 self.writer.write(messages.PORTAL_SUSPENDED)
