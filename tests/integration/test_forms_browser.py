@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from browser import Browser, Demo, free_port, wait_for
-from tidelake.demo.projects import demo_folder
 
 from tidelake.config import load
+from tidelake.projects import demo_folder
 from tidelake.serve.users import Entries, Users
 
 pytestmark = pytest.mark.integration
