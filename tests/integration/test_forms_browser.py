@@ -36,7 +36,10 @@ def bars(browser: Browser) -> dict[str, int]:
 
 
 def type_into(browser: Browser, selector: str, text: str) -> None:
-    browser.js(f"document.querySelector({json.dumps(selector)}).focus()")
+    """Type ``text`` into the element ``selector`` once it shows (a rerun may redraw it)."""
+    focus = f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+    focus += " if (!e) return false; e.focus(); return true; })()"
+    wait_for(lambda: browser.js(focus), 30, selector)
     browser.send("Input.insertText", text=text)
 
 
