@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from tidelake.broker import connect
 RECORDS = 4000
 KEYS = 1500
 KILLS = 5
+#: the stream's pace: RECORDS over this many seconds, the rest at once when the kills end
+STREAM_SECONDS = 120.0
 
 PIPELINE = """\
 name: st_{unique}
@@ -40,8 +41,9 @@ def reference() -> dict[int, int]:
     return {i % KEYS: i for i in range(RECORDS)}
 
 
-def produce_live(broker_url: str, topic: str, seconds: float = 12.0) -> threading.Thread:
-    """Produce RECORDS keyed records over about ``seconds`` in a thread (started, to join)."""
+def produce_live(broker_url: str, topic: str, until: threading.Event) -> threading.Thread:
+    """Produce RECORDS keyed records in a thread (started, to join): paced over
+    STREAM_SECONDS until ``until`` is set, then the rest at once."""
     broker = connect(broker_url)
     broker.create_topic(topic, 3)
 
@@ -54,7 +56,7 @@ def produce_live(broker_url: str, topic: str, seconds: float = 12.0) -> threadin
                 topic, [orjson.dumps(r) for r in rows], [str(r["id"]).encode() for r in rows]
             )
             producer.flush()
-            time.sleep(seconds * step / RECORDS)
+            until.wait(STREAM_SECONDS * step / RECORDS)
         producer.close()
         broker.close()
 
@@ -64,28 +66,38 @@ def produce_live(broker_url: str, topic: str, seconds: float = 12.0) -> threadin
 
 
 def kill_while_streaming(
-    tmp_path: Path, unique: str, sink_yaml: str, positions: Callable[[], int]
+    tmp_path: Path,
+    unique: str,
+    sink_yaml: str,
+    positions: Callable[[], int],
+    kills: int = KILLS,
 ) -> list[int]:
-    """Run the topic -> sink flow under kill -9 while records arrive, then to the end.
+    """Run the topic -> sink flow under ``kills`` kill -9 while records arrive, then to the end.
 
-    ``positions()`` is the sum of the positions the sink stored (RECORDS when done).
-    Requires at least 3 of the kills to land mid-stream (a loaded machine may finish early)."""
+    ``positions()`` is the sum of the positions the sink stored (RECORDS when done). Every
+    kill lands mid-stream: after the restarted flow stored new positions, while the producer
+    is still producing."""
     broker_url, topic = f"embedded:///{tmp_path}/log.db", f"in_{unique}"
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(
         PIPELINE.format(unique=unique, broker=broker_url, tmp=tmp_path, topic=topic, sink=sink_yaml)
     )
-    producer = produce_live(broker_url, topic)
+    kills_over = threading.Event()
+    producer = produce_live(broker_url, topic, kills_over)
     rng = random.Random(unique)
-    seen = killing.kill_repeatedly(
-        lambda: killing.start(pipeline), positions, RECORDS, KILLS, rng, pause=(0.3, 1.2)
-    )
+    try:
+        seen = killing.kill_repeatedly(
+            lambda: killing.start(pipeline), positions, RECORDS, kills, rng, pause=(0.3, 1.2)
+        )
+        streaming = producer.is_alive()
+    finally:
+        kills_over.set()
     producer.join()
+    assert streaming and len(seen) == kills, f"kills not all mid-stream: {seen}"
     killing.run_to_target(
         lambda: killing.start(pipeline),
         positions,
         RECORDS,
         ready=killing.flow_running(tmp_path / ".tidelake", "land"),
     )
-    assert sum(n < RECORDS for n in seen) >= 3, f"too few kills mid-stream: {seen}"
     return seen

@@ -1,10 +1,11 @@
 """MySQL CDC (MariaDB's row-based binlog) into the lake: the native engine under kill -9,
 and Debezium's MySQL connector on Kafka Connect.
 
-A consistent snapshot of 500 rows, then 2,000 inserts (``ALTER TABLE ... ADD COLUMN`` after
-1,000), 400 updates and 100 deletes (native: while the capture flow is killed -9 and
-restarted): the topic must hold every change exactly once, the lake's history table every
-change, and its current-state table must equal the source table."""
+A consistent snapshot of 500 rows, then 10,000 inserts (``ALTER TABLE ... ADD COLUMN`` after
+5,000), 2,000 updates and 500 deletes in transactions of 100 rows (native: while the capture
+flow is killed -9 five times and restarted): the topic must hold every change exactly once,
+the lake's history table every change, and its current-state table must equal the source
+table."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ from tidelake.lake import QueryEngine
 
 pytestmark = pytest.mark.integration
 
-SNAPSHOT, INSERTS, UPDATES, DELETES = 500, 2000, 400, 100
+SNAPSHOT, INSERTS, UPDATES, DELETES = 500, 10_000, 2_000, 500
 CHANGES = SNAPSHOT + INSERTS + UPDATES + DELETES
+CHUNK = 100  # rows per source transaction
+WRITE_SECONDS = 60.0  # the paced writer's pace: until the kills are over, then at once
 
 PIPELINE = """\
 name: mycdc{unique}
@@ -52,30 +55,40 @@ flows:
 """
 
 
-def _write_changes(url: str) -> None:
+def _write_changes(url: str, until: threading.Event | None = None) -> None:
+    """The inserts (the column added halfway), updates and deletes, CHUNK rows a transaction;
+    paced over WRITE_SECONDS until ``until`` is set (without one: at once)."""
     conn = mysql_connect(url)
-    rng = random.Random(7)
-    with conn.cursor() as cur:
-        for i in range(INSERTS):
-            if i == INSERTS // 2:
+    pause = WRITE_SECONDS * CHUNK / (INSERTS + UPDATES + DELETES)
+
+    def commit(sql: str, rows: list[tuple[object, ...]]) -> None:
+        conn.begin()
+        with conn.cursor() as cur:
+            cur.executemany(sql, rows)
+        conn.commit()
+        if until is not None:
+            until.wait(pause)
+
+    for start in range(SNAPSHOT, SNAPSHOT + INSERTS, CHUNK):
+        rows = [(n, f"S{n % 17}", n / 4, n % 100) for n in range(start, start + CHUNK)]
+        if start - SNAPSHOT < INSERTS // 2:
+            commit("INSERT INTO ticks (id, sym, price, qty) VALUES (%s, %s, %s, %s)", rows)
+            continue
+        if start - SNAPSHOT == INSERTS // 2:
+            with conn.cursor() as cur:
                 cur.execute("ALTER TABLE ticks ADD COLUMN venue VARCHAR(8)")
-            n = SNAPSHOT + i
-            if i >= INSERTS // 2:
-                cur.execute(
-                    "INSERT INTO ticks (id, sym, price, qty, venue) VALUES (%s, %s, %s, %s, 'X')",
-                    (n, f"S{n % 17}", n / 4, n % 100),
-                )
-            else:
-                cur.execute(
-                    "INSERT INTO ticks (id, sym, price, qty) VALUES (%s, %s, %s, %s)",
-                    (n, f"S{n % 17}", n / 4, n % 100),
-                )
-            time.sleep(0.002)
-        ids = rng.sample(range(SNAPSHOT + INSERTS), UPDATES + DELETES)
-        for n in ids[:UPDATES]:
-            cur.execute("UPDATE ticks SET qty = qty + 1000, price = price * 2 WHERE id = %s", (n,))
-        for n in ids[UPDATES:]:
-            cur.execute("DELETE FROM ticks WHERE id = %s", (n,))
+        commit(
+            "INSERT INTO ticks (id, sym, price, qty, venue) VALUES (%s, %s, %s, %s, %s)",
+            [(*r, "X") for r in rows],
+        )
+    ids = random.Random(7).sample(range(SNAPSHOT + INSERTS), UPDATES + DELETES)
+    for i in range(0, UPDATES, CHUNK):
+        commit(
+            "UPDATE ticks SET qty = qty + 1000, price = price * 2 WHERE id = %s",
+            [(n,) for n in ids[i : i + CHUNK]],
+        )
+    for i in range(UPDATES, UPDATES + DELETES, CHUNK):
+        commit("DELETE FROM ticks WHERE id = %s", [(n,) for n in ids[i : i + CHUNK]])
     conn.close()
 
 
@@ -116,18 +129,23 @@ def test_native_mysql_cdc_into_the_lake_under_kill_9(
         first.kill()
         first.wait()
     assert events() == SNAPSHOT
-    writer = threading.Thread(target=_write_changes, args=(mysql_url,), daemon=True)
+    kills_over = threading.Event()
+    writer = threading.Thread(target=_write_changes, args=(mysql_url, kills_over), daemon=True)
     writer.start()
-    seen = killing.kill_repeatedly(
-        lambda: killing.start(pipeline, ["capture"]),
-        events,
-        CHANGES,
-        5,
-        random.Random(unique),
-        pause=(0.2, 0.8),
-    )
+    try:
+        seen = killing.kill_repeatedly(
+            lambda: killing.start(pipeline, ["capture"]),
+            events,
+            CHANGES,
+            5,
+            random.Random(unique),
+            pause=(0.2, 0.8),
+        )
+        writing = writer.is_alive()
+    finally:
+        kills_over.set()
     writer.join(120)
-    assert sum(n < CHANGES for n in seen) >= 3, f"too few kills mid-stream: {seen}"
+    assert writing and len(seen) == 5, f"kills not all during the writes: {seen}"
     killing.run_to_target(
         lambda: killing.start(pipeline),
         lambda: _count(pipeline),
@@ -195,8 +213,11 @@ def _assert_lake_equals_source(pipeline: Path) -> None:
     """History: every change once; current state: the source table, the added column too."""
     engine = QueryEngine(load(pipeline))
     try:
-        grouped = engine.sql("SELECT _op, count(*) AS n FROM lake.ticks_history GROUP BY 1")
-        ops = {r["_op"]: r["n"] for r in grouped.to_pylist()}
+        grouped = engine.sql(
+            "SELECT _op, count(*) AS n, count(DISTINCT id) AS ids FROM lake.ticks_history"
+            " GROUP BY 1"
+        )
+        ops = {r["_op"]: (r["n"], r["ids"]) for r in grouped.to_pylist()}
         lake = engine.sql(
             "SELECT id, sym, price, qty, venue FROM lake.ticks_current ORDER BY id"
         ).to_pylist()
@@ -205,7 +226,9 @@ def _assert_lake_equals_source(pipeline: Path) -> None:
         ).to_pylist()
     finally:
         engine.close()
-    assert ops == {"r": SNAPSHOT, "c": INSERTS, "u": UPDATES, "d": DELETES}
+    # every change once: as many rows as changes, each of a different id
+    counts = {"r": SNAPSHOT, "c": INSERTS, "u": UPDATES, "d": DELETES}
+    assert ops == {op: (n, n) for op, n in counts.items()}
     assert len(lake) == SNAPSHOT + INSERTS - DELETES
     assert lake == source
     assert sum(r["venue"] == "X" for r in lake) > 0  # the column added mid-stream arrived

@@ -1,6 +1,6 @@
 """The mongodb sink on a real MongoDB-wire server (FerretDB v1 on SQLite, which has no
 multi-document transactions, so positions follow idempotent upserts): ids from key columns,
-dead letters for null keys and values BSON cannot hold, kill -9 mid-stream."""
+dead letters for null keys and values BSON cannot hold, ten kill -9s mid-stream."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ flows:
         FlowRunner(load(tmp_path / "p.yaml"), "land").run()
 
 
-def test_kill_9_mid_stream_leaves_exactly_the_reference(
+def test_ten_kill_9s_mid_stream_leave_exactly_the_reference(
     tmp_path: Path, unique: str, mongodb_url: str, mongo: Any
 ) -> None:
     sink = (
@@ -86,7 +86,7 @@ def test_kill_9_mid_stream_leaves_exactly_the_reference(
         docs = list(mongo["_tidelake_checkpoints"].find({"_id": f"st_{unique}/land"}))
         return sum(p["next"] for p in (docs[0] if docs else {}).get("positions", []))
 
-    stores.kill_while_streaming(tmp_path, unique, sink, positions)
+    stores.kill_while_streaming(tmp_path, unique, sink, positions, kills=10)
     docs = list(mongo.users.find({}))
     assert len(docs) == stores.KEYS
     assert {d["_id"]: d["seq"] for d in docs} == stores.reference()
