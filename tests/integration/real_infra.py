@@ -1,9 +1,12 @@
 """Switch a scenario's pipeline file from embedded defaults to real servers, as its header
-comments tell users to: a fresh S3 bucket for the lake, and the cleanup of what a CDC run
-leaves on the servers (a Debezium connector and its offsets, a replication slot)."""
+comments tell users to: a fresh S3 bucket for the lake, ``tidelake query`` as a user runs it,
+and the cleanup of what a CDC run leaves on the servers (a Debezium connector and its offsets,
+a replication slot)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +33,19 @@ def lake_env(
         "AWS_ACCESS_KEY_ID": access,
         "AWS_SECRET_ACCESS_KEY": secret,
     }
+
+
+def cli_query(pipeline: Path, env: dict[str, str], sql: str) -> list[str]:
+    """``tidelake query PIPELINE SQL --format csv`` in ``env``: the data rows (header dropped)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tidelake.cli", "query", str(pipeline), sql, "--format", "csv"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[1:]
 
 
 def parquet_files(endpoint: str, lake: str) -> int:

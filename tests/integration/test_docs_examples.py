@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SERVICES = ("tidelake infra up", "tidelake infra down", "tidelake infra prefetch")
-# a README block that needs Kafka, PostgreSQL, Debezium and S3 (test_movies_real_infra.py)
+# a README block that needs Kafka, a database, Debezium and S3 (test_*_real_infra.py run them)
 REAL_INFRA = "TIDELAKE_BROKER=kafka://"
 # examples that run and end with a one-line error by design on embedded defaults
 EXPECTED_ERRORS = {
@@ -186,7 +186,7 @@ def test_every_command_example_runs(tmp_path: Path) -> None:
     for i, (real_infra, block) in enumerate(blocks):
         folder = _folder(tmp_path / f"block{i}")
         for line in block:
-            if real_infra:  # parsed only: test_movies_real_infra.py runs it on real services
+            if real_infra:  # parsed only: test_*_real_infra.py run them on real services
                 words = shlex.split(line)
                 typer.main.get_command(app).make_context("tidelake", words[1:])
                 continue

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from real_infra import lake_env, parquet_files, release_cdc
+from real_infra import cli_query, lake_env, parquet_files, release_cdc
 
 from tidelake.sources.cdc.envelope import default_name
 
@@ -51,19 +51,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _query(pipeline: Path, env: dict[str, str], sql: str) -> list[str]:
-    """``tidelake query PIPELINE SQL --format csv``: the data rows (header dropped)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "tidelake.cli", "query", str(pipeline), sql, "--format", "csv"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[1:]
 
 
 @pytest.mark.parametrize(
@@ -126,7 +113,7 @@ def test_movies_scenario_on_kafka_postgres_cdc_and_s3(
         to_lake = time.monotonic() - started
         print(f"{engine}: ratings flowing into the lake after {to_lake:.1f}s")
 
-        rows = _query(
+        rows = cli_query(
             pipeline,
             env,
             "SELECT count(*) AS n, min(rating) >= 0.5 AND max(rating) <= 5 AS valid,"
@@ -144,7 +131,7 @@ def test_movies_scenario_on_kafka_postgres_cdc_and_s3(
         deadline = started + budget + 60
         joined: list[str] = []
         while time.monotonic() < deadline:
-            joined = _query(
+            joined = cli_query(
                 pipeline,
                 env,
                 'SELECT (SELECT count(*) FROM lake.movies) AS movies, count(m."movieId") AS matched'
