@@ -1,22 +1,28 @@
 """MariaDB as the pipeline's database: the table sink upserts with ``INSERT ... ON DUPLICATE
-KEY UPDATE`` and its positions in the same transaction (kill -9 mid-stream), and
-``tidelake query`` reads the tables."""
+KEY UPDATE`` and its positions in the same transaction (kill -9 mid-stream); the query
+engine and the dashboard read the tables (the REST API and ``tidelake query`` too:
+test_markets_real_infra.py)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import stores
+from streamlit.testing.v1 import AppTest
 
 from tidelake.config import load
 from tidelake.db import connect_db
 from tidelake.lake.query import QueryEngine
+from tidelake.serve.dashboard.launch import APP
 
 pytestmark = pytest.mark.integration
 
 
-def test_upsert_under_kill_9_then_query(tmp_path: Path, unique: str, mysql_url: str) -> None:
+def test_upsert_under_kill_9_then_query(
+    tmp_path: Path, unique: str, mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sink = f'{{type: table, table: users, mode: upsert, key: [id], database: "{mysql_url}"}}'
     db = connect_db(mysql_url)
 
@@ -42,10 +48,15 @@ def test_upsert_under_kill_9_then_query(tmp_path: Path, unique: str, mysql_url: 
 
     pipeline = tmp_path / "pipeline.yaml"
     text = pipeline.read_text().replace(f"sqlite:///{tmp_path}/state.db", mysql_url)
-    pipeline.write_text(text)
+    panel = "- {title: Users, sql: SELECT count(*) AS n FROM users, chart: metric, y: n}"
+    pipeline.write_text(f"{text}dashboard:\n  {panel}\n")
     engine = QueryEngine(load(pipeline))
     try:
         result = engine.sql("SELECT count(*) AS n, max(seq) AS top FROM db.users").to_pylist()
     finally:
         engine.close()
     assert result == [{"n": stores.KEYS, "top": stores.RECORDS - 1}]
+    monkeypatch.setattr(sys, "argv", [str(APP), str(pipeline)])
+    dashboard = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not dashboard.exception, dashboard.exception
+    assert [m.value for m in dashboard.metric if m.label == "n"] == [f"{stores.KEYS:,}"]

@@ -5,10 +5,11 @@ import threading
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tidelake.broker.embedded import EmbeddedBroker
 from tidelake.config import loads
-from tidelake.runtime.runner import FlowRunner
+from tidelake.runtime.runner import FlowFailed, FlowRunner
 
 PIPELINE = """\
 name: t
@@ -75,6 +76,23 @@ def test_lands_rows_with_provenance_and_resumes(tmp_path: Path) -> None:
         )
     assert sum(stored.values()) == 5000
     assert set(stored) == {"events/0", "events/1"}
+
+
+@pytest.mark.parametrize("topic", ["events", "'{_topic}'"])
+def test_a_topic_sink_never_writes_rows_back_to_their_own_topic(tmp_path: Path, topic: str) -> None:
+    _produce(tmp_path, 10)
+    loop = PIPELINE.replace(
+        "sink: {type: table, table: events}", f"sink: {{type: topic, topic: {topic}}}"
+    )
+    stop = threading.Event()
+    runner = FlowRunner(loads(loop, tmp_path / "p.yaml"), "land", stop)
+    timer = threading.Timer(10, stop.set)  # a loop would run until stopped
+    timer.start()
+    with pytest.raises(FlowFailed, match="back into 'events', the topic they were read from"):
+        runner.run()
+    timer.cancel()
+    broker = EmbeddedBroker(str(tmp_path / ".tidelake" / "log.db"))
+    assert sum(broker.end_offsets("events").values()) == 10, "nothing written back"
 
 
 def test_malformed_records_go_to_dead_letter_topic(tmp_path: Path) -> None:

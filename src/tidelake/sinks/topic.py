@@ -29,6 +29,8 @@ sinks set distinct ``transactional_id``s.
 goes to the topic it names (order kept within a topic). ``value: envelope`` writes CDC
 rows as Debezium's JSON payload ``{"before", "after", "source", "op", "ts_ms"}`` — the
 ``before``/``after``/``source`` JSON strings are embedded as JSON, not re-quoted.
+A row is never written back to the topic it was read from (its ``_topic``): it would come
+back as a new record, forever; the flow fails instead, before writing anything.
 """
 
 from __future__ import annotations
@@ -143,6 +145,9 @@ class TopicSink(Sink):
         record = {k: v for k, v in checkpoint.items() if k not in mine}
         if not table.num_rows and record == self._committed and mine.items() <= self._sent.items():
             return
+        topics = self._topics(table) if self.fields and table.num_rows else None
+        if table.num_rows and "_topic" in table.column_names:
+            self._refuse_loop(table.column("_topic"), topics)
         self.producer.begin()
         try:
             if table.num_rows:
@@ -151,10 +156,9 @@ class TopicSink(Sink):
                         c for c in ("_topic", "_partition", "_offset") if c in table.column_names
                     ]
                     table = table.drop_columns(drop)
-                if not self.fields:
+                if topics is None:
                     self._produce(self.config.topic, table)
                 else:
-                    topics = self._topics(table)
                     for topic in pc.unique(topics).to_pylist():
                         self._create(topic)
                         self._produce(topic, table.filter(pc.equal(topics, topic)))
@@ -171,6 +175,19 @@ class TopicSink(Sink):
             raise
         self._committed = record
         self._sent.update(mine)
+
+    def _refuse_loop(self, read_from: pa.ChunkedArray, topics: pa.ChunkedArray | None) -> None:
+        """Fail if a row would go back to the topic it was read from (a loop)."""
+        to = topics if topics is not None else pa.scalar(self.config.topic)
+        looped = pc.filter(read_from, pc.fill_null(pc.equal(read_from, to), False))
+        if len(looped):
+            raise ConfigError(
+                f"flow {self.ctx.flow}: the topic sink would write rows back into"
+                f" {looped[0].as_py()!r}, the topic they were read from, so each would come"
+                " back as a new record forever (write to another topic; for the debezium cdc"
+                " engine give the source a topic_prefix of its own, e.g. raw.<prefix>, and"
+                " rename the topic in a sql transform)"
+            )
 
     def _create(self, topic: str) -> None:
         if topic not in self.created:
