@@ -235,7 +235,7 @@ flows:
     sink: {{type: lake, table: events}}
     batch: {{size: 2000, max_latency: 0.2}}
 """
-        path = tmp_path / "p.yaml"
+        path = disk / "p.yaml"  # its state (catalog, metrics) on the disk that fills too
         engine = QueryEngine(loads(text, path))
 
         def count() -> int:

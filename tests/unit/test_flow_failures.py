@@ -9,10 +9,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from fastapi.testclient import TestClient
 
 from tidelake.broker.embedded import EmbeddedBroker
 from tidelake.config import Pipeline, loads
 from tidelake.runtime.runner import FlowRunner, failed, run_flows
+from tidelake.serve.api import create_app
 
 ORDERS = """\
 order_id,product,quantity,unit_price
@@ -115,6 +117,11 @@ def test_a_pipeline_bug_stops_its_flow_only_and_moves_no_position(tmp_path: Path
     assert state["orders_land"].state == "failed"
     assert "no_such_column" in state["orders_land"].last_error
     assert _amounts(tmp_path) == {}
+    with TestClient(create_app(_pipeline(tmp_path))) as api:  # what an operator sees
+        shown = {f["flow"]: f for f in api.get("/api/flows").json()}
+    assert shown["orders_land"]["state"] == "failed"
+    assert "no_such_column" in shown["orders_land"]["last_error"]
+    assert shown["orders_file"]["state"] == "finished"
 
     runners = _run(tmp_path, ["orders_land"], until_rows=3)  # after the fix
     assert _amounts(tmp_path) == {1: 3.0, 3: 3.0, 4: 2.5}

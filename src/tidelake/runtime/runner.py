@@ -113,32 +113,35 @@ class FlowRunner:
         after a backoff, while ``metrics.state`` is ``retrying`` with the reason; any other
         failure ends the flow (``failed``) and is raised as :class:`FlowFailed`."""
         attempt = 0
-        while True:
-            batches = self.metrics.batches
-            try:
-                self._run_once()
-                return self.metrics
-            except Exception as e:
-                fault = faults.classify(e)
-                self.metrics.errors += 1
-                self.metrics.last_error = fault.reason
-                if fault.transient and self.stop.is_set():
-                    self.metrics.state = "stopped"
+        try:
+            while True:
+                batches = self.metrics.batches
+                try:
+                    self._run_once()
                     return self.metrics
-                if not fault.transient:
-                    self.metrics.state = "failed"
-                    log.error("flow %s failed: %s", self.name, fault.reason)
-                    log.debug("flow %s: traceback of the failure", self.name, exc_info=e)
-                    raise FlowFailed(f"flow {self.name}: {fault.reason}") from e
-                attempt = 1 if self.metrics.batches > batches else attempt + 1
-                delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (attempt - 1))
-                self.metrics.state = "retrying"
-                self.metrics.last_error = f"{fault.reason} (retry {attempt} in {delay:.1f}s)"
-                log.warning("flow %s: %s", self.name, self.metrics.last_error)
-                self._publish(force=True)
-                if self.stop.wait(delay):
-                    self.metrics.state = "stopped"
-                    return self.metrics
+                except Exception as e:
+                    fault = faults.classify(e)
+                    self.metrics.errors += 1
+                    self.metrics.last_error = fault.reason
+                    if fault.transient and self.stop.is_set():
+                        self.metrics.state = "stopped"
+                        return self.metrics
+                    if not fault.transient:
+                        self.metrics.state = "failed"
+                        log.error("flow %s failed: %s", self.name, fault.reason)
+                        log.debug("flow %s: traceback of the failure", self.name, exc_info=e)
+                        raise FlowFailed(f"flow {self.name}: {fault.reason}") from e
+                    attempt = 1 if self.metrics.batches > batches else attempt + 1
+                    delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (attempt - 1))
+                    self.metrics.state = "retrying"
+                    self.metrics.last_error = f"{fault.reason} (retry {attempt} in {delay:.1f}s)"
+                    log.warning("flow %s: %s", self.name, self.metrics.last_error)
+                    self._publish(force=True)
+                    if self.stop.wait(delay):
+                        self.metrics.state = "stopped"
+                        return self.metrics
+        finally:  # the final state (failed, with its error) is what /api/flows shows
+            self._publish(force=True)
 
     def _run_once(self) -> None:
         """One attempt: open everything at the sink's checkpoint and drive the flow.
@@ -364,7 +367,10 @@ class FlowRunner:
         now = time.monotonic()
         if force or now - self._last_publish >= 1.0:
             self._last_publish = now
-            self.metrics.save(self._metrics_dir)
+            try:
+                self.metrics.save(self._metrics_dir)
+            except OSError as e:  # a full disk: the flow waits it out, its counters can wait
+                log.warning("flow %s: cannot publish its metrics: %s", self.name, e)
 
 
 def _bisect(
