@@ -4,14 +4,16 @@ poison record is a dead letter, and a fault that may clear by itself (a busy dat
 ridden through without a restart.
 
 Faults are injected by wrapping the real code of a stage (decode, each transform, the
-sink's write, the dead-letter write, the checkpoint commit, partition revocation, close):
-from its Nth call on, it raises until the test "fixes" it.
+sink's write, the dead-letter write, the checkpoint commit): from its Nth call on, it raises
+until the test "fixes" it. At revocation (another member joins the group) and at close (the
+flow is stopped) the sink's write raises in the flush they make, with rows buffered.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,15 @@ from typing import Any
 import orjson
 import pytest
 
-from tidelake.broker import connect
+from tidelake.broker import Broker, connect
 from tidelake.config import loads
+from tidelake.runtime import dead_letters
 from tidelake.runtime.runner import FlowFailed, FlowRunner
 
 RECORDS = 100_000
 POISON_EVERY = 997  # text where the amount should be a number: a dead letter
-VALID = RECORDS - len(range(0, RECORDS, POISON_EVERY))
+POISON = set(range(0, RECORDS, POISON_EVERY))
+VALID = RECORDS - len(POISON)
 
 PIPELINE = """\
 name: fi
@@ -45,8 +49,9 @@ flows:
 
 
 class Fault:
-    """Makes ``owner.attr`` raise ``error`` from its ``after``-th call on, until ``fixed`` (or
-    until it raised ``times`` times: a fault that clears by itself)."""
+    """Makes ``owner.attr`` raise ``error`` from its ``after``-th call on (calls made while
+    ``when()`` holds), until ``fixed`` (or until it raised ``times`` times: a fault that
+    clears by itself)."""
 
     def __init__(
         self,
@@ -55,13 +60,14 @@ class Fault:
         after: int,
         error: Callable[[], Exception],
         times: int | None = None,
+        when: Callable[[], bool] = lambda: True,
     ) -> None:
         self.calls, self.raised, self.fixed = 0, 0, False
         original = getattr(owner, attr)
 
         def wrapper(*args: Any, **kw: Any) -> Any:
-            self.calls += 1
-            if not self.fixed and self.calls >= after:
+            self.calls += when()
+            if not self.fixed and self.calls >= after and when():
                 self.raised += 1
                 self.fixed = self.raised == times
                 raise error()
@@ -101,7 +107,7 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _produce(url: str, pipeline_dir: Path, topic: str, records: int = RECORDS) -> None:
-    broker = connect(url if url != "embedded" else f"embedded://{pipeline_dir}/.tidelake/log.db")
+    broker = _connect(url, pipeline_dir)
     broker.create_topic(topic, 4)
     producer = broker.producer()
     step = min(20_000, records)
@@ -126,6 +132,26 @@ def _produce(url: str, pipeline_dir: Path, topic: str, records: int = RECORDS) -
     broker.close()
 
 
+def _connect(url: str, pipeline_dir: Path) -> Broker:
+    return connect(url if url != "embedded" else f"embedded://{pipeline_dir}/.tidelake/log.db")
+
+
+def _dead_lettered(url: str, pipeline_dir: Path, topic: str) -> set[int]:
+    """Ids of ``topic``'s records in the flow's dead-letter topic, each letter with its
+    reason (written at least once: a failed attempt's letters are written again)."""
+    broker = _connect(url, pipeline_dir)
+    try:
+        letters = [
+            letter.value
+            for letter in dead_letters.read(broker, "fi.land.dlq")
+            if (letter.value["origin"] or {}).get("topic") == topic  # Kafka's is shared
+        ]
+    finally:
+        broker.close()
+    assert all("'amount'" in letter["reason"] for letter in letters), letters[:3]
+    return {letter["payload"]["id"] for letter in letters}
+
+
 def _landed(pipeline_dir: Path) -> tuple[int, int]:
     path = pipeline_dir / "out.db"
     if not path.exists():
@@ -138,10 +164,14 @@ def _landed(pipeline_dir: Path) -> tuple[int, int]:
 
 
 def _run(
-    pipeline_dir: Path, text: str, until: int | None, landed: Callable[[], int] | None = None
+    pipeline_dir: Path,
+    text: str,
+    until: int | None,
+    landed: Callable[[], int] | None = None,
+    meanwhile: Callable[[FlowRunner], None] | None = None,
 ) -> FlowRunner:
     """Run the flow until ``until`` rows landed (in ``out.db``, or as ``landed()`` counts
-    them), or until it ends by itself."""
+    them), or until it ends by itself; ``meanwhile`` is called once it read 20,000 rows."""
     count = landed or (lambda: _landed(pipeline_dir)[0])
     runner = FlowRunner(loads(text, pipeline_dir / "p.yaml"), "land", threading.Event())
     errors: list[BaseException] = []
@@ -154,6 +184,10 @@ def _run(
 
     t = threading.Thread(target=target)
     t.start()
+    while meanwhile and t.is_alive() and runner.metrics.records_in < 20_000:
+        t.join(0.05)
+    if meanwhile:
+        meanwhile(runner)
     for _ in range(1200):
         if not t.is_alive() or (until is not None and count() >= until):
             break
@@ -204,6 +238,66 @@ def test_a_fault_at_each_stage_then_a_fixed_restart_lands_every_record_once(
     runner = _run(tmp_path, text, until=VALID)
     assert _landed(tmp_path) == (VALID, VALID)
     assert runner.metrics.state == "stopped"
+    assert _dead_lettered(broker_url, tmp_path, topic) == POISON
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", ["revoke", "close"])
+def test_a_fault_in_the_flush_of_a_revocation_or_a_close_commits_nothing(
+    stage: str, broker_url: str, tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are buffered (a batch bigger than the topic, a long latency) when another member
+    joins the group (its partitions are revoked: the flow flushes) or the flow is stopped (it
+    flushes, then closing revokes its partitions): that flush's write raises. Neither those
+    rows nor their positions are committed, the flow fails, and a fixed restart lands every
+    record once."""
+    from tidelake.sinks.table import TableSink
+    from tidelake.sources.topic import TopicSource
+
+    monkeypatch.setenv("TIDELAKE_PSEUDONYMIZE_KEY", "fault-injection-key-0123456789abcdef")
+    topic = f"fi-{unique}"
+    _produce(broker_url, tmp_path, topic)
+    text = PIPELINE.format(broker=broker_url, topic=topic)
+    buffered = text.replace("size: 5000, max_latency: 0.2", "size: 200000, max_latency: 60")
+    armed = threading.Event()
+    # once: the flush that closing makes next must find nothing to commit, not a fault
+    fault = Fault(TableSink, "write", 1, _injected, times=1, when=armed.is_set)
+    monkeypatch.setattr(TableSink, "write", fault.wrapper)
+    revoke = TopicSource._on_revoke
+
+    def revoking(source: TopicSource, partitions: list[tuple[str, int]]) -> None:
+        if stage == "revoke":
+            armed.set()
+        try:
+            revoke(source, partitions)
+        finally:
+            armed.clear()
+
+    monkeypatch.setattr(TopicSource, "_on_revoke", revoking)
+
+    def meanwhile(runner: FlowRunner) -> None:
+        if stage == "close":
+            armed.set()
+            runner.stop.set()
+            return
+        broker = _connect(broker_url, tmp_path)  # a second member of the flow's group
+        member = broker.consumer("fi.land", [topic])
+        deadline = time.monotonic() + 60
+        while not fault.raised and time.monotonic() < deadline:
+            member.poll(100, 0.2)
+        member.close()
+        broker.close()
+
+    runner = _run(tmp_path, buffered, until=None, meanwhile=meanwhile)
+    assert fault.raised == 1, f"the {stage} fault never fired"
+    assert runner.metrics.state == "failed"
+    assert "injected fault" in runner.metrics.last_error
+    assert _landed(tmp_path) == (0, 0)  # nothing was flushed before
+
+    runner = _run(tmp_path, text, until=VALID)
+    assert _landed(tmp_path) == (VALID, VALID)
+    assert runner.metrics.state == "stopped"
+    assert _dead_lettered(broker_url, tmp_path, topic) == POISON
 
 
 @pytest.mark.integration

@@ -183,3 +183,40 @@ def test_attacks_with_four_clients_are_refused_or_bounded(server: Server) -> Non
         assert elapsed < WAIT + TIMEOUT + 1, f"{sql[:80]}: answered after {elapsed:.2f} s"
     assert peak[0] <= ceiling * 1.2, f"RSS peaked at {peak[0] >> 20} MB (ceiling {ceiling >> 20})"
     assert not list((server.root / ".tidelake" / "lake").rglob("x.*"))
+
+
+def test_door_attacks_of_issue_10_leave_the_server_alive(server: Server) -> None:
+    """The other doors of issue 10 on the real server: bodies that crashed it (pyarrow
+    segfaults on ``null``) or failed later are 400s naming the line, bodies and metric labels
+    are bounded, ``Host`` is not reflected, ingest stays in its scope, errors read as written."""
+    ndjson = AUTH | {"content-type": "application/x-ndjson"}
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        for body in [b"null", b'{"id": 1}\nnull', b'{"a": "\xff"}', b'{"a": NaN}',
+                     b'{"a": Infinity}', b'\xef\xbb\xbf{"a": 1}', b'{"a": 1e400}']:  # fmt: skip
+            r = c.post("/api/ingest/live.in", headers=ndjson, content=body)
+            assert r.status_code == 400 and "line " in r.json()["detail"], (body, r.text)
+            _normal(c)
+        assert c.post("/api/ingest/live.in", headers=ndjson, content=b'{"id": 1}').json() == {
+            "topic": "live.in",
+            "accepted": 1,
+        }
+        for topic, status in (("live.land.dlq", 403), ("nobody.reads", 404)):  # out of scope
+            r = c.post(f"/api/ingest/{topic}", headers=AUTH, json={"a": 1})
+            assert r.status_code == status, (topic, r.text)
+
+        def metric_lines(n: int) -> int:
+            for i in range(n):
+                c.request(f"X{i}", f"/api/nope-{i}", headers=AUTH)
+            return len(c.get("/metrics", headers=AUTH).text.splitlines())
+
+        metric_lines(5)
+        assert metric_lines(50) == metric_lines(300), "/metrics grew by request"
+
+        huge = {"sql": "SELECT 1 -- " + "x" * (4 << 20)}
+        r = c.post("/api/query", headers=AUTH, json=huge)
+        assert r.status_code == 413 and len(r.content) < 500, r.text[:200]
+        r = c.get("/api/tables/", headers=AUTH | {"host": "evil.example"})
+        assert r.status_code == 404 and "evil" not in str(r.headers) + r.text
+        r = c.get("/api/tables/missing/rows", headers=AUTH)
+        assert r.status_code == 404 and "GET /api/tables lists them" in r.json()["detail"]
+        _normal(c)

@@ -130,6 +130,7 @@ def test_a_pipeline_bug_stops_its_flow_only_and_moves_no_position(tmp_path: Path
 
 TWIN = """\
 name: {name}
+broker: embedded:///{log}
 database: sqlite:///{db}
 lake: file://{lake}
 flows:
@@ -141,27 +142,29 @@ flows:
 
 
 def test_same_named_flows_of_two_pipelines_keep_their_own_positions(tmp_path: Path) -> None:
-    """Two pipelines, each with its own log holding a topic ``events`` and a flow ``land``,
-    share one database and one lake: each lands all of its own records."""
+    """Two pipelines, each with a flow ``land`` reading topic ``events`` of one log, share
+    one database and one lake: each lands all of the topic's records."""
     from tidelake.lake.query import QueryEngine
 
-    db, lake = tmp_path / "shared.db", tmp_path / "lake"
+    log, db, lake = tmp_path / "log.db", tmp_path / "shared.db", tmp_path / "lake"
+    broker = EmbeddedBroker(str(log))
+    producer = broker.producer()
+    producer.produce("events", [orjson.dumps({"id": i}) for i in range(1000)])
+    producer.close()
+    broker.close()
     for sink in ("table", "lake"):
         for name in ("first", "second"):
             home = tmp_path / f"{name}_{sink}"
-            broker = EmbeddedBroker(str(home / ".tidelake" / "log.db"))
-            producer = broker.producer()
-            producer.produce("events", [orjson.dumps({"id": i}) for i in range(1000)])
-            producer.close()
-            broker.close()
-            text = TWIN.format(name=name, db=db, lake=lake, sink=sink, table=f"{name}_{sink}")
+            table = f"{name}_{sink}"  # also the pipeline's name: one pair of pipelines a sink
+            text = TWIN.format(name=table, log=log, db=db, lake=lake, sink=sink, table=table)
             runner = _run_until_out(loads(text, home / "p.yaml"), 1000)
             assert runner.metrics.records_out == 1000, (sink, name)
     with sqlite3.connect(db) as c:
         for name in ("first", "second"):
             assert c.execute(f"SELECT count(*) FROM {name}_table").fetchone() == (1000,)
     for name in ("first", "second"):
-        text = TWIN.format(name=name, db=db, lake=lake, sink="lake", table=f"{name}_lake")
+        table = f"{name}_lake"
+        text = TWIN.format(name=table, log=log, db=db, lake=lake, sink="lake", table=table)
         engine = QueryEngine(loads(text, tmp_path / f"{name}_lake" / "p.yaml"))
         assert engine.sql(f"SELECT count(*) FROM lake.{name}_lake").column(0)[0].as_py() == 1000
 
