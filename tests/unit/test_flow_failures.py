@@ -128,6 +128,28 @@ def test_a_pipeline_bug_stops_its_flow_only_and_moves_no_position(tmp_path: Path
     assert not failed(runners)
 
 
+def test_on_failure_stop_all_stops_every_flow(tmp_path: Path) -> None:
+    _pipeline(tmp_path)
+    text = PIPELINE.format(amount="no_such_column") + (
+        "  orders_copy:\n"  # runs until stopped
+        "    source: {type: topic, topic: orders}\n"
+        "    sink: {type: table, table: copies}\n"
+        "on_failure: stop-all\n"
+    )
+    pipeline, stop, result = loads(text, tmp_path / "p.yaml"), threading.Event(), []
+    t = threading.Thread(
+        target=lambda: result.extend(run_flows(pipeline, list(pipeline.flows), stop))
+    )
+    t.start()
+    t.join(60)
+    ended = not t.is_alive()
+    stop.set()
+    t.join(30)
+    assert ended, "the other flows ran on after orders_land failed"
+    state = {r.name: r.metrics.state for r in result}
+    assert state["orders_land"] == "failed" and state["orders_copy"] == "stopped"
+
+
 TWIN = """\
 name: {name}
 broker: embedded:///{log}
