@@ -157,5 +157,5 @@ def test_ingest_fuzz_log_holds_exactly_the_accepted_records(lake: Lake) -> None:
             break
     consumer.close()
     assert len(values) == sum(_accepted)
-    table, bad = decode_json(values)
-    assert bad == [] and table.num_rows == len(values)
+    # each on its own: a field whose kind differs between records is a flow's dead letter
+    assert all(decode_json([v])[0].num_rows == 1 for v in values)
