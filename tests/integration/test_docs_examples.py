@@ -132,6 +132,13 @@ def _up(url: str) -> bool:
     return r.status_code == 200
 
 
+def _flows_running(folder: Path, since: float, deadline: float) -> bool:
+    """A ``run`` is up once its flows publish their metrics (or 30 s passed): Ctrl-C before
+    that would only interrupt the interpreter's start-up on a loaded machine."""
+    published = (p.stat().st_mtime for p in folder.glob("**/.tidelake/metrics/*.json"))
+    return any(t > since for t in published) or time.monotonic() > deadline - 120
+
+
 def run_example(command: str, folder: Path) -> None:
     """Run one example in ``folder``; fail with its output unless it works as documented."""
     if command.startswith(SERVICES):
@@ -142,12 +149,13 @@ def run_example(command: str, folder: Path) -> None:
     proc = subprocess.Popen(["bash", "-o", "pipefail", "-c", command], cwd=folder,
                             env=_env(folder), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # fmt: skip
+    began = time.time()
     deadline = time.monotonic() + 150
     interrupted = False
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
         started = time.monotonic() > deadline - 145  # 5 s: past start-up in any case
-        ready = started and (_up(url) if url else True)
+        ready = started and (_up(url) if url else _flows_running(folder, began, deadline))
         if ready and (url or " run " in f" {command} "):
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
             interrupted = True
