@@ -1,8 +1,10 @@
-"""The PostgreSQL wire endpoint with real clients: psql, psycopg 3, the PostgreSQL JDBC driver.
+"""The PostgreSQL wire endpoint with real clients: psql, psycopg 3, the PostgreSQL JDBC driver,
+psqlODBC through unixODBC's isql.
 
 psql lists the tables, reads columns with their types and runs a GROUP BY over 1M lake rows;
 psycopg reads results in text and in binary format alike; JDBC runs a prepared statement
-past the point where the driver switches to binary results, and browses the tables. Logins
+past the point where the driver switches to binary results, and browses the tables; isql lists
+tables and columns with their ODBC types; JDBC and isql run the GROUP BY too. Logins
 are SCRAM-SHA-256 against the pipeline's users, and a wrong or missing password is refused.
 """
 
@@ -201,13 +203,54 @@ def test_jdbc_prepared_statements_and_table_browser(endpoint: Endpoint) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    rows = [line for line in lines if not line.startswith("table|")]
+    rows = [line for line in lines if not line.startswith(("table|", "column|", "group|"))]
     assert rows == [
         f"{i}|2024-05-01 00:00:0{i}.0|{str(i % 2 == 0).lower()}|{i * 0.25}|{REGIONS[i % 4]}|{i}"
         f"|{i * 0.25:.2f}|2024-05-01"
         for i in range(1, 9)
     ]  # the 5th to 8th executions came back in binary format, decoded alike
+    assert [line for line in lines if line.startswith("column|")] == [
+        f"column|{name}|{kind}"
+        for name, kind in [("id", "int8"), ("ts", "timestamp"), ("paid", "bool"),
+                           ("price", "float8"), ("region", "text"), ("qty", "int4"),
+                           ("amount", "numeric"), ("day", "date")]
+    ]  # fmt: skip
+    groups = [line for line in lines if line.startswith("group|")]
+    assert groups == [f"group|{r}|{n}" for r, n in sorted(EXPECTED_GROUPS)]
     assert {"table|lake.sales", "table|db.products"} <= set(lines)
+
+
+def test_odbc_isql_lists_tables_columns_and_groups(endpoint: Endpoint, tmp_path: Path) -> None:
+    """psqlODBC through unixODBC's isql, what Power BI's PostgreSQL connector is built on."""
+    driver = next(Path("/usr/lib").glob("*/odbc/psqlodbcw.so"), None)
+    assert driver is not None and shutil.which("isql"), "apt-get install unixodbc odbc-postgresql"
+    (tmp_path / "odbcinst.ini").write_text(f"[PostgreSQL Unicode]\nDriver={driver}\n")
+    (tmp_path / "odbc.ini").write_text(
+        f"[tidelake]\nDriver=PostgreSQL Unicode\nServername=127.0.0.1\nPort={endpoint.port}\n"
+        "Database=shop\nUsername=analyst\n"
+    )
+    env = os.environ | {"ODBCSYSINI": str(tmp_path), "ODBCINI": str(tmp_path / "odbc.ini")}
+
+    def isql(line: str) -> list[str]:
+        done = subprocess.run(
+            ["isql", "-v", "-b", "-d|", "tidelake", "analyst"],
+            input=line + "\n", capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0 and "ERROR" not in done.stdout, done.stdout + done.stderr
+        return done.stdout.splitlines()
+
+    assert {"shop|lake|sales|TABLE|", "shop|db|products|TABLE|"} <= set(isql("help"))
+    columns = [line.split("|")[3:6] for line in isql("help sales")]  # SQLColumns
+    assert columns == [  # ODBC SQL types: BIGINT, TIMESTAMP, VARCHAR, INTEGER, FLOAT, and
+        ["id", "-5", "int8"],  # booleans as VARCHAR, psqlODBC's default (BoolsAsChar)
+        ["ts", "11", "timestamp"],
+        ["region", "12", "varchar"],
+        ["qty", "4", "int4"],
+        ["price", "6", "float8"],
+        ["paid", "12", "bool"],
+    ]
+    grouped = isql("SELECT region, count(*) AS n FROM lake.sales GROUP BY region ORDER BY region")
+    assert grouped == [f"{r}|{n}" for r, n in sorted(EXPECTED_GROUPS)]
 
 
 def test_cancel_stops_a_running_query(endpoint: Endpoint) -> None:

@@ -1,6 +1,7 @@
 // What a JDBC client (a BI tool) does over tidelake's pg-wire endpoint: one prepared
 // statement executed 8 times (from the 5th execution on, the PostgreSQL driver switches to a
-// named server-side statement with binary results), then the table browser's metadata call.
+// named server-side statement with binary results), the result's column types, a GROUP BY
+// over the lake, then the table browser's metadata call.
 // Usage: java -cp postgresql.jar JdbcCheck.java JDBC_URL
 import java.sql.*;
 
@@ -19,6 +20,20 @@ public class JdbcCheck {
                                 + "|" + r.getBigDecimal(7) + "|" + r.getDate(8));
                         }
                     }
+                }
+            }
+            try (Statement s = c.createStatement();
+                 ResultSet r = s.executeQuery(sql.replace("?", "0"))) {
+                ResultSetMetaData m = r.getMetaData();
+                for (int i = 1; i <= m.getColumnCount(); i++) {
+                    System.out.println("column|" + m.getColumnName(i) + "|" + m.getColumnTypeName(i));
+                }
+            }
+            try (Statement s = c.createStatement();
+                 ResultSet r = s.executeQuery(
+                     "SELECT region, count(*) FROM lake.sales GROUP BY region ORDER BY region")) {
+                while (r.next()) {
+                    System.out.println("group|" + r.getString(1) + "|" + r.getLong(2));
                 }
             }
             try (ResultSet r = c.getMetaData().getTables(null, null, "%", new String[] {"TABLE"})) {

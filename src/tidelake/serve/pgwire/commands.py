@@ -11,6 +11,7 @@ before the guard sees it.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from dataclasses import dataclass
@@ -219,12 +220,43 @@ _REWRITES = [
 ]
 
 
+_PG_TYPE_FILLS = {"typbasetype": "0::BIGINT", "typtypmod": "-1::INTEGER", "typndims": "0::INTEGER"}
+
+
+@functools.cache
+def _pg_type() -> str:
+    """``pg_type`` with PostgreSQL's values where DuckDB's has NULLs: ODBC's SQLColumns reads
+    ``typtypmod`` and ``typbasetype`` into integers that cannot be NULL (plain columns, so
+    the guard's rules for plain SELECTs apply unchanged)."""
+    names = [row[0] for row in duckdb.execute("DESCRIBE pg_catalog.pg_type").fetchall()]
+    columns = [f"{_PG_TYPE_FILLS[n]} AS {n}" if n in _PG_TYPE_FILLS else n for n in names]
+    return f"SELECT {', '.join(columns)} FROM pg_catalog.pg_type"
+
+
 def rewrite_system(sql: str, user: str) -> str:
     """A catalog query in the spellings DuckDB accepts, with the session's user."""
     for pattern, replacement in _REWRITES:
         sql = pattern.sub(replacement, sql)
+    if re.search(r"\bpg_type\b", sql, re.I):
+        sql = _with_pg_type(sql)
     literal = "'" + user.replace("'", "''") + "'"
-    return re.sub(r"\b(current_user|session_user)\b(?!\s*\()", literal, sql, flags=re.I)
+    sql = re.sub(r"\b(current_user|session_user)\b(?!\s*\()", literal, sql, flags=re.I)
+    # bare names resolve to lake tables first (ODBC's SQLColumns filters on current_schema())
+    return re.sub(r"\bcurrent_schema\s*\(\s*\)", "'lake'", sql, flags=re.I)
+
+
+def _with_pg_type(sql: str) -> str:
+    """``sql`` reading ``_pg_type()`` wherever it names the ``pg_type`` table."""
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except (sqlglot.errors.SqlglotError, RecursionError):
+        return sql
+    fixed = sqlglot.parse_one(_pg_type(), read="duckdb")
+    assert isinstance(fixed, exp.Select)
+    for table in list(tree.find_all(exp.Table)):
+        if table.name.lower() == "pg_type" and table.db.lower() in ("", "pg_catalog"):
+            table.replace(fixed.copy().subquery(table.alias or "pg_type"))
+    return tree.sql("duckdb")
 
 
 def placeholders(sql: str) -> int:
