@@ -1,7 +1,9 @@
-"""API load: ``POST /api/query`` GROUP BY latency over a 1M-row lake table, NDJSON ingest rate.
+"""API load: GROUP BY latency over a 1M-row lake table through ``POST /api/query``, through the
+PostgreSQL wire endpoint (psycopg, a SCRAM login) and on bare DuckDB (``QueryEngine`` in this
+process); NDJSON ingest rate.
 
-Runs a real uvicorn server (loopback, random port, token set) on a fresh lake in a
-temp dir and drives it with httpx from this process::
+Runs a real uvicorn server with ``--pg-port`` (loopback, random ports, token set) on a fresh
+lake in a temp dir and drives it with httpx and psycopg from this process::
 
     .venv/bin/python bench/api_load.py [--rows 1000000] [--queries 50] [--ingest 200000]
 
@@ -26,20 +28,24 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psycopg
 import pyarrow as pa
 
 from tidelake.config import load
+from tidelake.lake import QueryEngine
 from tidelake.runtime.base import FlowContext
 from tidelake.runtime.metrics import FlowMetrics
+from tidelake.serve.users import Users
 from tidelake.sinks.lake import LakeSink, LakeSinkConfig
 
 TOKEN = "bench-token"
+ANALYST, PASSWORD = "analyst", "bench password 0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SERVER = """
 import sys
 from tidelake.config import load
 from tidelake.serve.server import serve
-serve(load(sys.argv[1]), "127.0.0.1", int(sys.argv[2]))
+serve(load(sys.argv[1]), "127.0.0.1", int(sys.argv[2]), pg_port=int(sys.argv[3]))
 """
 GROUP_BY = (
     "SELECT kind, count(*) AS n, avg(amount) AS avg_amount, max(ts) AS last "
@@ -88,6 +94,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def percentiles(ms: list[float]) -> str:
+    ms = sorted(ms)
+    return f"p50 {statistics.median(ms):.1f} ms, p99 {ms[max(0, round(len(ms) * 0.99) - 1)]:.1f} ms"
+
+
+def timed(run: object, n: int) -> list[float]:
+    """Wall ms of ``n`` calls of ``run`` after one warm-up call."""
+    run()  # type: ignore[operator]
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        run()  # type: ignore[operator]
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -100,10 +122,13 @@ def main() -> None:
         started = time.perf_counter()
         path = build(Path(tmp), args.rows)
         print(f"lake: {args.rows:,} rows written in {time.perf_counter() - started:.1f}s")
-        port = free_port()
+        Users(load(path)).add(ANALYST, "viewer", PASSWORD)
+        port, pg_port = free_port(), free_port()
         env = dict(os.environ, TIDELAKE_API_TOKEN=TOKEN)
         proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(path), str(port)], env=env, stderr=subprocess.DEVNULL
+            [sys.executable, "-c", SERVER, str(path), str(port), str(pg_port)],
+            env=env,
+            stderr=subprocess.DEVNULL,
         )
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60) as c:
@@ -136,6 +161,17 @@ def main() -> None:
                     f"server CPU {cpu:.1f} ms/query (n={args.queries}, "
                     f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
                 )
+
+                with QueryEngine(load(path)) as engine:
+                    bare = timed(lambda: engine.sql(GROUP_BY), args.queries)
+                dsn = f"host=127.0.0.1 port={pg_port} user={ANALYST} password='{PASSWORD}'"
+                with psycopg.connect(dsn) as pg:
+                    wire = timed(lambda: pg.execute(GROUP_BY).fetchall(), args.queries)
+                api = timed(lambda: c.post("/api/query", json={"sql": GROUP_BY}), args.queries)
+                print(f"GROUP BY over {args.rows:,} rows, side by side (n={args.queries} each):")
+                print(f"  bare DuckDB (QueryEngine.sql, in process): {percentiles(bare)}")
+                print(f"  pg-wire (psycopg, simple query):           {percentiles(wire)}")
+                print(f"  POST /api/query (httpx):                   {percentiles(api)}")
 
                 line = (
                     b'{"user_id": %d, "kind": "click", "amount": 12.5, "ts": "2024-05-01T00:00"}\n'
