@@ -283,6 +283,16 @@ def _append(
         )
 
 
+def _store_offsets(
+    conn: sqlite3.Connection, group: str, offsets: dict[TopicPartition, int]
+) -> None:
+    """Store ``group``'s offsets (inside the caller's transaction)."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)",
+        [(group, t, p, o) for (t, p), o in offsets.items()],
+    )
+
+
 def _end_offsets(conn: sqlite3.Connection, topic: str) -> dict[int, int]:
     row = conn.execute("SELECT partitions FROM topics WHERE name = ?", (topic,)).fetchone()
     if row is None:
@@ -448,10 +458,7 @@ class EmbeddedTransactionalProducer(EmbeddedProducer, TransactionalProducer):
                 "while this one was not heard from (paused or cut off past its session "
                 "timeout); nothing of the transaction was committed"
             )
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)",
-            [(group, t, p, o) for (t, p), o in offsets.items()],
-        )
+        _store_offsets(self.conn, group, offsets)
 
     def _not_fenced(self) -> None:
         row = self.conn.execute(
@@ -641,10 +648,7 @@ class EmbeddedConsumer(Consumer):
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         _transaction(
             self.conn,
-            lambda: self.conn.executemany(
-                "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)",
-                [(self.group, t, p, o) for (t, p), o in offsets.items()],
-            ),
+            lambda: _store_offsets(self.conn, self.group, offsets),
             f"commit offsets of group {self.group!r}",
         )
 
