@@ -134,8 +134,12 @@ class Consumer(ABC):
         """Up to ``max_records`` records from the assigned partitions; empty after ``timeout``."""
 
     @abstractmethod
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Store ``offsets`` (the next offset to read) as the group's position."""
+    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
+        """Store ``offsets`` (the next offset to read) as the group's position.
+
+        ``wait=False`` sends them and returns (Kafka: an asynchronous commit, its failure
+        logged): for advisory commits, which must never hold up a flow while the group
+        coordinator is away."""
 
     @abstractmethod
     def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:

@@ -645,7 +645,7 @@ class EmbeddedConsumer(Consumer):
             self._positions[tp] = offsets[-1] + 1
         return batch
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
         _transaction(
             self.conn,
             lambda: _store_offsets(self.conn, self.group, offsets),

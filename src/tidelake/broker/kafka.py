@@ -17,7 +17,12 @@ Choices (see ``tidelake.broker.base`` for the contract):
   abortable error aborts the transaction, then raises. ``transaction.timeout.ms`` is 10 s
   (Kafka Streams' choice): a transaction left open by a killed process blocks
   read_committed consumers of its partitions until the restarted producer aborts it or
-  the coordinator times it out.
+  the coordinator times it out. librdkafka does not always honour the timeout of a
+  transactional call (``send_offsets_to_transaction`` can wait for ever for a group
+  coordinator it lost track of in a broker restart: librdkafka issues 5456 and 5511), so
+  each runs in a helper thread and is given up after its timeout: the producer is then
+  dropped (kept alive, never destroyed under the waiting thread) and a ``TransientError``
+  restarts the flow with a fresh one, which fences the dropped one's transaction.
 - Consumer: ``isolation.level=read_committed`` (librdkafka's default, set explicitly:
   records of open or aborted transactions are never returned), manual commits only,
   ``auto.offset.reset=earliest``, the
@@ -38,9 +43,10 @@ Choices (see ``tidelake.broker.base`` for the contract):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -130,6 +136,37 @@ _GROUP_MOVED = {
     KafkaError.REBALANCE_IN_PROGRESS,
 }
 """Group offsets sent with a transaction refused: the group moved on without this member."""
+
+_GRACE = 5.0
+"""Seconds a transactional call may overrun its own timeout before it is given up."""
+_STUCK: list[_Producer] = []
+"""Producers a call never returned from: kept, since destroying one under the thread still
+inside it would crash the process."""
+
+
+class _Stuck(Exception):
+    """A librdkafka call did not return within its timeout plus ``_GRACE``."""
+
+
+def _bounded(fn: Callable[[float], None], timeout: float) -> None:
+    """``fn(timeout)`` in a daemon thread; raise its error, or :class:`_Stuck` once
+    ``timeout + _GRACE`` passed without an answer."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            fn(timeout)
+        except BaseException as e:
+            failed.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="kafka-transaction-call", daemon=True).start()
+    if not done.wait(timeout + _GRACE):
+        raise _Stuck
+    if failed:
+        raise failed[0]
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -457,7 +494,10 @@ class KafkaTransactionalProducer(TransactionalProducer):
         conf["transactional.id"] = transactional_id
         self._conf = conf
         self._open = False
-        self._timeout = max(_TIMEOUT, int(conf["transaction.timeout.ms"]) / 1000 + 5)
+        self._stuck = False  # a call never returned: the client is dropped (``_STUCK``)
+        self._began = time.monotonic()  # when the open transaction began
+        self._txn_timeout = int(conf["transaction.timeout.ms"]) / 1000
+        self._timeout = max(_TIMEOUT, self._txn_timeout + 5)
         self._init()
 
     def _init(self) -> None:
@@ -474,6 +514,12 @@ class KafkaTransactionalProducer(TransactionalProducer):
 
     def _error(self, what: str, err: KafkaError) -> ConnectorError:
         tid = self.transactional_id
+        if self._fenced(err) and time.monotonic() - self._began > self._txn_timeout:
+            return TransientError(  # the coordinator aborted it, bumping the epoch (KIP-588)
+                f"Kafka producer {tid!r}: the transaction outlived transaction.timeout.ms "
+                f"({self._txn_timeout:.0f}s; was the broker away?) and the coordinator aborted "
+                f"it: nothing of it was committed ({err.str()})"
+            )
         if self._fenced(err):
             return ConnectorError(
                 f"Kafka producer {tid!r} was fenced: a newer producer with the same "
@@ -486,12 +532,12 @@ class KafkaTransactionalProducer(TransactionalProducer):
             f"Kafka producer {tid!r} at {self.broker.servers} failed to {what}: {kind}: {err.str()}"
         )
 
-    def _call(self, what: str, fn: Any) -> None:
+    def _call(self, what: str, fn: Callable[[float], None]) -> None:
         """Run a transactional call, retrying retriable errors until the timeout."""
         deadline = time.monotonic() + self._timeout
         while True:
             try:
-                fn(max(1.0, deadline - time.monotonic()))
+                self._bounded(what, fn, max(1.0, deadline - time.monotonic()))
                 return
             except KafkaException as e:
                 err: KafkaError = e.args[0]
@@ -511,11 +557,27 @@ class KafkaTransactionalProducer(TransactionalProducer):
                     self._open = False  # nothing more can be done with this producer
                 raise self._error(what, err) from e
 
+    def _bounded(self, what: str, fn: Callable[[float], None], timeout: float) -> None:
+        if self._stuck:
+            raise ConnectorError(f"producer {self.transactional_id!r} was dropped")
+        try:
+            _bounded(fn, timeout)
+        except _Stuck:
+            self._stuck, self._open = True, False
+            _STUCK.append(self._p)
+            raise TransientError(
+                f"Kafka producer {self.transactional_id!r} at {self.broker.servers}: "
+                f"librdkafka did not return from the call to {what} within "
+                f"{timeout + _GRACE:.0f}s (it can wait for ever for a group coordinator after "
+                "a broker restart): the producer is dropped, nothing of its transaction is "
+                "committed, and a fresh one fences it"
+            ) from None
+
     def _abort_quietly(self) -> None:
         self._open = False
         try:
-            self._p.abort_transaction(self._timeout)
-        except KafkaException as e:
+            self._bounded("abort a transaction", self._p.abort_transaction, self._timeout)
+        except (KafkaException, ConnectorError) as e:
             log.debug("kafka: abort of %s failed: %s", self.transactional_id, e)
 
     def begin(self) -> None:
@@ -523,7 +585,7 @@ class KafkaTransactionalProducer(TransactionalProducer):
             self._p.begin_transaction()
         except KafkaException as e:
             raise self._error("begin a transaction", e.args[0]) from e
-        self._open = True
+        self._open, self._began = True, time.monotonic()
         self._inner._errors.clear()
 
     def produce(
@@ -565,7 +627,7 @@ class KafkaTransactionalProducer(TransactionalProducer):
             # deliver first: an abort racing the partitions' registration in the transaction
             # can be refused with a fatal INVALID_TXN_STATE (librdkafka issue 4849)
             self._p.flush(self._timeout)
-            self._p.abort_transaction(self._timeout)
+            self._bounded("abort a transaction", self._p.abort_transaction, self._timeout)
         except KafkaException as e:
             err: KafkaError = e.args[0]
             if not err.fatal() or self._fenced(err):
@@ -609,6 +671,7 @@ class KafkaConsumer(Consumer):
                 **config,
                 "group.id": group,
                 "error_cb": self._on_error,
+                "on_commit": self._on_commit,
                 "logger": log,
             }
         )
@@ -630,6 +693,11 @@ class KafkaConsumer(Consumer):
             self._fatal = err
         else:
             log.debug("kafka consumer %s: %s", self.group, err)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[_TP]) -> None:
+        failed = [p for p in partitions if p.error is not None]
+        if err is not None or failed:
+            log.warning("kafka consumer %s: commit failed: %s", self.group, err or failed[0].error)
 
     def _assigned(self, consumer: _Consumer, partitions: list[_TP]) -> None:
         added = sorted((p.topic, p.partition) for p in partitions)
@@ -721,16 +789,18 @@ class KafkaConsumer(Consumer):
                 raise cls(f"Kafka consumer error on {where}: {err.str()}")
         return ok
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
         if not offsets:  # an empty commit would commit the consumed positions instead
             return
+        tps = [_tp(tp, o) for tp, o in offsets.items()]
         try:
-            result = self._c.commit(
-                offsets=[_tp(tp, o) for tp, o in offsets.items()], asynchronous=False
-            )
+            if not wait:  # a synchronous commit waits for its reply without a timeout: while
+                self._c.commit(offsets=tps, asynchronous=True)  # the coordinator is away, for ever
+                return
+            result = self._c.commit(offsets=tps, asynchronous=False)
         except KafkaException as e:
             raise ConnectorError(f"Kafka commit of group {self.group!r} failed: {e}") from e
-        failed = [tp for tp in result or [] if tp.error is not None]
+        failed = [tp for tp in result if tp.error is not None]
         if failed:
             raise ConnectorError(
                 f"Kafka commit of group {self.group!r} failed for "

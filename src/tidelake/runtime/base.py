@@ -153,6 +153,10 @@ class Sink(ABC):
     that lost them since (partition epochs, ``positions.merge``; the topic sink: the
     consumer group's ownership, checked by the log)."""
 
+    commits_group_offsets: ClassVar[bool] = False
+    """The sink commits a topic source's consumer-group offsets inside its own transactions
+    (``FlowContext.group``), so the source must not commit them again outside them."""
+
     @classmethod
     def takes_several_writers(cls, config: ConnectorConfig, pipeline: Pipeline) -> bool:
         """Whether this sink, so configured, may have several writers (``several_writers``)."""

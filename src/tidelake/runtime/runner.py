@@ -251,7 +251,8 @@ class FlowRunner:
         self._floor.update(positions.positions_only(checkpoint))
         self._dirty = False
         try:
-            self.source.committed(checkpoint)
+            if not (self.sink.commits_group_offsets and self.source.group_member()):
+                self.source.committed(checkpoint)
         except Exception as e:
             log.warning("flow %s: acknowledging the source failed (advisory): %s", self.name, e)
         m = self.metrics

@@ -84,6 +84,7 @@ class TopicSink(Sink):
     Config = TopicSinkConfig
     config: TopicSinkConfig
     several_writers = True
+    commits_group_offsets = True
 
     def open(self, ctx: FlowContext) -> None:
         self.fields = column_templates.fields(self.config.topic)

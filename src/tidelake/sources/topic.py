@@ -4,7 +4,8 @@ Resumes from the *sink's* checkpoint, not from the group's committed offsets:
 whenever partitions are assigned (first start, restart, rebalance) they are
 claimed in the sink (``FlowContext.claim``) and sought to the positions it stored with
 its data. Group offsets are
-committed only after the sink committed, for monitoring and lag.
+committed (without waiting) only after the sink committed, for monitoring and lag; a topic
+sink commits them inside its transactions instead.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class TopicSource(Source):
 
     def committed(self, checkpoint: Checkpoint) -> None:
         mine = {position_key(*tp): tp for tp in self.consumer.assignment()}
-        self.consumer.commit({tp: checkpoint[k] for k, tp in mine.items() if k in checkpoint})
+        offsets = {tp: checkpoint[k] for k, tp in mine.items() if k in checkpoint}
+        self.consumer.commit(offsets, wait=False)  # for lag and monitoring: never wait
 
     def close(self) -> None:
         if hasattr(self, "consumer"):  # open() may have failed before connecting
