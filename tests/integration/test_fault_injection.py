@@ -4,8 +4,8 @@ poison record is a dead letter, and a fault that may clear by itself (a busy dat
 ridden through without a restart.
 
 Faults are injected by wrapping the real code of a stage (decode, each transform, the
-sink's write, the dead-letter write, the checkpoint commit): from its Nth call on, it raises
-until the test "fixes" it. At revocation (another member joins the group) and at close (the
+sink's write, the dead-letter write, the checkpoint commit, the topic sink's transaction
+commit): from its Nth call on, it raises until the test "fixes" it. At revocation (another member joins the group) and at close (the
 flow is stopped) the sink's write raises in the flush they make, with rows buffered.
 """
 
@@ -169,11 +169,15 @@ def _run(
     until: int | None,
     landed: Callable[[], int] | None = None,
     meanwhile: Callable[[FlowRunner], None] | None = None,
+    written: bool = False,
 ) -> FlowRunner:
-    """Run the flow until ``until`` rows landed (in ``out.db``, or as ``landed()`` counts
-    them), or until it ends by itself; ``meanwhile`` is called once it read 20,000 rows."""
-    count = landed or (lambda: _landed(pipeline_dir)[0])
+    """Run the flow until ``until`` rows landed (in ``out.db``, as ``landed()`` counts them,
+    or, ``written``, as this run wrote), or until it ends by itself; ``meanwhile`` is called
+    once it read 20,000 rows."""
     runner = FlowRunner(loads(text, pipeline_dir / "p.yaml"), "land", threading.Event())
+    count = landed or (lambda: _landed(pipeline_dir)[0])
+    if written:
+        count = lambda: runner.metrics.records_out  # noqa: E731
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -405,3 +409,51 @@ def test_a_store_sink_failing_between_rows_and_positions_lands_every_record_once
     runner = _run(tmp_path, text, until=STORE_VALID, landed=landed)
     assert landed() == STORE_VALID
     assert runner.metrics.state == "stopped"
+
+
+def _copied(url: str, pipeline_dir: Path, topic: str) -> tuple[int, int]:
+    """(records, distinct ids) committed to ``topic``, read to its end."""
+    broker = _connect(url, pipeline_dir)
+    consumer = broker.consumer(f"check-{time.monotonic_ns()}", [topic])
+    ids: list[int] = []
+    idle = 0
+    while idle < 3:
+        batch = consumer.poll(50_000, 0.5)
+        idle = 0 if len(batch) else idle + 1
+        ids.extend(orjson.loads(v)["id"] for v in batch.values)
+    consumer.close()
+    broker.close()
+    return len(ids), len(set(ids))
+
+
+@pytest.mark.integration
+def test_a_topic_sink_failing_inside_its_transaction_lands_every_record_once(
+    broker_url: str, tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exactly-once topic sink: its transaction holds the batch's records and the group
+    offsets when the commit raises; it is aborted, so none of it is visible, and a fixed
+    restart writes every record once."""
+    from tidelake.broker.embedded import EmbeddedTransactionalProducer
+    from tidelake.broker.kafka import KafkaTransactionalProducer
+
+    monkeypatch.setenv("TIDELAKE_PSEUDONYMIZE_KEY", "fault-injection-key-0123456789abcdef")
+    topic, out = f"fi-{unique}", f"fi-{unique}-out"
+    _produce(broker_url, tmp_path, topic)
+    text = PIPELINE.format(broker=broker_url, topic=topic).replace(
+        "sink: {type: table, table: out}", f"sink: {{type: topic, topic: {out}}}"
+    )
+    kafka = broker_url != "embedded"
+    owner = KafkaTransactionalProducer if kafka else EmbeddedTransactionalProducer
+    fault = Fault(owner, "commit", 6, _injected)
+    monkeypatch.setattr(owner, "commit", fault.wrapper)
+
+    runner = _run(tmp_path, text, until=None)
+    assert fault.raised and runner.metrics.state == "failed"
+    assert "injected fault" in runner.metrics.last_error
+    count, distinct = _copied(broker_url, tmp_path, out)
+    assert count == distinct < VALID  # five batches committed, the sixth aborted
+
+    fault.fixed = True
+    runner = _run(tmp_path, text, until=VALID - count, written=True)
+    assert _copied(broker_url, tmp_path, out) == (VALID, VALID)
+    assert _dead_lettered(broker_url, tmp_path, topic) == POISON
