@@ -5,8 +5,9 @@ ridden through without a restart.
 
 Faults are injected by wrapping the real code of a stage (decode, each transform, the
 sink's write, the dead-letter write, the checkpoint commit, the topic sink's transaction
-commit): from its Nth call on, it raises until the test "fixes" it. At revocation (another member joins the group) and at close (the
-flow is stopped) the sink's write raises in the flush they make, with rows buffered.
+commit): from its Nth call on, it raises until the test "fixes" it. At revocation (another
+member joins the group) and at close (the flow is stopped) the sink's write raises in the
+flush they make, with rows buffered.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """``engine: spark``: the users scenario's profile flow and its 1-minute signup windows run as
 Spark Structured Streaming queries (``local[2]``) on real Kafka, into the same Iceberg lake,
 and land the same rows as tidelake's own engine over the same input, also when the Spark
-driver is killed -9 mid-stream and restarted."""
+driver is killed -9 mid-stream and restarted. The profile flow also lands through the
+``table`` sink (upsert, as the scenario does) and the exactly-once ``topic`` sink."""
 
 from __future__ import annotations
 
 import copy
 import os
 import random
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ import yaml
 from killing import kill_repeatedly, run_to_target, start
 from scenario_run import run_until
 
+from tidelake.broker import connect
 from tidelake.config import Pipeline, load
 from tidelake.lake.catalog import namespace, open_catalog
 from tidelake.runtime.runner import run_flows
@@ -80,8 +83,18 @@ def _pipeline_file(path: Path, name: str, kafka_url: str) -> None:
             flow["source"]["topic"] = topic
             flow["sink"] = {"type": "lake", "table": f"{flow_name}_{suffix}"}
             flows[f"{flow_name}_{suffix}"] = flow
-    doc = {"name": name, "broker": kafka_url, "spark": {"master": "local[2]"},
-           "flows": flows}  # fmt: skip
+    profiles = scenario["flows"]["users_profiles"]
+    for suffix, sink in (
+        ("table", profiles["sink"] | {"database": None}),  # the scenario's upsert
+        ("topic", {"type": "topic", "topic": f"{name}.profiles_out"}),
+    ):
+        flows[f"users_profiles_{suffix}"] = copy.deepcopy(profiles) | {
+            "engine": "spark",
+            "source": {"type": "topic", "topic": topic},
+            "sink": sink,
+        }
+    doc = {"name": name, "broker": kafka_url, "database": f"sqlite:///{path.parent}/out.db",
+           "spark": {"master": "local[2]"}, "flows": flows}  # fmt: skip
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -116,20 +129,63 @@ def users(kafka_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     mp.undo()
 
 
+def _table_rows(users: Users) -> list[dict[str, Any]]:
+    path = users.path.parent / "out.db"
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as c:
+        c.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in c.execute("SELECT * FROM users_profiles")]
+        except sqlite3.OperationalError:  # created by the first batch
+            return []
+
+
+def _topic_rows(users: Users) -> list[dict[str, Any]]:
+    broker = connect(users.pipeline.url(users.pipeline.broker))
+    consumer = broker.consumer(
+        f"check-{uuid.uuid4().hex[:8]}", [f"{users.pipeline.name}.profiles_out"]
+    )
+    rows: list[dict[str, Any]] = []
+    idle = 0
+    while idle < 2:
+        batch = consumer.poll(10_000, 0.5)
+        idle = 0 if len(batch) else idle + 1
+        rows += [orjson.loads(v) for v in batch.values]
+    consumer.close()
+    broker.close()
+    return rows
+
+
+def _same(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> None:
+    """The rows equal the reference's, over the rows' columns, in any order."""
+    key = lambda r: r["identifiant"]  # noqa: E731
+    columns = set(rows[0])
+    assert sorted(rows, key=key) == sorted(
+        ({k: v for k, v in r.items() if k in columns} for r in reference), key=key
+    )
+
+
 def test_spark_lands_the_same_rows_as_the_embedded_engine(users: Users) -> None:
     """Run as ``tidelake run --engine spark`` in its own process: forking the JVM out of this
     many-threaded test process (pyspark's launch uses a preexec_fn) can crash the child."""
-    flows = [f"{n}_spark" for n in FLOWS]
+    flows = [f"{n}_spark" for n in FLOWS] + ["users_profiles_table", "users_profiles_topic"]
 
     def launch() -> Any:
         return start(users.path, flows, {"TIDELAKE_PSEUDONYMIZE_KEY": KEY}, ["--engine", "spark"])
 
+    profiles = users.expected["users_profiles"]
     landed = lambda: int(  # noqa: E731
         all(users.count(f"{n}_spark")() >= users.expected[n] for n in FLOWS)
+        and len(_table_rows(users)) >= profiles
+        and len(_topic_rows(users)) >= profiles
     )
     run_to_target(launch, landed, 1, timeout=420, settle=3)
     for name in FLOWS:
         assert users.rows(f"{name}_spark") == users.rows(f"{name}_ref"), name
+    reference = users.rows("users_profiles_ref")
+    _same(_table_rows(users), reference)
+    _same(_topic_rows(users), reference)  # exactly once: no record twice
     profiles = users.rows("users_profiles_spark")
     assert all(len(p["email"]) == 64 for p in profiles)  # the HMAC, never the address
     metrics = orjson.loads(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ MAX_LETTER_BYTES = 512 * 1024
 HEAD_CHARS = 4096
 
 if TYPE_CHECKING:
-    from tidelake.broker import Broker
+    from tidelake.broker import Broker, Producer
     from tidelake.config import Pipeline
 
 
@@ -57,6 +57,33 @@ def dead_letter_topic(pipeline: Pipeline, flow: str) -> str:
             f"(flows: {', '.join(pipeline.flows)})"
         )
     return pipeline.flows[flow].dead_letter or f"{pipeline.name}.{flow}.dlq"
+
+
+class Writer:
+    """Writes one flow's dead letters to its topic; each ``write`` is durable when it returns
+    (a sink may reject rows inside its own commit, and a crash right after that commit must
+    not lose them)."""
+
+    def __init__(self, pipeline: Pipeline, flow: str, broker: Callable[[], Broker]) -> None:
+        self.flow, self.topic, self._broker = flow, dead_letter_topic(pipeline, flow), broker
+        self._producer: Producer | None = None
+
+    def write(self, rows: pa.Table, reason: str | Sequence[str]) -> int:
+        """Rows with one reason, or one reason per row; returns how many were written."""
+        if not rows.num_rows:
+            return 0
+        if self._producer is None:
+            broker = self._broker()
+            broker.create_topic(self.topic)
+            self._producer = broker.producer()
+        self._producer.produce(self.topic, encode(self.flow, reason, rows))
+        self._producer.flush()
+        return rows.num_rows
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
 
 
 def quoted(value: object, limit: int = 80) -> str:

@@ -39,7 +39,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from tidelake import registry
-from tidelake.broker import Broker, Producer, connect
+from tidelake.broker import Broker, connect
 from tidelake.config import Flow, Pipeline
 from tidelake.errors import ConfigError, TidelakeError
 from tidelake.runtime import dead_letters, faults, positions
@@ -99,7 +99,7 @@ class FlowRunner:
         self._epochs: Checkpoint = {}
         self._claimed_topics: set[str] = set()
         self._dirty = False
-        self._dlq_topic = dead_letters.dead_letter_topic(pipeline, name)
+        dead_letters.dead_letter_topic(pipeline, name)  # names the flows when it is not one
         self._metrics_dir = pipeline.state_dir / "metrics"
         self._last_publish = 0.0
 
@@ -202,7 +202,7 @@ class FlowRunner:
             raise
         finally:
             self._publish(force=True)
-            for closer in (self.source.close, self.sink.close, self._close_dead_letters):
+            for closer in (self.source.close, self.sink.close, self._dead_letters.close):
                 try:
                     closer()
                 except Exception:  # closing must not hide the error that stopped the flow
@@ -218,7 +218,7 @@ class FlowRunner:
         self._pending, self._pending_rows = [], 0
         self._positions, self._dirty, self._broken = {}, False, False
         self._floor, self._epochs, self._claimed_topics = {}, {}, set()
-        self._dlq_producer = None
+        self._dead_letters = dead_letters.Writer(self.pipeline, self.name, lambda: self.ctx.broker)
         self._conform = Conformer({k: pa_type(v) for k, v in self.spec.schema_.items()})
 
     def _add(self, batch: Batch) -> bool:
@@ -343,26 +343,9 @@ class FlowRunner:
                 self.sink.write(table, self._checkpoint())
                 self.metrics.records_out += table.num_rows
 
-    _dlq_producer: Producer | None = None
-
     def _dead_letter(self, rows: pa.Table, reason: str | Sequence[str]) -> None:
-        """Rows with one reason, or one reason per row."""
-        if not rows.num_rows:
-            return
-        broker = self.ctx.broker
-        if self._dlq_producer is None:
-            broker.create_topic(self._dlq_topic)
-            self._dlq_producer = broker.producer()
-        self._dlq_producer.produce(self._dlq_topic, dead_letters.encode(self.name, reason, rows))
-        # Durable before the caller goes on: a sink may reject rows inside its own commit,
-        # and a crash right after that commit must not lose them.
-        self._dlq_producer.flush()
-        self.metrics.dead_letters += rows.num_rows
-
-    def _close_dead_letters(self) -> None:
-        if self._dlq_producer is not None:
-            self._dlq_producer.close()
-            self._dlq_producer = None
+        """Rows with one reason, or one reason per row, durable when it returns."""
+        self.metrics.dead_letters += self._dead_letters.write(rows, reason)
 
     def _publish(self, force: bool = False) -> None:
         now = time.monotonic()

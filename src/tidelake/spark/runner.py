@@ -8,6 +8,11 @@ Commit order per micro-batch (why exactly-once holds):
 3. a re-run batch whose id the table's newest such entry already holds is skipped, so a
    driver killed between 2 and Spark's commit log lands nothing twice.
 
+The ``table`` and ``topic`` sinks are tidelake's own: the micro-batch comes to the driver as
+Arrow and the sink writes it with ``spark:<query id>`` = batch id as its checkpoint, in the
+same commit as the rows (the table's transaction, the topic's log transaction), and skips a
+re-run batch at or below it. The rows it rejects go to the flow's dead-letter topic.
+
 Records are the same JSON documents the embedded engine reads, decoded by Spark's JSON reader
 with a schema inferred from the records already in the topic (top-level ISO 8601 strings
 become timestamps, as ``formats.times`` does), plus ``_topic``/``_partition``/``_offset``.
@@ -24,10 +29,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tidelake.broker import connect
+from tidelake import registry
+from tidelake.broker import Broker, connect
 from tidelake.config import Flow, Pipeline
 from tidelake.errors import ConfigError
 from tidelake.formats import decode_json
+from tidelake.runtime import dead_letters
+from tidelake.runtime.base import FlowContext, Sink
 from tidelake.runtime.metrics import FlowMetrics
 from tidelake.spark import session as spark_session
 from tidelake.spark.translate import apply, untranslatable
@@ -62,6 +70,14 @@ class SparkFlowRunner:
         self._metrics_dir = pipeline.state_dir / "metrics"
         self._checkpoint = Path(spark_session.checkpoint_root(pipeline)) / name
         self._summary_key = SUMMARY_PREFIX + name
+        self._sink: Sink | None = None  # a table or topic sink, opened by the first batch
+        self._broker: Broker | None = None
+        self._dead_letters = dead_letters.Writer(pipeline, name, self._log)
+
+    def _log(self) -> Broker:
+        if self._broker is None:
+            self._broker = connect(self.pipeline.url(self.pipeline.broker))
+        return self._broker
 
     def run(self) -> FlowMetrics:
         spark = spark_session.session(self.pipeline)
@@ -87,6 +103,9 @@ class SparkFlowRunner:
         finally:
             if query.isActive:
                 query.stop()
+            for closer in (self._sink, self._dead_letters, self._broker):
+                if closer is not None:
+                    closer.close()
         self.metrics.state = "stopped"
         self.metrics.save(self._metrics_dir)
         return self.metrics
@@ -191,6 +210,8 @@ class SparkFlowRunner:
 
     def _land(self, batch: DataFrame, batch_id: int) -> None:
         """Append one micro-batch to the lake table, once per batch id."""
+        if self.spec.sink.type != "lake":
+            return self._land_through_sink(batch, batch_id)
         from pyspark.sql import functions as F
         from pyspark.sql.types import TimestampType
 
@@ -220,6 +241,34 @@ class SparkFlowRunner:
         finally:
             rows.unpersist()
         self.metrics.records_out += count
+
+    def _land_through_sink(self, batch: DataFrame, batch_id: int) -> None:
+        """One micro-batch through tidelake's table or topic sink, once per batch id."""
+        if self._sink is None:
+            sink: Sink = registry.lookup("sink", self.spec.sink.type)(self.spec.sink)
+            sink.open(self._context())
+            self._sink = sink
+        key = f"spark:{self._query_id()}"
+        if self._sink.checkpoint().get(key, -1) >= batch_id:
+            log.info("flow %s: batch %s already landed, skipped", self.name, batch_id)
+            return
+        rows = batch.toArrow()
+        self._sink.write(rows, {key: batch_id})
+        self.metrics.records_out += rows.num_rows
+
+    def _context(self) -> FlowContext:
+        def dead_letter(rows: Any, reason: Any) -> None:
+            self.metrics.dead_letters += self._dead_letters.write(rows, reason)
+
+        ctx = FlowContext(
+            flow=self.name,
+            pipeline=self.pipeline,
+            metrics=self.metrics,
+            broker_factory=self._log,
+            dead_letter=dead_letter,
+        )
+        ctx.committed = lambda: self._sink.checkpoint() if self._sink else {}
+        return ctx
 
     def _query_id(self) -> str:
         return str(json.loads((self._checkpoint / "metadata").read_text())["id"])

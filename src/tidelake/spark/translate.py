@@ -152,7 +152,7 @@ TRANSLATIONS: dict[str, Translation] = {
     "window": _window,
 }
 SOURCES = ("topic",)
-SINKS = ("lake",)
+SINKS = ("lake", "table", "topic")
 
 
 def apply(df: DataFrame, flow: Flow) -> DataFrame:
