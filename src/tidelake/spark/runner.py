@@ -70,6 +70,7 @@ class SparkFlowRunner:
         self._metrics_dir = pipeline.state_dir / "metrics"
         self._checkpoint = Path(spark_session.checkpoint_root(pipeline)) / name
         self._summary_key = SUMMARY_PREFIX + name
+        self._naive: set[str] = set()  # top-level columns tidelake decodes as naive timestamps
         self._sink: Sink | None = None  # a table or topic sink, opened by the first batch
         self._broker: Broker | None = None
         self._dead_letters = dead_letters.Writer(pipeline, name, self._log)
@@ -200,11 +201,11 @@ class SparkFlowRunner:
                 f"flow {self.name}: engine: spark infers the records' columns from the topic, "
                 "which has no records yet; start the flows writing it first"
             )
+        fields = from_arrow_schema(table.schema).fields
+        self._naive = {f.name for f in fields if isinstance(f.dataType, TimestampNTZType)}
         zoned = [  # ISO 8601 text with its offset parses into Spark's zoned timestamps
-            StructField(f.name, TimestampType(), f.nullable)
-            if isinstance(f.dataType, TimestampNTZType)
-            else f
-            for f in from_arrow_schema(table.schema).fields
+            StructField(f.name, TimestampType(), f.nullable) if f.name in self._naive else f
+            for f in fields
         ]
         return StructType(zoned)
 
@@ -226,8 +227,8 @@ class SparkFlowRunner:
             if last and _covers(last, mark):
                 log.info("flow %s: batch %s already landed, skipped", self.name, batch_id)
                 return
-        naive = {f.name: F.col(f.name).cast("timestamp_ntz")
-                 for f in batch.schema.fields if isinstance(f.dataType, TimestampType)}  # fmt: skip
+        naive = {f.name: F.col(f.name).cast("timestamp_ntz") for f in batch.schema.fields
+                 if isinstance(f.dataType, TimestampType) and f.name in self._naive}  # fmt: skip
         rows = batch.withColumns(naive) if naive else batch
         target = f"{CATALOG_NAME}.{ident}"
         spark = batch.sparkSession

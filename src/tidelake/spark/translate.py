@@ -7,6 +7,9 @@ built from Spark built-ins (no Python UDFs on the hot path):
 - ``rename``, ``drop``: column operations, strict the same way as the embedded ones;
 - ``pseudonymize``: the same RFC 2104 HMAC-SHA256 as ``transforms.pseudonymize``, from Spark's
   ``sha2`` over the same padded keys, so both engines give byte-for-byte equal pseudonyms;
+- ``unwrap``: the row image (``after``, ``before`` for deletes) as columns with ``_op``,
+  ``_ts``, ``_lsn``, ``_table``, as ``transforms.unwrap`` gives them (Debezium envelopes a
+  topic source decodes into structs, also ``{"schema", "payload"}`` records);
 - ``window``: Spark event-time windows; the watermark is ``allowed_lateness``, and a window
   is emitted once the watermark passes its end (append mode), as the embedded one does.
 
@@ -22,6 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from tidelake.errors import ConfigError
+from tidelake.runtime.base import PROVENANCE
 from tidelake.spark.sql import Untranslatable, expression_to_spark, to_spark
 from tidelake.transforms.pseudonymize import MIN_KEY_BYTES, hmac_pads
 from tidelake.transforms.window import Aggregate, millis
@@ -96,6 +100,49 @@ def _pseudonymize(df: DataFrame, config: Any) -> DataFrame:
     return df.withColumns({f: hmac(f) for f in present})
 
 
+def _unwrap(df: DataFrame, config: Any) -> DataFrame:
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
+    provenance = [c for c in PROVENANCE if c in df.columns]
+    if "payload" in df.columns and "op" not in df.columns:
+        df = df.select("payload.*", *provenance)
+    after = df.schema["after"].dataType if "after" in df.columns else None
+    if "op" not in df.columns or not isinstance(after, StructType):
+        raise ConfigError(
+            "unwrap: the records are not Debezium change envelopes with an 'after' object "
+            f"(columns: {', '.join(df.columns)}); put unwrap right after a topic source "
+            "reading Debezium topics"
+        )
+    before = F.to_json("before") if "before" in df.columns else F.lit(None)
+    image = F.from_json(F.when(F.col("op") == "d", before).otherwise(F.to_json("after")), after)
+
+    def source(name: str, cast: str) -> Any:
+        source = df.schema["source"].dataType if "source" in df.columns else None
+        if isinstance(source, StructType) and name in source.fieldNames():
+            return F.col(f"source.{name}").cast(cast)
+        return F.lit(None).cast(cast)
+
+    schema, table = source("schema", "string"), source("table", "string")
+    ts = F.col("ts_ms").cast("long") if "ts_ms" in df.columns else F.lit(None).cast("long")
+    out = df.select(
+        image.alias("__image"),
+        F.col("op").cast("string").alias("_op"),
+        F.timestamp_millis(ts).alias("_ts"),
+        source("lsn", "long").alias("_lsn"),
+        F.when(schema.isNull(), table).otherwise(F.concat_ws(".", schema, table)).alias("_table"),
+        *provenance,
+    ).where(F.col("__image").isNotNull() & F.col("_op").isNotNull())
+    if config.deletes == "drop":
+        out = out.where(F.col("_op") != "d")
+    if config.table is not None:
+        wanted = F.lit(config.table)
+        same = (F.col("_table") == wanted) | F.col("_table").endswith("." + config.table)
+        out = out.where(same if "." not in config.table else F.col("_table") == wanted)
+    rest = [c for c in out.columns if c != "__image"]
+    return out.select("__image.*", *rest)
+
+
 SPARK_AGGREGATES = ("count", "sum", "min", "max", "avg")
 
 
@@ -149,6 +196,7 @@ TRANSLATIONS: dict[str, Translation] = {
     "rename": _rename,
     "drop": _drop,
     "pseudonymize": _pseudonymize,
+    "unwrap": _unwrap,
     "window": _window,
 }
 SOURCES = ("topic",)
