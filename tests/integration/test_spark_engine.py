@@ -3,7 +3,7 @@ Spark Structured Streaming queries (``local[2]``) on real Kafka, into the same I
 and land the same rows as tidelake's own engine over the same input, also when the Spark
 driver is killed -9 mid-stream and restarted. The profile flow also lands through the
 ``table`` sink (upsert, as the scenario does) and the exactly-once ``topic`` sink, and
-Debezium change envelopes are unwrapped on both engines."""
+Debezium change envelopes are unwrapped, and the nested profiles flattened, on both engines."""
 
 from __future__ import annotations
 
@@ -95,7 +95,15 @@ def _pipeline_file(path: Path, name: str, kafka_url: str) -> None:
             "source": {"type": "topic", "topic": topic},
             "sink": sink,
         }
+    flat = (
+        "SELECT login_uuid, name_first, location_street_number, location_city, dob_age FROM batch"
+    )
     for suffix, extra in (("ref", {}), ("spark", {"engine": "spark"})):
+        flows[f"flat_{suffix}"] = {
+            "source": {"type": "topic", "topic": topic},
+            "transforms": [{"type": "flatten"}, {"type": "sql", "query": flat}],
+            "sink": {"type": "lake", "table": f"flat_{suffix}"},
+        } | extra
         flows[f"changes_{suffix}"] = {
             "source": {"type": "topic", "topic": f"{name}.changes"},
             "transforms": [{"type": "unwrap"}],
@@ -128,10 +136,10 @@ def users(kafka_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             }
         ),  # fmt: skip
     }
-    expected["changes"] = CHANGES
+    expected["changes"], expected["flat"] = CHANGES, LIMIT
     users = Users(path, pipeline, expected)
     reference = load(path)
-    reference.flows = {f"{n}_ref": reference.flows[f"{n}_ref"] for n in (*FLOWS, "changes")}
+    reference.flows = {f"{n}_ref": reference.flows[f"{n}_ref"] for n in expected}
     run_until(reference, lambda: all(users.count(f"{n}_ref")() >= expected[n] for n in expected))
     for name in expected:
         assert users.count(f"{name}_ref")() == expected[name]
@@ -202,7 +210,7 @@ def _same(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> None:
 def test_spark_lands_the_same_rows_as_the_embedded_engine(users: Users) -> None:
     """Run as ``tidelake run --engine spark`` in its own process: forking the JVM out of this
     many-threaded test process (pyspark's launch uses a preexec_fn) can crash the child."""
-    flows = [f"{n}_spark" for n in (*FLOWS, "changes")]
+    flows = [f"{n}_spark" for n in users.expected]
     flows += ["users_profiles_table", "users_profiles_topic"]
 
     def launch() -> Any:

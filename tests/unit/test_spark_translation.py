@@ -54,7 +54,7 @@ flows:
       - {type: rename, columns: {amount: total}}
       - type: sql
         query: SELECT list_reduce(items, (a, b) -> a + b) AS n, total FROM batch
-      - {type: flatten}
+      - {type: flatten, parse_json: [extra]}
     sink: {type: console}
 """
 
@@ -73,7 +73,7 @@ def test_validate_names_file_line_and_construct_of_what_spark_cannot_run(tmp_pat
         for line in lines
     ), lines
     assert any(
-        line.startswith("P:11: flows.totals.transforms.2.type: a 'flatten' transform does not")
+        line.startswith("P:11: flows.totals.transforms.2.parse_json: flatten parse_json: does not")
         for line in lines
     ), lines
     assert any(
@@ -84,7 +84,7 @@ def test_validate_names_file_line_and_construct_of_what_spark_cannot_run(tmp_pat
         for line in lines
     ), lines
     fixed = PIPELINE.replace("list_reduce(items, (a, b) -> a + b)", "size(items)")
-    fixed = fixed.replace("      - {type: flatten}\n", "")
+    fixed = fixed.replace("      - {type: flatten, parse_json: [extra]}\n", "")
     fixed = fixed.replace("{type: console}", "{type: table, table: totals}")
     path.write_text(fixed)
     result = runner.invoke(app, ["validate", str(path)])

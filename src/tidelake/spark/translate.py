@@ -7,6 +7,8 @@ built from Spark built-ins (no Python UDFs on the hot path):
 - ``rename``, ``drop``: column operations, strict the same way as the embedded ones;
 - ``pseudonymize``: the same RFC 2104 HMAC-SHA256 as ``transforms.pseudonymize``, from Spark's
   ``sha2`` over the same padded keys, so both engines give byte-for-byte equal pseudonyms;
+- ``flatten``: struct columns to top-level ones (``user_name_first``), recursively (JSON text
+  columns, ``parse_json``, do not translate: their type is decided batch by batch);
 - ``unwrap``: the row image (``after``, ``before`` for deletes) as columns with ``_op``,
   ``_ts``, ``_lsn``, ``_table``, as ``transforms.unwrap`` gives them (Debezium envelopes a
   topic source decodes into structs, also ``{"schema", "payload"}`` records);
@@ -98,6 +100,38 @@ def _pseudonymize(df: DataFrame, config: Any) -> DataFrame:
         return F.sha2(F.concat(outer, digest), 256)
 
     return df.withColumns({f: hmac(f) for f in present})
+
+
+def _flatten(df: DataFrame, config: Any) -> DataFrame:
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
+    wanted = config.columns
+    if wanted is None:
+        wanted = [f.name for f in df.schema.fields if isinstance(f.dataType, StructType)]
+    columns: list[Any] = []
+
+    def expand(path: list[str], dtype: Any) -> None:
+        if isinstance(dtype, StructType):
+            for child in dtype.fields:
+                expand([*path, child.name], child.dataType)
+        else:
+            ref = F.col(".".join(f"`{p}`" for p in path))
+            columns.append(ref.alias(config.separator.join(path)))
+
+    for f in df.schema.fields:
+        if f.name in wanted:
+            expand([f.name], f.dataType)
+        else:
+            columns.append(F.col(f"`{f.name}`"))
+    out = df.select(*columns)
+    dup = sorted({n for n in out.columns if out.columns.count(n) > 1})
+    if dup:
+        raise ConfigError(
+            f"flatten: names {', '.join(dup)} would appear twice "
+            f"(choose another separator than {config.separator!r} or rename first)"
+        )
+    return out
 
 
 def _unwrap(df: DataFrame, config: Any) -> DataFrame:
@@ -195,6 +229,7 @@ TRANSLATIONS: dict[str, Translation] = {
     "derive": _derive,
     "rename": _rename,
     "drop": _drop,
+    "flatten": _flatten,
     "pseudonymize": _pseudonymize,
     "unwrap": _unwrap,
     "window": _window,
@@ -235,6 +270,16 @@ def untranslatable(flow: Flow) -> Iterator[tuple[tuple[Any, ...], str]]:
                 (
                     f"a {t.type!r} transform does not translate to Spark (Spark runs: "
                     f"{', '.join(TRANSLATIONS)}); keep engine: tidelake for this flow"
+                ),
+            )
+            continue
+        if t.type == "flatten" and getattr(t, "parse_json", None):
+            yield (
+                ("transforms", i, "parse_json"),
+                (
+                    "flatten parse_json: does not translate to Spark (the parsed type is decided "
+                    "batch by batch); parse the JSON in a sql transform (from_json) or keep "
+                    "engine: tidelake"
                 ),
             )
             continue
