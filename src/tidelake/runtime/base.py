@@ -117,11 +117,26 @@ class Transform(ABC):
     """Each call depends only on its batch, so the runner may re-run it on parts of a batch
     to find the rows it fails on. Transforms keeping rows across batches set False."""
 
+    @classmethod
+    def takes_several_workers(cls, config: ConnectorConfig) -> bool:
+        """Whether N workers of a flow, each given some partitions, together equal one worker
+        (``workers``): true of stateless transforms and of state kept per source partition."""
+        return cls.stateless
+
     def __init__(self, config: Any) -> None:
         self.config = config
 
     def open(self, ctx: FlowContext) -> None:  # noqa: B027
         """Prepare (compile SQL, read keys from the environment, ...); fail fast on bad config."""
+
+    def claim(self, keys: list[str], stored: Checkpoint) -> None:  # noqa: B027
+        """Partitions (``<topic>/<partition>``) assigned to this worker, with the checkpoint
+        the sink holds: state kept per partition restarts from it (the source re-reads from
+        its stored position). Default: nothing."""
+
+    def release(self, keys: list[str]) -> None:  # noqa: B027
+        """Partitions revoked from this worker, after their last flush: drop what is held of
+        them (their next owner rebuilds it). Default: nothing."""
 
     @abstractmethod
     def __call__(self, table: pa.Table) -> pa.Table:

@@ -326,12 +326,17 @@ class FlowRunner:
             epoch = positions.epoch_key(key)
             if epoch in stored:
                 self._epochs[epoch] = stored[epoch]
-        return positions.positions_only(stored)
+        resumed = positions.positions_only(stored)
+        for t in self.transforms:
+            t.claim(keys, resumed)
+        return resumed
 
     def _release(self, keys: list[str]) -> None:
         for key in keys:
             self._positions.pop(key, None)
             self._epochs.pop(positions.epoch_key(key), None)
+        for t in self.transforms:
+            t.release(keys)
 
     def _finish(self) -> None:
         """The source ended: land what is buffered, then the rows transforms still hold

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tidelake import registry
 from tidelake.config import Pipeline
-from tidelake.runtime.base import Sink
+from tidelake.runtime.base import Sink, Transform
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,28 @@ def problems(pipeline: Pipeline, flow: str, workers: int) -> list[str]:
         )
     elif "{" in str(getattr(spec.sink, "table", "")):
         out.append("a lake table template (fan-out) takes one worker; set workers: 1")
-    for t in spec.transforms:
-        if not registry.lookup("transform", t.type).stateless:  # type: ignore[attr-defined]
+    for i, t in enumerate(spec.transforms):
+        kind = t.type  # type: ignore[attr-defined]
+        transform: type[Transform] = registry.lookup("transform", kind)
+        if transform.takes_several_workers(t):
+            if not transform.stateless and spec.sink.type == "topic":  # type: ignore[attr-defined]
+                out.append(
+                    f"transforms.{i}: a {kind} transform stores its per-partition bookkeeping "
+                    "with the sink's checkpoint, which a topic sink keeps in one record per "
+                    "flow, not per partition; use a lake or table sink for several workers, "
+                    "or set workers: 1"
+                )
+        elif kind == "window":
             out.append(
-                f"a {t.type} transform keeps state per worker, so N workers would not equal "  # type: ignore[attr-defined]
-                "one (windows with several workers are not built yet); set workers: 1"
+                f"transforms.{i}: a window spans all partitions, so N workers would not equal "
+                "one; key the input topic by the window's `by` columns (e.g. the `key:` of "
+                "the topic sink writing it) and set `partitioned: true` on the window, or set "
+                "workers: 1"
+            )
+        else:
+            out.append(
+                f"transforms.{i}: a {kind} transform keeps state per worker, so N workers "
+                "would not equal one; set workers: 1"
             )
     return out
 

@@ -66,6 +66,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from tidelake.errors import ConfigError
 from tidelake.identifiers import quote
 from tidelake.runtime.base import PROVENANCE, Checkpoint, ConnectorConfig, FlowContext, Transform
+from tidelake.runtime.positions import is_partition
 from tidelake.transforms.sql import BatchSQL
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ _AGGREGATES: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
 _ZONED = r"':[0-9]{2}(\.[0-9]+)?\s*([zZ]|[+-][0-9]{2}(:?[0-9]{2})?)$'"
 KEY = "window:"
 """Prefix of this transform's bookkeeping keys in the flow's checkpoint."""
+MARK = KEY + "watermark:"
+"""Prefix of a partition's watermark (``partitioned``): ``window:watermark:<topic>/<partition>``."""
 NEVER = -(2**62)
 
 
@@ -213,6 +216,11 @@ class Window(Transform):
         exactly_once: bool = Field(
             True, description="false: accept rows without _topic/_partition/_offset"
         )
+        partitioned: bool = Field(
+            False,
+            description="the input topic is keyed by the `by` columns: windows and watermark "
+            "per source partition, so several workers equal one",
+        )
 
         @field_validator("size", "every", "hop", "gap", "allowed_lateness")
         @classmethod
@@ -281,7 +289,11 @@ class Window(Transform):
             merges = [m.format(*cols) for _, m in _AGGREGATES[agg.fn][0]]
             self.partials += zip(cols, agg.partials(), merges, strict=True)
         self.finals = ", ".join(finals)
-        self.by = ", ".join(quote(k) for k in config.by)
+        self.partitioned = config.partitioned
+        self.part = ", _topic, _partition" * self.partitioned  # grouping beyond the keys
+        self.by = ", ".join(
+            [quote(k) for k in config.by] + ["_topic", "_partition"] * self.partitioned
+        )
         self.keys = "".join(f", {quote(k)}" for k in config.by)
         self.tracked: bool | None = None  # rows carry provenance (decided by the first batch)
         self.made = False  # the state table exists
@@ -290,19 +302,59 @@ class Window(Transform):
         self.done: dict[tuple[str, int], int] = {}  # the same, as stored before this run
         self.replaying: set[tuple[str, int]] = set()  # partitions not yet re-read up to done
         self.watermark = self.restored = NEVER
+        # partitioned: the watermark per partition, before this batch, and as stored
+        self.marks: dict[tuple[str, int], int] = {}
+        self.before: dict[tuple[str, int], int] = {}
+        self.restored_marks: dict[tuple[str, int], int] = {}
 
     def open(self, ctx: FlowContext) -> None:
         self.ctx = ctx
-        for key, value in ctx.committed().items():
+        positions = ctx.committed()
+        for key, value in positions.items():
             if key == KEY + "watermark":
                 self.watermark = self.restored = value
+            elif key.startswith(MARK):
+                self.marks[_partition(key.removeprefix(MARK))] = value
             elif key.startswith(KEY):
-                topic, _, part = key.removeprefix(KEY).rpartition("/")
-                self.done[(topic, int(part))] = value
-        positions = ctx.committed()
+                self.done[_partition(key.removeprefix(KEY))] = value
+        self.restored_marks = dict(self.marks)
         self.replaying = {
             (t, p) for (t, p), end in self.done.items() if positions.get(f"{t}/{p}", end) < end
         }
+
+    @classmethod
+    def takes_several_workers(cls, config: ConnectorConfig) -> bool:
+        return bool(getattr(config, "partitioned", False))
+
+    def claim(self, keys: list[str], stored: Checkpoint) -> None:
+        """``partitioned``: restart these partitions from their stored bookkeeping."""
+        if not self.partitioned:
+            return
+        self.release(keys)
+        for key in keys:
+            part = _partition(key)
+            if KEY + key in stored:
+                self.done[part] = stored[KEY + key]
+                if stored.get(key, 0) < self.done[part]:
+                    self.replaying.add(part)
+            if MARK + key in stored:
+                self.marks[part] = self.restored_marks[part] = stored[MARK + key]
+
+    def release(self, keys: list[str]) -> None:
+        """``partitioned``: forget these partitions' rows and bookkeeping."""
+        if not self.partitioned:
+            return
+        parts = {_partition(k) for k in keys}
+        for held in (self.seen, self.done, self.marks, self.restored_marks, self.before):
+            for part in parts:
+                held.pop(part, None)
+        self.replaying -= parts
+        if self.made:
+            self.engine.con.execute(
+                "DELETE FROM __state WHERE concat(_topic, '/', _partition) IN "
+                "(SELECT unnest(?::VARCHAR[]))",
+                [keys],
+            )
 
     def __call__(self, table: pa.Table) -> pa.Table:
         tracked = all(c in table.column_names for c in PROVENANCE)
@@ -320,6 +372,11 @@ class Window(Transform):
                 "them; keep them through earlier transforms) to stay exactly once across "
                 "restarts; set exactly_once: false to accept losing open windows at a restart"
             )
+        if self.partitioned and not tracked:
+            raise ConfigError(
+                "window: partitioned needs _topic, _partition and _offset on every row (read "
+                "from a topic source and keep them through earlier transforms)"
+            )
         if self.frame and (clash := set(self.aggregates) & set(table.column_names)):
             raise ConfigError(f"window: aggregate names clash with input columns: {clash}")
         con = self.engine.con
@@ -335,7 +392,7 @@ class Window(Transform):
             con.unregister("floors")
 
     def _batch(self, ms: str) -> pa.Table:
-        before = self.watermark
+        before, self.before = self.watermark, dict(self.marks)
         rows = f"SELECT *, {ms} AS __ms, false AS __replay FROM batch"
         if self.tracked:  # skip offsets seen in this run; flag those processed before it
             rows = (
@@ -356,31 +413,68 @@ class Window(Transform):
             new = "SELECT _topic, _partition, max(_offset) + 1 FROM __rows GROUP BY ALL"
             self.seen |= {(t, p): end for t, p, end in self._sql(new)}
             self.replaying = {k for k in self.replaying if self.seen.get(k, 0) < self.done[k]}
+        self._register_marks()
         if self.size:
-            self._windows(before)
+            self._windows(self._at("__before", before))
         else:
-            self._rows(before)
+            self._rows(self._at("__before", before))
         self.made = True
         ((newest,),) = self._sql("SELECT max(__ms) FROM __rows")
         if newest is not None:
             self.watermark = max(self.watermark, newest - self.lateness)
+        if self.partitioned:
+            newest_per = "SELECT _topic, _partition, max(__ms) FROM __rows GROUP BY ALL"
+            for t, p, last in self._sql(newest_per):
+                if last is not None:
+                    mark = self.marks.get((t, p), self.restored)
+                    self.marks[(t, p)] = max(mark, last - self.lateness)
         return self._emit(self.watermark)
+
+    def _register_marks(self) -> None:
+        """``partitioned``: table ``__marks`` of each partition's watermark (``__wm``, none
+        while it is re-read up to where it was processed), before the batch and as stored."""
+        if not self.partitioned:
+            return
+        keys = sorted(self.marks.keys() | self.before.keys() | self.restored_marks.keys())
+        held = {"__wm": self.marks, "__before": self.before, "__restored": self.restored_marks}
+        cols = {c: [d.get(k, self.restored) for k in keys] for c, d in held.items()}
+        cols["__wm"] = [
+            NEVER if k in self.replaying else cols["__wm"][i] for i, k in enumerate(keys)
+        ]
+        self.engine.con.register(
+            "__marks",
+            pa.table(
+                {"__mt": pa.array([t for t, _ in keys], pa.string())}
+                | {"__mp": pa.array([p for _, p in keys], pa.int64())}
+                | {c: pa.array(v, pa.int64()) for c, v in cols.items()}
+            ),
+        )
+
+    def _at(self, column: str, value: int) -> str:
+        """SQL of a watermark: ``value``, or (``partitioned``, unless ``value`` is past every
+        time) the ``column`` of ``__marks`` for the row's partition."""
+        if not self.partitioned or value >= -NEVER:
+            return str(value)
+        return (
+            f"coalesce((SELECT {column} FROM __marks WHERE __mt = _topic AND __mp = _partition)"
+            f", {self.restored})"
+        )
 
     def _late(self, rows: str, why: str) -> None:
         self.ctx.dead_letter(
             self._table(f"SELECT * EXCLUDE (__ms, __replay, __row) FROM __rows WHERE {rows}"),
             f"window: late record: {why} (allowed_lateness {self.config.allowed_lateness}, "
-            f"watermark {_iso(self.watermark)})",
+            f"watermark {'of its partition' if self.partitioned else _iso(self.watermark)})",
         )
 
-    def _windows(self, before: int) -> None:
+    def _windows(self, before: str) -> None:
         """Tumbling and sliding windows: fold the batch into per-window partials."""
-        size, hop = self.size, self.hop
+        size, hop, restored = self.size, self.hop, self._at("__restored", self.restored)
         self._sql(  # row x window; minus windows a replayed row was emitted in before
             "CREATE OR REPLACE TEMP TABLE __pairs AS SELECT * FROM (SELECT r.*, __ms - "
             f"((__ms % {hop}) + {hop}) % {hop} - k * {hop} AS __start FROM __rows r, "
             f"range({size // hop}) t(k) WHERE __ms IS NOT NULL) "
-            f"WHERE NOT (__replay AND __start + {size} <= {self.restored})"
+            f"WHERE NOT (__replay AND __start + {size} <= {restored})"
         )
         self._late(
             f"__row IN (SELECT __row FROM __pairs WHERE __start + {size} <= {before})",
@@ -402,11 +496,12 @@ class Window(Transform):
             f"FROM ({fresh}) GROUP BY ALL"
         )
 
-    def _rows(self, before: int) -> None:
+    def _rows(self, before: str) -> None:
         """Moving frames and sessions: keep the batch's rows (late ones: moving context only)."""
         late = f"__ms < {before} AND NOT __replay"
         self._late(late, "older than the watermark")
-        done = f"(__replay AND __ms < {self.restored}) OR {late}" if self.frame else "false"
+        restored = self._at("__restored", self.restored)
+        done = f"(__replay AND __ms < {restored}) OR {late}" if self.frame else "false"
         keep = "true" if self.frame else f"NOT ({late})"
         fresh = (
             f"SELECT * EXCLUDE (__row), {done} AS __done, {self.seq} + __row AS __seq "
@@ -417,17 +512,20 @@ class Window(Transform):
             fresh = f"SELECT * FROM __state UNION ALL BY NAME {fresh}"
         self._sql(f"CREATE OR REPLACE TABLE __state AS {fresh}")
 
-    def _emit(self, upto: int) -> pa.Table:
-        """Final rows of what is complete by watermark ``upto``, removed from the state."""
-        if not self.made or (self.replaying and upto < -NEVER):
+    def _emit(self, watermark: int) -> pa.Table:
+        """Final rows of what is complete by ``watermark`` (``partitioned``: by each
+        partition's), removed from the state."""
+        if not self.made or (self.replaying and watermark < -NEVER and not self.partitioned):
             return pa.table({})  # until every held row is re-read, what is complete is unknown
+        self._register_marks()
+        upto = self._at("__wm", watermark)
         out = self._moving(upto) if self.frame else self._sessions(upto) if self.gap else None
         if out is None:
             closed, k = f"__start + {self.size} <= {upto}", self.keys
             out = self._table(
                 f"SELECT epoch_ms(__start) AS window_start, epoch_ms(__start + {self.size}) "
                 f"AS window_end{k}, {self.finals} FROM __state WHERE {closed} "
-                f"GROUP BY __start{k} ORDER BY __start{k}"
+                f"GROUP BY __start{k}{self.part} ORDER BY __start{k}{self.part}"
             )
             self._sql(f"DELETE FROM __state WHERE {closed}")
         for i, f in enumerate(out.schema):  # DuckDB sums integers as HUGEINT
@@ -440,7 +538,7 @@ class Window(Transform):
         cols = ("_topic", "_partition", "_offset") if self.tracked else ("__seq",)
         return ", ".join(c + direction for c in cols)
 
-    def _moving(self, upto: int) -> pa.Table:
+    def _moving(self, upto: str) -> pa.Table:
         """Each row older than ``upto`` with its moving aggregates; then drop the rows no
         later row's frame reaches (older than the longest time frame and beyond the longest
         row frame)."""
@@ -461,7 +559,7 @@ class Window(Transform):
         self._sql(f"UPDATE __state SET __done = true WHERE {due}")
         span = max((f.length for f in frames if not f.rows), default=0)
         count = max((f.length for f in frames if f.rows), default=0)
-        part = f"PARTITION BY __done{self.keys}"
+        part = f"PARTITION BY __done{self.keys}{self.part}"
         self._sql(
             "CREATE OR REPLACE TABLE __state AS SELECT * FROM __state QUALIFY NOT (__done AND "
             f"__ms <= {upto} - {span} AND row_number() OVER ({part} ORDER BY __ms DESC, "
@@ -469,22 +567,23 @@ class Window(Transform):
         )
         return out
 
-    def _sessions(self, upto: int) -> pa.Table:
+    def _sessions(self, upto: str) -> pa.Table:
         """Sessions ending by ``upto`` (those ending by the restored watermark were emitted
         before the restart); the rows of the others stay."""
         keys = f"PARTITION BY {self.by} " if self.by else ""
         self._sql(
             f"CREATE OR REPLACE TEMP TABLE __sess AS SELECT *, max(__ms) OVER (PARTITION BY "
-            f"__sid{self.keys}) + {self.gap} AS __end FROM (SELECT *, sum(__brk) OVER ({keys}"
-            f"ORDER BY __ms ROWS UNBOUNDED PRECEDING) AS __sid FROM (SELECT *, coalesce(__ms - "
-            f"lag(__ms) OVER ({keys}ORDER BY __ms) >= {self.gap}, true)::INT AS __brk "
-            "FROM __state))"
+            f"__sid{self.keys}{self.part}) + {self.gap} AS __end FROM (SELECT *, sum(__brk) "
+            f"OVER ({keys}ORDER BY __ms ROWS UNBOUNDED PRECEDING) AS __sid FROM (SELECT *, "
+            f"coalesce(__ms - lag(__ms) OVER ({keys}ORDER BY __ms) >= {self.gap}, true)::INT "
+            "AS __brk FROM __state))"
         )
         aggs = ", ".join(f"{a.over_rows()} AS {quote(n)}" for n, a in self.aggregates.items())
         out = self._table(
             f"SELECT epoch_ms(min(__ms)) AS window_start, epoch_ms(__end) AS window_end"
             f"{self.keys}, {aggs} FROM __sess WHERE __end <= {upto} AND __end > "
-            f"{self.restored} GROUP BY __sid, __end{self.keys} ORDER BY window_start{self.keys}"
+            f"{self._at('__restored', self.restored)} GROUP BY __sid, __end{self.keys}{self.part} "
+            f"ORDER BY window_start{self.keys}"
         )
         self._sql(
             "CREATE OR REPLACE TABLE __state AS SELECT * EXCLUDE (__brk, __sid, __end) "
@@ -547,6 +646,10 @@ class Window(Transform):
         read = {k: max(v, seen.get(k, v)) for k, v in positions.items()}  # even if sought back
         out = {k: min(v, low.get(k, v)) for k, v in read.items()}
         done = self.done | {k: max(v, self.done.get(k, v)) for k, v in self.seen.items()}
+        if self.partitioned:  # of the partitions this worker stores (their positions) only
+            mine = {(t, p) for t, p in map(_partition, filter(is_partition, positions))}
+            out |= {f"{KEY}{t}/{p}": v for (t, p), v in done.items() if (t, p) in mine}
+            return out | {f"{MARK}{t}/{p}": v for (t, p), v in self.marks.items() if (t, p) in mine}
         out |= {f"{KEY}{t}/{p}": v for (t, p), v in done.items()}
         return out | {KEY + "watermark": self.watermark}
 
@@ -556,7 +659,16 @@ class Window(Transform):
             end = f"max(__start) + {self.size}" if self.size else f"max(__ms) + {self.gap or 1}"
             ((last,),) = self._sql(f"SELECT {end} FROM __state")
             self.watermark = max(self.watermark, NEVER if last is None else last)
+            ends = f"SELECT _topic, _partition, {end} FROM __state GROUP BY ALL"
+            for t, p, last in self._sql(ends) if self.partitioned else []:
+                self.marks[(t, p)] = max(self.marks.get((t, p), self.restored), last)
         return self._emit(-NEVER)
+
+
+def _partition(key: str) -> tuple[str, int]:
+    """``<topic>/<partition>`` -> (topic, partition)."""
+    topic, _, part = key.rpartition("/")
+    return topic, int(part)
 
 
 def _iso(ms: int) -> str:
