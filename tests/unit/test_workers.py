@@ -31,6 +31,18 @@ flows:
     transforms:
       - {type: window, time: ts, size: 1m, by: [k], aggregates: {n: count(*)}}
     sink: {type: table, table: counts}
+  partitioned:
+    workers: 2
+    source: {type: topic, topic: events}
+    transforms:
+      - {type: window, time: ts, size: 1m, by: [k], partitioned: true, aggregates: {n: count(*)}}
+    sink: {type: lake, table: counts}
+  to_topic:
+    workers: 2
+    source: {type: topic, topic: events}
+    transforms:
+      - {type: window, time: ts, size: 1m, by: [k], partitioned: true, aggregates: {n: count(*)}}
+    sink: {type: topic, topic: counts}
   generated:
     workers: 2
     source: {type: generator, kind: transactions, limit: 10}
@@ -49,14 +61,18 @@ def test_validate_refuses_workers_where_they_cannot_split_the_flow(tmp_path: Pat
 
     lines = [line for line in check(load(path), path) if ".workers:" in line]
     assert lines == [
-        f"{path}:9: flows.windowed.workers: a window transform keeps state per worker, so N "
-        "workers would not equal one (windows with several workers are not built yet); set "
-        "workers: 1",
-        f"{path}:15: flows.generated.workers: a generator source cannot be split between "
+        f"{path}:9: flows.windowed.workers: the window (transforms.0) spans all partitions, "
+        "so N workers would not equal one; key the input topic by the window's `by` columns "
+        "(e.g. the `key:` of the topic sink writing it) and set `partitioned: true` on the "
+        "window, or set workers: 1",
+        f"{path}:21: flows.to_topic.workers: a window transform (transforms.0) stores its "
+        "bookkeeping per partition with the sink's checkpoint, which a topic sink keeps in one "
+        "record per flow; use a lake or table sink for several workers, or set workers: 1",
+        f"{path}:27: flows.generated.workers: a generator source cannot be split between "
         "workers; read from a topic (its partitions are what workers share) or set workers: 1",
-        f"{path}:15: flows.generated.workers: this s3 sink keeps one writer per flow; use a lake "
+        f"{path}:27: flows.generated.workers: this s3 sink keeps one writer per flow; use a lake "
         "or topic sink, or a table sink on a SQL database, for several workers, or set workers: 1",
-        f"{path}:19: flows.fanned.workers: a lake table template (fan-out) takes one worker; "
+        f"{path}:31: flows.fanned.workers: a lake table template (fan-out) takes one worker; "
         "set workers: 1",
     ]
 

@@ -66,25 +66,21 @@ def problems(pipeline: Pipeline, flow: str, workers: int) -> list[str]:
     for i, t in enumerate(spec.transforms):
         kind = t.type  # type: ignore[attr-defined]
         transform: type[Transform] = registry.lookup("transform", kind)
-        if transform.takes_several_workers(t):
-            if not transform.stateless and spec.sink.type == "topic":  # type: ignore[attr-defined]
-                out.append(
-                    f"transforms.{i}: a {kind} transform stores its per-partition bookkeeping "
-                    "with the sink's checkpoint, which a topic sink keeps in one record per "
-                    "flow, not per partition; use a lake or table sink for several workers, "
-                    "or set workers: 1"
-                )
-        elif kind == "window":
+        if not transform.takes_several_workers(t):
             out.append(
-                f"transforms.{i}: a window spans all partitions, so N workers would not equal "
-                "one; key the input topic by the window's `by` columns (e.g. the `key:` of "
-                "the topic sink writing it) and set `partitioned: true` on the window, or set "
-                "workers: 1"
+                f"the window (transforms.{i}) spans all partitions, so N workers would not "
+                "equal one; key the input topic by the window's `by` columns (e.g. the `key:` "
+                "of the topic sink writing it) and set `partitioned: true` on the window, or "
+                "set workers: 1"
+                if kind == "window"
+                else f"a {kind} transform (transforms.{i}) keeps state per worker, so N "
+                "workers would not equal one; set workers: 1"
             )
-        else:
+        elif not transform.stateless and spec.sink.type == "topic":  # type: ignore[attr-defined]
             out.append(
-                f"transforms.{i}: a {kind} transform keeps state per worker, so N workers "
-                "would not equal one; set workers: 1"
+                f"a {kind} transform (transforms.{i}) stores its bookkeeping per partition "
+                "with the sink's checkpoint, which a topic sink keeps in one record per flow; "
+                "use a lake or table sink for several workers, or set workers: 1"
             )
     return out
 
