@@ -357,3 +357,10 @@ def test_sigkill_mid_stream_then_restart_lands_every_window_exactly_once(tmp_pat
     assert [g[4] for g in got] == pytest.approx([w[4] for w in want])
     dlq = broker.consumer("check", ["t.agg.dlq"]).poll(10, 0.5)
     assert not len(dlq), [orjson.loads(v)["reason"] for v in dlq.values]
+
+
+def test_a_key_column_named_like_the_query_internals_works() -> None:
+    w = window(time="ts", size="10s", by=["k"], aggregates={"n": "count(*)"})
+    rows = partition_rows([1, 2, 12]).append_column("k", pa.array(["x", "y", "x"]))
+    assert [(r["k"], r["n"]) for r in w(rows).to_pylist()] == [("x", 1), ("y", 1)]
+    assert [(r["k"], r["n"]) for r in w.finish().to_pylist()] == [("x", 1)]

@@ -472,8 +472,8 @@ class Window(Transform):
         size, hop, restored = self.size, self.hop, self._at("__restored", self.restored)
         self._sql(  # row x window; minus windows a replayed row was emitted in before
             "CREATE OR REPLACE TEMP TABLE __pairs AS SELECT * FROM (SELECT r.*, __ms - "
-            f"((__ms % {hop}) + {hop}) % {hop} - k * {hop} AS __start FROM __rows r, "
-            f"range({size // hop}) t(k) WHERE __ms IS NOT NULL) "
+            f"((__ms % {hop}) + {hop}) % {hop} - __k * {hop} AS __start FROM __rows r, "
+            f"range({size // hop}) t(__k) WHERE __ms IS NOT NULL) "
             f"WHERE NOT (__replay AND __start + {size} <= {restored})"
         )
         self._late(
