@@ -117,19 +117,27 @@ def worker_pids(pipeline: Pipeline, prefix: str) -> list[int]:
     return sorted(pids)
 
 
-def churn(pipeline: Pipeline, count: Callable[[], int], tmp_path: Path, rng: random.Random) -> str:
-    """3 supervised workers; KILLS random workers SIGKILLed after visible progress, one
+def churn(
+    pipeline: Pipeline,
+    count: Callable[[], int],
+    tmp_path: Path,
+    rng: random.Random,
+    target: int = RECORDS,
+    kills: int = KILLS,
+) -> str:
+    """3 supervised workers; ``kills`` random workers SIGKILLed after visible progress, one
     worker added (another ``tidelake run``) after the second kill and removed after the
-    fourth; then run to the end and stop with SIGTERM. Returns the supervisor's log."""
+    fourth; then run until ``count()`` reaches ``target`` and stop with SIGTERM. Returns the
+    supervisor's log."""
     log = tmp_path / "supervisor.log"
     sup = supervisor(tmp_path / "pipeline.yaml", "--workers", "3", log=log)
     prefix = f"{os.uname().nodename}-{sup.pid}."
     extra: killing.Proc | None = None
     try:
         landed = 0
-        for k in range(KILLS):
-            landed = killing.wait_for_progress(count, landed, RECORDS, sup, timeout=90)
-            if landed >= RECORDS:
+        for k in range(kills):
+            landed = killing.wait_for_progress(count, landed, target, sup, timeout=90)
+            if landed >= target:
                 break
             time.sleep(rng.uniform(0.0, 0.4))
             deadline = time.monotonic() + 30
@@ -150,7 +158,7 @@ def churn(pipeline: Pipeline, count: Callable[[], int], tmp_path: Path, rng: ran
                 assert extra.wait(60) == 0, (tmp_path / "extra.log").read_text()[-2000:]
                 extra = None
         deadline = time.monotonic() + 120
-        while count() < RECORDS and time.monotonic() < deadline:
+        while count() < target and time.monotonic() < deadline:
             assert sup.poll() is None, log.read_text()[-2000:]
             time.sleep(0.2)
         time.sleep(1.0)  # a duplicate would land after the count first reached the target
@@ -375,3 +383,70 @@ def test_zombie_worker_cannot_land_its_stale_batch(
                 p.kill()
                 p.wait()
         db.close()
+
+
+WINDOWED = """\
+name: scale_{unique}
+broker: {broker}
+lake: file://{tmp}/lake
+flows:
+  land:
+    workers: 3
+    source: {{type: topic, topic: {topic}}}
+    transforms:
+      - type: window
+        time: ts
+        size: 1m
+        by: [k]
+        partitioned: true          # the topic is keyed by k
+        allowed_lateness: 5s
+        aggregates: {{n: count(*), total: sum(v)}}
+    sink: {{type: lake, table: land}}
+    batch: {{size: 200, max_latency: 0.2}}
+"""
+
+
+def test_windows_with_three_workers_killed_and_rebalanced_equal_one_worker(
+    tmp_path: Path, kafka_url: str, unique: str
+) -> None:
+    """A tumbling window per key over a topic keyed by that key, with ``partitioned: true``:
+    3 workers, 4 SIGKILLs, a worker joining and leaving; a last record per key closes every
+    window. The windows landed equal those of all input grouped at once: none missing, none
+    twice, every count and sum exact."""
+    base, n, keys = 1_700_000_000_000, 6_000, [f"k{i}" for i in range(12)]
+    rng = random.Random(23)
+    rows = [  # 250 ms apart, up to 5 s early (within allowed_lateness)
+        {
+            "k": rng.choice(keys),
+            "ts": base + i * 250 - rng.randint(0, 5_000),
+            "v": rng.randint(1, 9),
+        }
+        for i in range(n)
+    ]
+    closers = [{"k": k, "ts": base + 10**8, "v": 0} for k in keys]  # their windows stay open
+    topic = f"scale_{unique}"
+    broker = connect(kafka_url)
+    try:
+        broker.create_topic(topic, PARTITIONS)
+        producer = broker.producer()
+        records = rows + closers
+        producer.produce(
+            topic, [orjson.dumps(r) for r in records], [r["k"].encode() for r in records]
+        )
+        producer.close()
+    finally:
+        broker.close()
+    want: dict[tuple[int, str], tuple[int, int]] = {}
+    for r in rows:
+        key = (r["ts"] // 60_000 * 60_000, r["k"])
+        count, total = want.get(key, (0, 0))
+        want[key] = (count + 1, total + r["v"])
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(WINDOWED.format(unique=unique, broker=kafka_url, tmp=tmp_path, topic=topic))
+    pipeline = load(path)
+    log = churn(pipeline, lake_count(pipeline), tmp_path, rng, target=len(want), kills=4)
+    assert "restarting in" in log, "the supervisor restarted the killed workers"
+    with QueryEngine(pipeline) as engine:
+        landed = engine.sql("SELECT epoch_ms(window_start) AS s, k, n, total FROM land").to_pylist()
+    got = sorted(((r["s"], r["k"]), (r["n"], r["total"])) for r in landed)
+    assert got == sorted(want.items())
