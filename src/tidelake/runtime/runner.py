@@ -17,7 +17,9 @@ claims the partitions it is assigned in the sink (``Sink.claim`` bumps their epo
 stores only the positions of the partitions it owns, with those epochs; the sink refuses
 a commit carrying an epoch older than the stored one (``positions.merge``), so a worker
 that lost a partition while paused cannot land its stale batch: the attempt fails with
-``Fenced``, which is transient, and the worker rejoins the group.
+``Fenced``, which is transient, and the worker rejoins the group. Transforms hear of claims
+(with the stored checkpoint) and releases too (``Transform.claim``/``release``: a
+``partitioned`` window restores or drops those partitions' state).
 
 The same holds for failures that are not crashes, by one rule: once anything in an attempt
 raised (a transform, the sink, a dead-letter write, the source), that attempt commits

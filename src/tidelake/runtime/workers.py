@@ -4,7 +4,9 @@ Workers of a flow are members of one consumer group: the log splits the topic's
 partitions between them (Kafka: also between machines running the same command against
 the same cluster; the embedded log: between processes on this machine). Each worker
 claims the partitions it is given in the sink and stores their positions only
-(``runtime.runner``), so the sink needs ``several_writers``.
+(``runtime.runner``), so the sink needs ``several_writers``; a transform keeping state must
+keep it per partition (``Transform.takes_several_workers``: a ``partitioned`` window), and
+the runner tells it when partitions move (``Transform.claim``/``release``).
 
 The supervisor starts each worker as ``tidelake run PIPELINE --flow F --worker ID``,
 restarts one that crashed after a backoff (doubling from ``RESTART_FIRST_SECONDS`` to

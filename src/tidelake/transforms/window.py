@@ -48,6 +48,18 @@ keep them through earlier transforms; moving rows keep them) and one instance of
 ``exactly_once: false``: then nothing is held back and state still open at a stop or crash
 loses its rows so far (at most once); a finite source run to its end is still exact.
 Partitions are read in turns, so ``allowed_lateness`` must also cover the skew between them.
+
+Several workers (``partitioned: true``, for an input topic keyed by the ``by`` columns, so
+each key lives in one partition). Windows, moving frames and sessions are then kept per
+source partition too, each partition has its own watermark (its newest event time minus
+``allowed_lateness``: Kafka Streams' per-task stream time) and the same bookkeeping, stored
+per partition as ``window:<topic>/<partition>`` and ``window:watermark:<topic>/<partition>``
+(no global ``window:watermark``), only for the partitions whose positions the worker stores.
+The runner tells the transform when partitions move (``claim``: restore their bookkeeping
+from the stored checkpoint, re-read as after a restart; ``release``, after their last flush:
+drop their rows). What is emitted then depends only on each partition's rows, not on which
+worker holds it, so N workers equal one. A key spread over partitions yields one result per
+partition.
 """
 
 from __future__ import annotations
