@@ -8,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -20,31 +19,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.environ.get("TIDELAKE_SKIP_S3") == "1", reason="TIDELAKE_SKIP_S3=1"),
 ]
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> str:
-    from tidelake import infra
-
-    return infra.up(["s3"])["s3"]
-
-
-@pytest.fixture
-def s3_lake(s3_endpoint: str, unique: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
-    """A fresh bucket; the env the flows (subprocesses) and this process's queries need."""
-    from tidelake.infra import s3
-
-    bucket = f"lake-{unique}"
-    s3.create_bucket(bucket, s3_endpoint)
-    access, secret = s3.credentials()
-    env = {
-        "TIDELAKE_S3_ENDPOINT": s3_endpoint,
-        "AWS_ACCESS_KEY_ID": access,
-        "AWS_SECRET_ACCESS_KEY": secret,
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    yield {"bucket": bucket, "url": f"s3://{bucket}/lake", "env": env, "endpoint": s3_endpoint}
 
 
 def objects(endpoint: str, bucket: str) -> list[str]:

@@ -7,6 +7,9 @@ same cache as the Kafka broker's (``tidelake.infra._maven``); jars pyspark alrea
 The lake is the pipeline's own: Iceberg's JDBC catalog over the same catalog database and
 warehouse as pyiceberg's SQL catalog (both use the ``iceberg_tables`` schema), under the same
 catalog name, so ``tidelake query``, the API and the dashboard see Spark's snapshots at once.
+A warehouse on S3 is written through Iceberg's ``S3FileIO`` (the AWS bundle jar, fetched only
+then) with the same endpoint and credentials as pyiceberg (``s3_settings``); the streaming
+checkpoints stay on the driver's disk unless ``spark: {checkpoint: ...}`` says otherwise.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from typing import TYPE_CHECKING
 
 from tidelake import extras
 from tidelake.config import Pipeline
-from tidelake.errors import ConfigError
 from tidelake.infra import _maven
 from tidelake.infra._process import cache_root
+from tidelake.s3_settings import S3Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -37,13 +40,16 @@ KAFKA_DEPENDENCIES = [
     "org.apache.commons:commons-pool2:2.12.1",
 ]
 ICEBERG_RUNTIME = "org.apache.iceberg:iceberg-spark-runtime-4.1_2.13:1.12.0"
+ICEBERG_AWS = "org.apache.iceberg:iceberg-aws-bundle:1.12.0"
+"""S3FileIO and the AWS SDK it needs, shaded in one jar."""
 JDBC_DRIVERS = ["org.xerial:sqlite-jdbc:3.50.3.0", "org.postgresql:postgresql:42.7.8"]
 _VERSIONED = re.compile(r"^(.*?)-\d[\w.+-]*\.jar$")
 _lock = threading.Lock()
 
 
-def jars() -> list[Path]:
-    """The jars Spark needs beyond pyspark's own, downloading them on first use."""
+def jars(s3: bool = False) -> list[Path]:
+    """The jars Spark needs beyond pyspark's own (``s3``: and Iceberg's S3FileIO), downloading
+    them on first use."""
     import pyspark
 
     lib = _maven.copy_dependencies(
@@ -53,7 +59,13 @@ def jars() -> list[Path]:
         alone=[KAFKA_CONNECTOR],
     )
     shipped = {_artifact(p.name) for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
-    return sorted(p for p in lib.glob("*.jar") if _artifact(p.name) not in shipped)
+    found = [p for p in lib.glob("*.jar") if _artifact(p.name) not in shipped]
+    if s3:
+        aws = _maven.copy_dependencies(
+            cache_root() / "spark-jars-aws-1", [], what="Iceberg AWS", alone=[ICEBERG_AWS]
+        )
+        found += aws.glob("*.jar")
+    return sorted(found)
 
 
 def _artifact(jar: str) -> str:
@@ -66,11 +78,6 @@ def _jdbc_catalog(pipeline: Pipeline) -> dict[str, str]:
 
     open_catalog(pipeline)  # creates the catalog tables and the namespace, as pyiceberg has them
     wh = warehouse(pipeline)
-    if not wh.startswith("file://"):
-        raise ConfigError(
-            f"lake: {pipeline.lake!r}: engine: spark writes to a local lake (file://) for now; "
-            "keep engine: tidelake for flows into an S3 lake"
-        )
     url = catalog_url(pipeline)
     if url.startswith("sqlite:///"):
         jdbc = "jdbc:sqlite:" + url[len("sqlite:///") - 1 :]
@@ -84,6 +91,11 @@ def _jdbc_catalog(pipeline: Pipeline) -> dict[str, str]:
         f"{prefix}.warehouse": wh,
         f"{prefix}.jdbc.schema-version": "V1",
     }
+    if wh.startswith("s3://"):  # pyiceberg's FileIO properties are Iceberg's, but the region
+        props = S3Settings.from_env().iceberg_properties()
+        conf[f"{prefix}.io-impl"] = "org.apache.iceberg.aws.s3.S3FileIO"
+        conf[f"{prefix}.client.region"] = props.pop("s3.region")
+        conf |= {f"{prefix}.{k}": v for k, v in props.items()}
     user = url.split("://", 1)[1].rpartition("@")[0] if "@" in url else ""
     if user:
         name, _, password = user.partition(":")
@@ -91,6 +103,12 @@ def _jdbc_catalog(pipeline: Pipeline) -> dict[str, str]:
         if password:
             conf[f"{prefix}.jdbc.password"] = password
     return conf
+
+
+def _on_s3(pipeline: Pipeline) -> bool:
+    from tidelake.lake.catalog import warehouse
+
+    return warehouse(pipeline).startswith("s3://")
 
 
 def checkpoint_root(pipeline: Pipeline) -> str:
@@ -108,7 +126,7 @@ def session(pipeline: Pipeline) -> SparkSession:
         conf = {
             "spark.master": pipeline.spark.master,
             "spark.app.name": f"tidelake-{pipeline.name}",
-            "spark.jars": ",".join(str(p) for p in jars()),
+            "spark.jars": ",".join(str(p) for p in jars(s3=_on_s3(pipeline))),
             "spark.driver.bindAddress": "127.0.0.1",
             "spark.driver.host": "127.0.0.1",
             "spark.ui.enabled": "false",
