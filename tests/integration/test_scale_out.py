@@ -1,4 +1,5 @@
-"""Scale out on real Kafka: ``tidelake run --workers 3`` over an 8-partition topic while
+"""Scale out on real Kafka (and, for the lake and windows, on the embedded log with its workers
+as processes of one machine): ``tidelake run --workers 3`` over an 8-partition topic while
 workers are SIGKILLed (the supervisor restarts them), one worker joins from another
 command and one leaves (rebalances); the lake table / PostgreSQL table / output topic ends
 up holding exactly the input. And a zombie: a worker paused past its session timeout whose
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import killing
 import orjson
+import pytest
 
 from tidelake.broker import connect
 from tidelake.config import Pipeline, load
@@ -49,6 +51,14 @@ flows:
     sink: {sink}
     batch: {{size: {batch}, max_latency: {latency}}}
 """
+
+
+@pytest.fixture(params=["kafka", "embedded"])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Kafka, or the embedded log with its workers as processes of this machine."""
+    if request.param == "kafka":
+        return request.getfixturevalue("kafka_url")  # type: ignore[no-any-return]
+    return f"embedded:///{tmp_path}/log.db"  # four slashes: an absolute path
 
 
 def make_pipeline(
@@ -194,9 +204,9 @@ def lake_query(pipeline: Pipeline, sql: str) -> tuple[object, ...]:
 
 
 def test_lake_with_three_workers_killed_and_rebalanced(
-    tmp_path: Path, kafka_url: str, unique: str
+    tmp_path: Path, log_url: str, unique: str
 ) -> None:
-    pipeline = make_pipeline(tmp_path, unique, kafka_url, "{type: lake, table: land}")
+    pipeline = make_pipeline(tmp_path, unique, log_url, "{type: lake, table: land}")
     log = churn(pipeline, lake_count(pipeline), tmp_path, random.Random(13))
     assert "restarting in" in log, "the supervisor restarted the killed workers"
     got = lake_query(
@@ -407,7 +417,7 @@ flows:
 
 
 def test_windows_with_three_workers_killed_and_rebalanced_equal_one_worker(
-    tmp_path: Path, kafka_url: str, unique: str
+    tmp_path: Path, log_url: str, unique: str
 ) -> None:
     """A tumbling window per key over a topic keyed by that key, with ``partitioned: true``:
     3 workers, 4 SIGKILLs, a worker joining and leaving; a last record per key closes every
@@ -425,7 +435,7 @@ def test_windows_with_three_workers_killed_and_rebalanced_equal_one_worker(
     ]
     closers = [{"k": k, "ts": base + 10**8, "v": 0} for k in keys]  # their windows stay open
     topic = f"scale_{unique}"
-    broker = connect(kafka_url)
+    broker = connect(log_url)
     try:
         broker.create_topic(topic, PARTITIONS)
         producer = broker.producer()
@@ -442,7 +452,7 @@ def test_windows_with_three_workers_killed_and_rebalanced_equal_one_worker(
         count, total = want.get(key, (0, 0))
         want[key] = (count + 1, total + r["v"])
     path = tmp_path / "pipeline.yaml"
-    path.write_text(WINDOWED.format(unique=unique, broker=kafka_url, tmp=tmp_path, topic=topic))
+    path.write_text(WINDOWED.format(unique=unique, broker=log_url, tmp=tmp_path, topic=topic))
     pipeline = load(path)
     log = churn(pipeline, lake_count(pipeline), tmp_path, rng, target=len(want), kills=4)
     assert "restarting in" in log, "the supervisor restarted the killed workers"

@@ -556,9 +556,21 @@ class EmbeddedConsumer(Consumer):
         self._last_beat = time.monotonic()
         me = live.index(self.member)
         mine = {tp for i, tp in enumerate(sorted(parts)) if i % len(live) == me}
-        # lost: we were evicted (silent too long) and our partitions were freed meanwhile
-        lost = [tp for tp in self._positions if tp not in held]
-        revoked = sorted(tp for tp in self._positions if tp not in mine or tp in lost)
+        # lost: we were evicted (silent too long) and our partitions were freed meanwhile.
+        # Another member may read them already: nothing of them may be flushed (no on_revoke,
+        # Kafka's onPartitionsLost), the caller drops what it holds and starts again from its
+        # sink's checkpoint.
+        lost = sorted(tp for tp in self._positions if tp not in held)
+        if lost:
+            for tp in lost:
+                del self._positions[tp]
+            raise Fenced(
+                f"group {self.group!r}: partition(s) "
+                f"{', '.join(f'{t}/{p}' for t, p in lost[:3])} went to another member while "
+                f"this one was not heard from for {self.session_timeout:.0f}s (paused or "
+                "starved); what it held of them is dropped, it rejoins from the checkpoint"
+            )
+        revoked = sorted(tp for tp in self._positions if tp not in mine)
         if revoked:
             try:
                 if self.on_revoke:
