@@ -3,7 +3,8 @@ Spark Structured Streaming queries (``local[2]``) on real Kafka, into the same I
 and land the same rows as tidelake's own engine over the same input, also when the Spark
 driver is killed -9 mid-stream and restarted. The profile flow also lands through the
 ``table`` sink (upsert, as the scenario does) and the exactly-once ``topic`` sink, and
-Debezium change envelopes are unwrapped, and the nested profiles flattened, on both engines."""
+Debezium change envelopes are unwrapped, the nested profiles flattened and a python batch
+function applied, on both engines."""
 
 from __future__ import annotations
 
@@ -67,6 +68,17 @@ class Users:
         return count
 
 
+SHOUT = """\
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def shout(table: pa.Table, suffix: str) -> pa.Table:
+    loud = pc.binary_join_element_wise(pc.utf8_upper(table["first"]), suffix, "")
+    return table.append_column("loud", loud.cast(pa.string()))
+"""
+
+
 def _pipeline_file(path: Path, name: str, kafka_url: str) -> None:
     """The scenario's generator, profile and signup flows, landing in the lake: as the
     reference (``_ref``), as Spark flows (``_spark``), and as flows the kill test runs
@@ -98,7 +110,16 @@ def _pipeline_file(path: Path, name: str, kafka_url: str) -> None:
     flat = (
         "SELECT login_uuid, name_first, location_street_number, location_city, dob_age FROM batch"
     )
+    (path.parent / "shout.py").write_text(SHOUT)
     for suffix, extra in (("ref", {}), ("spark", {"engine": "spark"})):
+        flows[f"shout_{suffix}"] = {
+            "source": {"type": "topic", "topic": topic},
+            "transforms": [
+                {"type": "sql", "query": "SELECT login.uuid AS id, name.first AS first FROM batch"},
+                {"type": "python", "function": "shout.py:shout", "args": {"suffix": "!"}},
+            ],
+            "sink": {"type": "lake", "table": f"shout_{suffix}"},
+        } | extra
         flows[f"flat_{suffix}"] = {
             "source": {"type": "topic", "topic": topic},
             "transforms": [{"type": "flatten"}, {"type": "sql", "query": flat}],
@@ -136,7 +157,7 @@ def users(kafka_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             }
         ),  # fmt: skip
     }
-    expected["changes"], expected["flat"] = CHANGES, LIMIT
+    expected["changes"], expected["flat"], expected["shout"] = CHANGES, LIMIT, LIMIT
     users = Users(path, pipeline, expected)
     reference = load(path)
     reference.flows = {f"{n}_ref": reference.flows[f"{n}_ref"] for n in expected}

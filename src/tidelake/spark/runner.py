@@ -124,7 +124,7 @@ class SparkFlowRunner:
         m.last_checkpoint = time.time()
 
     def _start(self, spark: SparkSession) -> StreamingQuery:
-        df = apply(self._source(spark), self.spec)
+        df = apply(self._source(spark), self.spec, self.pipeline.base_dir)
         return (
             df.writeStream.queryName(f"{self.pipeline.name}.{self.name}")
             .outputMode("append")  # a window lands once, when the watermark passes its end

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,6 +124,7 @@ def session(pipeline: Pipeline) -> SparkSession:
     sql = extras.load("pyspark.sql", "engine: spark")
     with _lock:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # python transforms' workers
         conf = {
             "spark.master": pipeline.spark.master,
             "spark.app.name": f"tidelake-{pipeline.name}",

@@ -9,6 +9,9 @@ built from Spark built-ins (no Python UDFs on the hot path):
   ``sha2`` over the same padded keys, so both engines give byte-for-byte equal pseudonyms;
 - ``flatten``: struct columns to top-level ones (``user_name_first``), recursively (JSON text
   columns, ``parse_json``, do not translate: their type is decided batch by batch);
+- ``python``: the same batch function on each Arrow batch (``mapInArrow``, in Spark's Python
+  workers); its result's columns and types are what it returns for an empty batch, since
+  Spark needs them before the first batch;
 - ``unwrap``: the row image (``after``, ``before`` for deletes) as columns with ``_op``,
   ``_ts``, ``_lsn``, ``_table``, as ``transforms.unwrap`` gives them (Debezium envelopes a
   topic source decodes into structs, also ``{"schema", "payload"}`` records);
@@ -23,7 +26,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tidelake.errors import ConfigError
@@ -177,6 +181,32 @@ def _unwrap(df: DataFrame, config: Any) -> DataFrame:
     return out.select("__image.*", *rest)
 
 
+def _python(df: DataFrame, config: Any, base_dir: Path) -> DataFrame:
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    from tidelake.transforms.python import load_function, to_table
+
+    spec, args = config.function, dict(config.args)
+    func = load_function(spec, base_dir)
+    schema = to_table(func(to_arrow_schema(df.schema).empty_table(), **args), spec).schema
+    untyped = [f.name for f in schema if pa.types.is_null(f.type)]
+    if untyped:
+        raise ConfigError(
+            f"python transform {spec} on engine: spark: its result for an empty batch has no "
+            f"type for column(s) {', '.join(untyped)}; Spark needs the result's columns and "
+            "types before the first batch: return typed columns (pa.array([], pa.string()))"
+        )
+
+    def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        user = load_function(spec, base_dir)  # in each of Spark's Python workers
+        for batch in batches:
+            out = to_table(user(pa.Table.from_batches([batch]), **args), spec)
+            yield from out.select(schema.names).cast(schema).to_batches()
+
+    return df.mapInArrow(run, from_arrow_schema(schema))
+
+
 SPARK_AGGREGATES = ("count", "sum", "min", "max", "avg")
 
 
@@ -231,6 +261,7 @@ TRANSLATIONS: dict[str, Translation] = {
     "drop": _drop,
     "flatten": _flatten,
     "pseudonymize": _pseudonymize,
+    "python": _python,  # type: ignore[dict-item]  # applied with the pipeline's base dir
     "unwrap": _unwrap,
     "window": _window,
 }
@@ -238,10 +269,14 @@ SOURCES = ("topic",)
 SINKS = ("lake", "table", "topic")
 
 
-def apply(df: DataFrame, flow: Flow) -> DataFrame:
-    """``df`` through every transform of ``flow``, as Spark operations."""
+def apply(df: DataFrame, flow: Flow, base_dir: Path) -> DataFrame:
+    """``df`` through every transform of ``flow``, as Spark operations (``base_dir``: where
+    a python transform's file path starts)."""
     for transform in flow.transforms:
-        df = TRANSLATIONS[transform.type](df, transform)
+        if transform.type == "python":
+            df = _python(df, transform, base_dir)
+        else:
+            df = TRANSLATIONS[transform.type](df, transform)
     return df
 
 
