@@ -81,6 +81,27 @@ def test_append_stores_checkpoint_in_snapshot_summary(tmp_path: Path) -> None:
     assert str(table.schema().find_field("ts").field_type) == "timestamp"
 
 
+def test_partitions_claimed_before_the_table_existed_are_fenced_from_its_first_commit(
+    tmp_path: Path,
+) -> None:
+    """Two workers hold one partition while the table does not exist yet (a zombie and its
+    successor, both claims stored nowhere): the first commit gives the partition an epoch,
+    so the other's epoch-less commit of the same rows is refused, not landed twice."""
+    zombie, pipeline = make_sink(tmp_path)
+    successor, _ = make_sink(tmp_path)
+    assert zombie.claim(["ratings/0"]) == successor.claim(["ratings/0"]) == {}
+    successor.write(topic_rows(0, 10), {"ratings/0": 10})
+    with pytest.raises(Fenced, match="ratings/0"):
+        zombie.write(topic_rows(0, 10), {"ratings/0": 10})
+    successor.write(topic_rows(10, 15), {"ratings/0": 15})  # its own epoch goes with it
+    assert landed(pipeline)["id"].to_pylist() == list(range(15))
+    restarted, _ = make_sink(tmp_path)  # the zombie restarts and claims properly
+    claimed = restarted.claim(["ratings/0"])
+    assert positions_only(claimed) == {"ratings/0": 15}
+    with pytest.raises(Fenced):
+        successor.write(topic_rows(15, 16), {"ratings/0": 16})
+
+
 def test_new_sink_resumes_from_lake_and_a_zombie_cannot_land(tmp_path: Path) -> None:
     sink, pipeline = make_sink(tmp_path)
     held = sink.claim(["ratings/0"])

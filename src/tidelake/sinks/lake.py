@@ -14,8 +14,12 @@ Guarantees:
   rule, checked against the table state the commit is validated against: a commit whose
   partition epochs are older than the stored ones is refused (``positions.merge`` raises
   ``Fenced``), so a worker that lost its partitions while paused lands nothing. ``claim``
-  bumps the epochs with a commit of its own to every table of the flow (a table that does
-  not exist yet is claimed by the first write creating it). Rows already landed never
+  bumps the epochs with a commit of its own to every table of the flow. A partition claimed
+  while no table held it (the table did not exist yet) has no epoch: the first commit that
+  stores its position gives it epoch 1, and the sink carries that epoch in its later
+  commits, so from then on another worker's epoch-less commit of it is refused (its worker
+  restarts and claims it properly) instead of landing the same rows twice. Rows already
+  landed never
   arrive here: the runner fences them (``runtime.positions``); only a fan-out write
   interrupted between tables re-fences per table.
 - **Schema on write.** Tables are created from the first batch, evolved on new
@@ -47,6 +51,7 @@ import logging
 import random
 import re
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -135,6 +140,8 @@ class LakeSink(Sink):
         self._tables: dict[str, Table] = {}
         self._last_table: str | None = None if self.fields else self.config.table
         self._seq, self._committed = 0, {}
+        self._claimed: set[str] = set()  # partitions claimed through this sink
+        self._first: Checkpoint = {}  # epochs this sink gave partitions claimed without one
         self._committed = self._stored()
 
     # -- checkpoint ---------------------------------------------------------------
@@ -163,6 +170,7 @@ class LakeSink(Sink):
         return committed
 
     def claim(self, keys: list[str]) -> Checkpoint:
+        self._claimed.update(keys)
         for name in self._flow_tables():
             if self._load(name, refresh=True) is not None:
                 self._commit(name, pa.table({}), None, claim=keys)
@@ -224,7 +232,7 @@ class LakeSink(Sink):
                     self._claim_once(table, claim)
                 else:
                     assert entry is not None
-                    self._commit_once(table, rows, entry)
+                    self._first |= self._commit_once(table, rows, entry)
                 break
             except CommitFailedException:
                 if attempt == _RETRIES - 1:
@@ -251,11 +259,13 @@ class LakeSink(Sink):
                 pa.Table.from_batches([], meta.schema().as_arrow()), snapshot_properties=props
             )
 
-    def _commit_once(self, table: Table, rows: pa.Table, entry: StoredCheckpoint) -> None:
+    def _commit_once(self, table: Table, rows: pa.Table, entry: StoredCheckpoint) -> Checkpoint:
+        """Commit ``rows`` with ``entry``; returns the first epochs it gave (see the module)."""
         flow = self.ctx.flow
         with Transaction(table) as tx:
             meta = tx.table_metadata
             held = checkpoints.stored(meta, flow)
+            entry, first = self._with_epochs(entry, held)
             if held is not None:
                 merged = positions.merge(held.positions, entry.positions, flow)
                 entry = StoredCheckpoint(max(held.seq, entry.seq), merged, entry.base, entry.last)
@@ -272,11 +282,35 @@ class LakeSink(Sink):
             }
             if self.config.mode == "upsert":
                 self._upsert(tx, table, rows, props)
-                return
+                return first
             fitted = schema.conform(rows, tx.table_metadata.schema())
             for rejected, reason in fitted.rejected:
                 self.ctx.dead_letter(rejected, reason)
             tx.append(fitted.table, snapshot_properties=props)
+        return first
+
+    def _with_epochs(
+        self, entry: StoredCheckpoint, held: StoredCheckpoint | None
+    ) -> tuple[StoredCheckpoint, Checkpoint]:
+        """``entry`` with the epochs this sink gave before, and epoch 1 for each partition it
+        stores that has an epoch nowhere (claimed while no table held it)."""
+        mine, stored = entry.positions, held.positions if held else {}
+        given = {
+            e: v
+            for e, v in self._first.items()
+            if e not in mine and e.removesuffix(positions.EPOCH) in mine
+        }
+        first = {
+            positions.epoch_key(k): 1
+            for k in mine
+            if k in self._claimed
+            and positions.epoch_key(k) not in mine
+            and positions.epoch_key(k) not in given
+            and positions.epoch_key(k) not in stored
+        }
+        if not given and not first:
+            return entry, {}
+        return replace(entry, positions=mine | given | first), first
 
     def _upsert(
         self, tx: IcebergTransaction, table: Table, rows: pa.Table, props: dict[str, str]
