@@ -1,5 +1,5 @@
-"""Scale out on real Kafka (and, for the lake and windows, on the embedded log with its workers
-as processes of one machine): ``tidelake run --workers 3`` over an 8-partition topic while
+"""Scale out on real Kafka and on the embedded log (its workers as processes of one machine):
+``tidelake run --workers 3`` over an 8-partition topic while
 workers are SIGKILLed (the supervisor restarts them), one worker joins from another
 command and one leaves (rebalances); the lake table / PostgreSQL table / output topic ends
 up holding exactly the input. And a zombie: a worker paused past its session timeout whose
@@ -218,10 +218,10 @@ def test_lake_with_three_workers_killed_and_rebalanced(
 
 
 def test_postgres_table_with_three_workers_killed_and_rebalanced(
-    tmp_path: Path, kafka_url: str, postgres_url: str, unique: str
+    tmp_path: Path, log_url: str, postgres_url: str, unique: str
 ) -> None:
     pipeline = make_pipeline(
-        tmp_path, unique, kafka_url, "{type: table, table: land}", database=postgres_url
+        tmp_path, unique, log_url, "{type: table, table: land}", database=postgres_url
     )
     db = connect_db(postgres_url)
 
@@ -240,7 +240,7 @@ def test_postgres_table_with_three_workers_killed_and_rebalanced(
         assert (total, ids, positions, twice) == (
             RECORDS, RECORDS, RECORDS, RECORDS * (RECORDS - 1)
         )  # fmt: skip
-        ends = connect(kafka_url).end_offsets(f"scale_{unique}")
+        ends = connect(log_url).end_offsets(f"scale_{unique}")
         stored = db.load_checkpoint(f"scale_{unique}/land")
         expected = {f"scale_{unique}/{p}": n for p, n in ends.items()}
         assert {k for k in stored if "#" not in k} <= set(expected)
@@ -253,14 +253,15 @@ def test_postgres_table_with_three_workers_killed_and_rebalanced(
 
 
 def test_topic_sink_with_three_workers_killed_and_rebalanced(
-    tmp_path: Path, kafka_url: str, unique: str
+    tmp_path: Path, log_url: str, unique: str
 ) -> None:
-    """Each worker's transactions carry its group offsets (KIP-447)."""
+    """Each worker's transactions carry its group offsets (Kafka's KIP-447; the embedded log
+    checks its owners table in the same SQLite transaction)."""
     out = f"scale_out_{unique}"
     pipeline = make_pipeline(
-        tmp_path, unique, kafka_url, f"{{type: topic, topic: {out}, partitions: 4}}"
+        tmp_path, unique, log_url, f"{{type: topic, topic: {out}, partitions: 4}}"
     )
-    broker = connect(kafka_url)
+    broker = connect(log_url)
     reader = broker.consumer(f"check_{unique}", [out])  # read_committed
     landed: list[dict[str, int]] = []
 

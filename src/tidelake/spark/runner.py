@@ -73,9 +73,9 @@ class SparkFlowRunner:
         self._naive: set[str] = set()  # top-level columns tidelake decodes as naive timestamps
         self._sink: Sink | None = None  # a table or topic sink, opened by the first batch
         self._broker: Broker | None = None
-        self._dead_letters = dead_letters.Writer(pipeline, name, self._log)
+        self._dead_letters = dead_letters.Writer(pipeline, name, self._pipeline_log)
 
-    def _log(self) -> Broker:
+    def _pipeline_log(self) -> Broker:
         if self._broker is None:
             self._broker = connect(self.pipeline.url(self.pipeline.broker))
         return self._broker
@@ -261,15 +261,14 @@ class SparkFlowRunner:
         def dead_letter(rows: Any, reason: Any) -> None:
             self.metrics.dead_letters += self._dead_letters.write(rows, reason)
 
-        ctx = FlowContext(
+        return FlowContext(
             flow=self.name,
             pipeline=self.pipeline,
             metrics=self.metrics,
-            broker_factory=self._log,
+            broker_factory=self._pipeline_log,
             dead_letter=dead_letter,
+            committed=lambda: self._sink.checkpoint() if self._sink else {},
         )
-        ctx.committed = lambda: self._sink.checkpoint() if self._sink else {}
-        return ctx
 
     def _query_id(self) -> str:
         return str(json.loads((self._checkpoint / "metadata").read_text())["id"])
