@@ -2,7 +2,9 @@
 
 python -m bench report [--records N] [--after YYYYmmdd_HHMMSS] [--workload W3] prints the
 results table (median per system; W1, W2 and W3 rows, plus what is pending).
-python -m bench prepare --records N  produces the input topic only.
+python -m bench prepare --records N [--partitions 4]  produces the input topic only.
+python -m bench scale --records N --workers 1 2 4  W2 with N tidelake workers on a 4-partition
+topic, one run per worker count (``report --scale`` prints those runs again).
 python -m bench setup [--system S]  creates the peers' pinned venvs (``run`` does it when needed).
 """
 
@@ -29,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     pr = sub.add_parser("prepare", help="produce the input topic (cached) and its reference")
     pr.add_argument("--records", type=int, default=5_000_000)
     pr.add_argument("--seed", type=int, default=42)
+    pr.add_argument("--partitions", type=int, default=1, help="topic bench.users.N.sSEED.pP")
+    sc = sub.add_parser("scale", help="W2 with 1, 2, 4 tidelake workers on a P-partition topic")
+    sc.add_argument("--records", type=int, default=2_000_000)
+    sc.add_argument("--seed", type=int, default=42)
+    sc.add_argument("--partitions", type=int, default=4)
+    sc.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    sc.add_argument("--timeout", type=float, default=None, help="seconds per run before stop")
     st = sub.add_parser("setup", help="create the peers' pinned virtual environments")
     st.add_argument("--system", action="append", choices=harness.SYSTEMS)
     rep = sub.add_parser("report", help="results table from the recorded runs")
@@ -38,10 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     rep.add_argument("--before", default=None, help="only runs whose run_id timestamp < this")
     rep.add_argument("--workload", action="append", choices=harness.WORKLOADS)
+    rep.add_argument("--scale", action="store_true", help="the W2 scale-out runs (`scale`)")
     a = p.parse_args(argv)
     if a.cmd == "prepare":
-        harness.prepare(harness.kafka_up(), a.records, a.seed)
+        harness.prepare(harness.kafka_up(), a.records, a.seed, a.partitions)
         return 0
+    if a.cmd == "scale":
+        from bench import scale
+
+        rows = scale.run_scale(a.records, a.seed, a.partitions, a.workers, a.timeout)
+        print(scale.summarize(rows))
+        return 0 if all(r.get("ok") for r in rows) else 1
     if a.cmd == "setup":
         for system in a.system or harness.DEFAULT_SYSTEMS:
             if venvs.needs_venv(system):
@@ -55,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r for r in rows if "pending" in r or r["run_id"].split("_", 2)[2] >= a.after]
         if a.before:
             rows = [r for r in rows if "pending" in r or r["run_id"].split("_", 2)[2] < a.before]
+        if a.scale:
+            from bench import scale
+
+            print(scale.summarize([r for r in rows if r["workload"] == "W2scale"]))
+            return 0
+        rows = [r for r in rows if r["workload"] != "W2scale"]
         # what cannot run (yet) shows as pending rows: e.g. faust W3, tidelake W3 until
         # src/tidelake/transforms/window.py exists
         rows += [

@@ -137,19 +137,23 @@ SELECT CAST(to_json(struct_pack(
 """
 
 
-def input_topic(records: int, seed: int) -> str:
-    return f"bench.users.{records}.s{seed}"
+def input_topic(records: int, seed: int, partitions: int = 1) -> str:
+    base = f"bench.users.{records}.s{seed}"
+    return base if partitions == 1 else f"{base}.p{partitions}"
 
 
-def prepare(brokers: str, records: int, seed: int) -> tuple[str, dict]:
-    """The input topic (produced once, then reused) and the reference result (cached)."""
+def prepare(brokers: str, records: int, seed: int, partitions: int = 1) -> tuple[str, dict]:
+    """The input topic (produced once, then reused) and the reference result (cached).
+
+    With several partitions, record i goes to partition i % partitions (even shares, each
+    partition in generation order); the reference does not depend on the partition count."""
     import duckdb
     import orjson
     from confluent_kafka import Producer
 
     from tidelake.sources.generator import generate
 
-    topic = input_topic(records, seed)
+    topic = input_topic(records, seed, partitions)
     ref_path = CACHE / f"{topic}.reference.json"
     have = high_watermark(brokers, topic)
     expired = have and high_watermark(brokers, topic, low=True)  # retention deleted the start
@@ -163,7 +167,7 @@ def prepare(brokers: str, records: int, seed: int) -> tuple[str, dict]:
             time.sleep(0.5)
     (CACHE / f"{topic}.w3.reference.json").unlink(missing_ok=True)
     say(f"input: producing {records} user profiles (seed {seed}) to {topic} ...")
-    create_topic(brokers, topic, 1, {"retention.ms": "-1"})  # reused across days
+    create_topic(brokers, topic, partitions, {"retention.ms": "-1"})  # reused across days
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     p = Producer(
@@ -184,7 +188,7 @@ def prepare(brokers: str, records: int, seed: int) -> tuple[str, dict]:
     for start in range(0, records, chunk):
         g = generate("user_profiles", start, min(chunk, records - start), seed)
         values = con.sql(ENCODE_SQL).to_arrow_table().column(0).to_pylist()
-        for v in values:
+        for i, v in enumerate(values, start):
             size += len(v)
             raw.add_raw(v)
             rec = transform(orjson.loads(v))
@@ -192,7 +196,7 @@ def prepare(brokers: str, records: int, seed: int) -> tuple[str, dict]:
                 ref.add(rec)
             while True:
                 try:
-                    p.produce(topic, v)
+                    p.produce(topic, v, partition=i % partitions)
                     break
                 except BufferError:
                     p.poll(0.1)
@@ -288,6 +292,9 @@ def verify_topic(
 
 
 def verify_parquet(system: str, out: str, pipeline_name: str = "bench_users") -> dict:
+    """Count + checksum of W2's output (and its number of distinct ids: a duplicate row
+    would not change the count of a run that also lost one)."""
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     cs = Checksum()
@@ -320,7 +327,7 @@ def verify_parquet(system: str, out: str, pipeline_name: str = "bench_users") ->
         return cs.result()
     for batch in data.to_batches(100_000):
         cs.add_columns({f: batch.column(f).to_pylist() for f in FIELDS})
-    return cs.result()
+    return cs.result() | {"distinct_ids": pc.count_distinct(data.column("id")).as_py()}
 
 
 # -- one run ------------------------------------------------------------------------------------------

@@ -15,16 +15,21 @@ from bench.common import DEFAULT_KEY, KEY_ENV, Meter, worker_args
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "users_w1.yaml"
 
 
-def load_flow(text: str, flow: str, path: Path):
-    """The pipeline with only `flow` in it: tidelake validates every flow of a file it loads,
-    so W1/W2 must not depend on W3's `window` transform being available (and vice versa)."""
+def flow_yaml(text: str, flow: str) -> str:
+    """The pipeline file with only `flow` in it: tidelake validates every flow of a file it
+    loads, so W1/W2 must not depend on W3's `window` transform being available (and vice
+    versa)."""
     import yaml
-
-    from tidelake.config import loads
 
     raw = yaml.safe_load(text)
     raw["flows"] = {flow: raw["flows"][flow]}
-    return loads(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), path)
+    return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
+def load_flow(text: str, flow: str, path: Path):
+    from tidelake.config import loads
+
+    return loads(flow_yaml(text, flow), path)
 
 
 def main() -> None:
