@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pytest
@@ -126,6 +127,31 @@ def test_workers_store_their_own_partitions(tmp_path: Path) -> None:
     b.write(topic_rows(100, 103, partition=1), {"ratings/1": 103} | eb)
     a.write(topic_rows(5, 8, partition=0), {"ratings/0": 8} | ea)  # a's table state is stale
     assert sorted(landed(pipeline)["id"].to_pylist()) == [*range(8), 100, 101, 102]
+    assert make_sink(tmp_path)[0].checkpoint() == {"ratings/0": 8, "ratings/1": 103}
+
+
+def test_a_commit_that_lost_the_race_reuses_its_data_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another worker committed first: the retry stages the Parquet file already written (no
+    second copy is left in the warehouse, in no snapshot) and dead-letters a bad row once."""
+    dlq = DeadLetters()
+    a, pipeline = make_sink(tmp_path, dlq)
+    b, _ = make_sink(tmp_path)
+    ea, eb = epochs_of(a.claim(["ratings/0"])), epochs_of(b.claim(["ratings/1"]))
+    a.write(topic_rows(0, 5, partition=0, score=pa.array([1.0] * 5)), {"ratings/0": 5} | ea)
+    b.write(topic_rows(100, 103, partition=1, score=pa.array([2.0] * 3)), {"ratings/1": 103} | eb)
+    caplog.set_level("INFO", logger="tidelake.sinks.lake")
+    stale = topic_rows(5, 8, partition=0, score=pa.array(["6", "oops", "8"]))
+    a.write(stale, {"ratings/0": 8} | ea)  # a's table state is stale: its commit is retried
+
+    assert "changed under flow f; retrying" in caplog.text
+    assert sorted(landed(pipeline)["id"].to_pylist()) == [0, 1, 2, 3, 4, 5, 7, 100, 101, 102]
+    assert dlq.rows == 1 and dlq[0][0]["score"].to_pylist() == ["oops"]
+    live = {
+        urlparse(t.file.file_path).path for t in load_table(pipeline, "events").scan().plan_files()
+    }
+    assert {str(p) for p in tmp_path.rglob("*.parquet")} == live
     assert make_sink(tmp_path)[0].checkpoint() == {"ratings/0": 8, "ratings/1": 103}
 
 

@@ -1,11 +1,13 @@
 """Every use of pyiceberg's private API, in one place.
 
-pyiceberg offers no public way to do these three things, so tidelake reaches into its
+pyiceberg offers no public way to do these things, so tidelake reaches into its
 internals here and nowhere else; pyproject.toml bounds pyiceberg below the next minor
 version, and raising that bound means re-checking this module (tests/unit/test_lake_*).
 
 - ``Transaction``: staged-metadata memoization (private ``_table``, ``_updates``).
 - ``data_files``: Parquet data files from an Arrow table (``_dataframe_to_data_files``).
+- ``append_files``: stage an append of data files already written, the way
+  ``Transaction.append`` would (``_append_snapshot_producer``: fast or merge append).
 - ``metadata_locations``: every table's metadata pointer in one query of the SQL catalog's
   own table (``IcebergTables``, ``engine``, ``_iceberg_type_filter``).
 """
@@ -47,6 +49,13 @@ class Transaction(_Transaction):
 def data_files(meta: TableMetadata, data: pa.Table, io: FileIO) -> list[DataFile]:
     """Write ``data`` as Parquet data files of the table described by ``meta`` (not committed)."""
     return list(_dataframe_to_data_files(meta, data, io, uuid.uuid4()))
+
+
+def append_files(tx: _Transaction, files: list[DataFile], properties: dict[str, str]) -> None:
+    """Stage the append of ``files`` in ``tx``: ``Transaction.append`` without writing them."""
+    with tx._append_snapshot_producer(properties) as append:
+        for f in files:
+            append.append_data_file(f)
 
 
 def metadata_locations(catalog: SqlCatalog, namespace: str) -> dict[str, str]:

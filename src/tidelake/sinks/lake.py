@@ -59,13 +59,16 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.manifest import DataFile
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table import Transaction as IcebergTransaction
 from pyiceberg.transforms import Transform, parse_transform
 
 from tidelake import column_templates
 from tidelake.errors import ConfigError
-from tidelake.lake import checkpoints, schema, upsert
+from tidelake.lake import checkpoints, pyiceberg_internals, schema, upsert
 from tidelake.lake.catalog import guard, identifier_part, namespace, open_catalog
 from tidelake.lake.checkpoints import StoredCheckpoint
 from tidelake.lake.maintenance import Maintainer, MaintenancePolicy
@@ -142,6 +145,7 @@ class LakeSink(Sink):
         self._seq, self._committed = 0, {}
         self._claimed: set[str] = set()  # partitions claimed through this sink
         self._first: Checkpoint = {}  # epochs this sink gave partitions claimed without one
+        self._written: tuple[tuple[Schema, PartitionSpec, int], list[DataFile]] | None = None
         self._committed = self._stored()
 
     # -- checkpoint ---------------------------------------------------------------
@@ -225,6 +229,7 @@ class LakeSink(Sink):
         entry: StoredCheckpoint | None,
         claim: list[str] | None = None,
     ) -> None:
+        self._written = None
         for attempt in range(_RETRIES):
             table = self._load(name) or self._create(name, rows)
             try:
@@ -283,10 +288,7 @@ class LakeSink(Sink):
             if self.config.mode == "upsert":
                 self._upsert(tx, table, rows, props)
                 return first
-            fitted = schema.conform(rows, tx.table_metadata.schema())
-            for rejected, reason in fitted.rejected:
-                self.ctx.dead_letter(rejected, reason)
-            tx.append(fitted.table, snapshot_properties=props)
+            pyiceberg_internals.append_files(tx, self._data_files(tx, table, rows), props)
         return first
 
     def _with_epochs(
@@ -311,6 +313,22 @@ class LakeSink(Sink):
         if not given and not first:
             return entry, {}
         return replace(entry, positions=mine | given | first), first
+
+    def _data_files(self, tx: IcebergTransaction, table: Table, rows: pa.Table) -> list[DataFile]:
+        """``rows`` fitted to the table and written as Parquet data files, once per commit: an
+        attempt retried after another writer won the race reuses the files (and dead letters)
+        of the first while the table's schema and partition spec are still the same (and
+        the fan-out fence kept the same rows: it only drops rows)."""
+        meta = tx.table_metadata
+        layout = (meta.schema(), meta.spec(), rows.num_rows)
+        if self._written is None or self._written[0] != layout:
+            fitted = schema.conform(rows, meta.schema())
+            for rejected, reason in fitted.rejected:
+                self.ctx.dead_letter(rejected, reason)
+            data = fitted.table
+            files = pyiceberg_internals.data_files(meta, data, table.io) if data.num_rows else []
+            self._written = (layout, files)
+        return self._written[1]
 
     def _upsert(
         self, tx: IcebergTransaction, table: Table, rows: pa.Table, props: dict[str, str]
