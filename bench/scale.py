@@ -260,9 +260,10 @@ def scale_once(
         data_commits_per_s=round(
             lake["data_commits"] / max(lake["last_commit"] - lake["first_data_commit"], 1e-3), 2
         ),
-        # a commit that lost the race is retried with its Parquet file written again: the
-        # losing attempt's file stays behind, in no snapshot (INFO logs are not printed)
-        commit_retries=sum(1 for _ in out.rglob("*.parquet")) - lake["data_files"],
+        # commits lost to another worker and retried (their final published counters)
+        commit_retries=sum(w["commit_retries"] for w in per_worker(workdir)),
+        # Parquet files no snapshot references (a retry that wrote its batch again)
+        orphan_files=sum(1 for _ in out.rglob("*.parquet")) - lake["data_files"],
         per_worker=shares,
         machine=machine(),
     )
@@ -288,6 +289,7 @@ def per_worker(workdir: Path) -> list[dict]:
                 "records_in": m["records_in"],
                 "batches": m["batches"],
                 "partitions": sorted(m.get("partitions", {})),
+                "commit_retries": m.get("counts", {}).get("lake_commit_retries", 0),
             }
         )
     return rows

@@ -146,6 +146,7 @@ def test_a_commit_that_lost_the_race_reuses_its_data_files(
     a.write(stale, {"ratings/0": 8} | ea)  # a's table state is stale: its commit is retried
 
     assert "changed under flow f; retrying" in caplog.text
+    assert a.ctx.metrics.counts == {"lake_commit_retries": 1}
     assert sorted(landed(pipeline)["id"].to_pylist()) == [0, 1, 2, 3, 4, 5, 7, 100, 101, 102]
     assert dlq.rows == 1 and dlq[0][0]["score"].to_pylist() == ["oops"]
     live = {

@@ -31,7 +31,8 @@ class FlowMetrics:
     started: float = field(default_factory=time.time)
     last_error: str = ""
     counts: dict[str, int] = field(default_factory=dict)
-    """Named counts transforms report (``redact``: ``redacted_email``, ...)."""
+    """Named counts transforms and sinks report (``redact``: ``redacted_email``, ...; the
+    ``lake`` sink: ``lake_commit_retries``, commits lost to another writer and retried)."""
     worker: str = ""
     """Which worker of the flow (``--workers``); empty for a flow run in one process."""
     partitions: dict[str, int] = field(default_factory=dict)

@@ -59,7 +59,9 @@ class _Flows:
                 counter.add_metric([str(f.get("flow", ""))], _number(f.get(key)))
             yield counter
         counts = _Counter(
-            "tidelake_flow_count", "counts transforms report (redact)", labels=["flow", "name"]
+            "tidelake_flow_count",
+            "counts transforms and sinks report (redact, lake commit retries)",
+            labels=["flow", "name"],
         )
         for f in flows:
             named = f.get("counts")

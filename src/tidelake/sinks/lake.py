@@ -243,6 +243,8 @@ class LakeSink(Sink):
                 if attempt == _RETRIES - 1:
                     raise
                 log.info("lake table %s changed under flow %s; retrying", name, self.ctx.flow)
+                counts = self.ctx.metrics.counts  # commit contention, at /metrics
+                counts["lake_commit_retries"] = counts.get("lake_commit_retries", 0) + 1
                 self._load(name, refresh=True)
                 time.sleep(random.uniform(0.02, 0.05 * (attempt + 1)))
         try:
