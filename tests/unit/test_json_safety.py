@@ -12,6 +12,7 @@ import pytest
 from test_embedded_flow import _run_until
 
 from tidelake.broker.embedded import EmbeddedBroker
+from tidelake.formats import json as json_format
 from tidelake.formats.json import MAX_DEPTH, MAX_RECORD_BYTES, decode_json
 from tidelake.serve import ingest
 
@@ -23,6 +24,8 @@ BAD = {
     b'{"a": NaN}': "invalid JSON",
     b'{"a": Infinity}': "invalid JSON",
     b'{"a": -Infinity}': "invalid JSON",
+    b'{"a": Inf}': "invalid JSON",  # Arrow reads it as inf
+    b'{"a": [1,-Inf]}': "invalid JSON",
     b'\xef\xbb\xbf{"a": 1}': "byte order mark",
     b'{"a": 1e400}': "infinity",
     b'{"a": 99999999999999999999}': "64 bits",
@@ -77,6 +80,20 @@ def test_clean_batches_keep_the_fast_path_and_their_values() -> None:
     assert bad == [] and table.num_rows == 2001
     assert table.column("id")[-1].as_py() == 2**63 - 1
     assert table.column("s")[-1].as_py() == "NaN Infinity"
+
+
+def test_string_contents_never_cost_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uuids, hex digests and text hold e123, NaN and long digit runs: only values count."""
+    monkeypatch.setattr(json_format, "_decode_slow", None)  # calling it would fail the test
+    values = [
+        orjson.dumps(
+            {"id": i, "uuid": f"6e4{i:03d}-e-123e400", "s": "NaN Inf 12345678901234567890"}
+        )
+        for i in range(1000)
+    ]
+    table, bad = decode_json([*values, b'{"id": -1, "f": -1.5e30, "t": ["a, b", "x: y"]}'])
+    assert bad == [] and table.num_rows == 1001
+    assert table.column("uuid")[7].as_py() == "6e4007-e-123e400"
 
 
 def test_topic_source_dead_letters_hostile_records_and_lands_the_rest(tmp_path: Path) -> None:

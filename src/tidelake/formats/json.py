@@ -4,8 +4,8 @@ Decoding never hands Arrow's JSON reader a batch it could crash on or silently
 misread. A few vectorized checks over the whole batch (``_clean``) come first:
 every value is valid UTF-8, one object on one line, at most ``MAX_RECORD_BYTES``,
 with few enough brackets that its depth cannot pass ``MAX_DEPTH``, and with no
-token that Arrow would read wrongly (``NaN``, ``Infinity``, 19+ digit numbers,
-3-digit exponents). A clean batch goes to Arrow's C++ reader at once (the fast
+value that Arrow would read wrongly (``NaN``, ``Inf``, 19+ digit numbers, 3-digit
+exponents; string contents aside). A clean batch goes to Arrow's C++ reader at once (the fast
 path). Otherwise, or when Arrow fails (a field whose type changes inside the
 batch), records are parsed one by one with orjson, so each bad one is named
 with its reason and the rest still decode; a field whose JSON kind varies takes
@@ -46,7 +46,11 @@ MAX_RECORD_BYTES = 1 << 20
 
 _SHALLOW_BYTES = 4096
 """Records this short nest at most ~2,000 deep: far below what overflows Arrow's parser."""
-_MISREAD = r"NaN|Infinity|[0-9]{19}|[eE][+-]?[0-9]{3}"
+_MISREAD = r"[:,\[]\s*-?(?:NaN|Inf|[0-9]{19}|[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3})"
+"""A token Arrow would misread (``NaN``, ``Inf``/``Infinity``, 19+ digit integers, 3-digit
+exponents) as a value: right after the ``:``, ``[`` or ``,`` that starts every value outside
+a string. Inside strings these are text (uuids and hex digests hold ``e123`` everywhere); a
+string that happens to hold such a delimiter and token only costs the batch the slow path."""
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
