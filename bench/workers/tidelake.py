@@ -52,17 +52,19 @@ def main() -> None:
     pipeline = pipeline.model_copy(update={"base_dir": Path(a.workdir)})
     runner = FlowRunner(pipeline, a.workload.lower())
     meter = Meter(a.records)
-    read = runner.source.read
+    # on the class: the runner builds a fresh source for every attempt (FlowRunner._reset)
+    source = type(runner.source)
+    read = source.read
 
-    def counted(max_records: int, timeout: float):
+    def counted(self, max_records: int, timeout: float):
         if meter.done_reading:
             return None  # the input topic is finite: end the flow (flush, close) here
-        batch = read(max_records, timeout)
+        batch = read(self, max_records, timeout)
         if batch is not None and batch.table.num_rows:
             meter.seen(batch.table.num_rows)
         return batch
 
-    runner.source.read = counted  # type: ignore[method-assign]
+    source.read = counted  # type: ignore[method-assign]
     m = runner.run()
     meter.report(
         a.stats,
