@@ -279,11 +279,12 @@ class EnginePool:
             ) from None
 
     def _release(self, worker: Worker) -> None:
-        if worker.alive:
+        if worker.alive and not worker.worn:
             self._idle.put(worker)
         else:
+            worker.kill()
             self._forget(worker)
-            self.warm()  # a killed worker's replacement starts now, not on the next request
+            self.warm()  # a killed or worn worker's replacement starts now, not on the next request
 
     def warm(self) -> None:
         """Start workers up to ``limits.engines`` in the background."""

@@ -114,7 +114,15 @@ class Worker:
         self._out = self.proc.stdout.fileno()
         _write(self._in, setup)
         self._answer(time.monotonic() + STARTUP, ceiling=None, what="starting")
-        self.ceiling = rss_bytes(self.proc.pid) + memory_limit
+        idle = rss_bytes(self.proc.pid)
+        self.ceiling = idle + memory_limit
+        self._worn_at = idle + memory_limit // 2
+
+    @property
+    def worn(self) -> bool:
+        """Its memory stayed above half its limit after a query (allocators keep freed
+        pages): the next query, however small, could pass the ceiling, so it is replaced."""
+        return rss_bytes(self.proc.pid) > self._worn_at
 
     @property
     def alive(self) -> bool:
