@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+from topic_reader import read_to_end
 
 from tidelake.broker import Broker, connect
 from tidelake.config import loads
@@ -415,15 +416,10 @@ def test_a_store_sink_failing_between_rows_and_positions_lands_every_record_once
 def _copied(url: str, pipeline_dir: Path, topic: str) -> tuple[int, int]:
     """(records, distinct ids) committed to ``topic``, read to its end."""
     broker = _connect(url, pipeline_dir)
-    consumer = broker.consumer(f"check-{time.monotonic_ns()}", [topic])
-    ids: list[int] = []
-    idle = 0
-    while idle < 3:
-        batch = consumer.poll(50_000, 0.5)
-        idle = 0 if len(batch) else idle + 1
-        ids.extend(orjson.loads(v)["id"] for v in batch.values)
-    consumer.close()
-    broker.close()
+    try:
+        ids = [r["id"] for r in read_to_end(broker, topic)]
+    finally:
+        broker.close()
     return len(ids), len(set(ids))
 
 

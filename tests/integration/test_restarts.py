@@ -23,6 +23,7 @@ import orjson
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from topic_reader import read_to_end
 
 from tidelake import infra
 from tidelake.broker import connect
@@ -188,15 +189,10 @@ flows:
 
     def copied() -> tuple[int, int]:
         broker = connect(urls["kafka"])
-        consumer = broker.consumer(f"check-{time.monotonic_ns()}", ["copied"])
-        ids: list[int] = []
-        idle = 0
-        while idle < 3:
-            batch = consumer.poll(50_000, 1.0)
-            idle = 0 if len(batch) else idle + 1
-            ids.extend(orjson.loads(v)["id"] for v in batch.values)
-        consumer.close()
-        broker.close()
+        try:
+            ids = [r["id"] for r in read_to_end(broker, "copied", wait=1.0)]
+        finally:
+            broker.close()
         return len(ids), len(set(ids))
 
     land, copy = Running(text, path, "land"), Running(text, path, "copy")

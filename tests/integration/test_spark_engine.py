@@ -24,6 +24,7 @@ import pytest
 import yaml
 from killing import kill_repeatedly, run_to_target, start
 from scenario_run import run_until
+from topic_reader import read_to_end
 
 from tidelake.broker import connect
 from tidelake.config import Pipeline, load
@@ -205,18 +206,10 @@ def _table_rows(users: Users) -> list[dict[str, Any]]:
 
 def _topic_rows(users: Users) -> list[dict[str, Any]]:
     broker = connect(users.pipeline.url(users.pipeline.broker))
-    consumer = broker.consumer(
-        f"check-{uuid.uuid4().hex[:8]}", [f"{users.pipeline.name}.profiles_out"]
-    )
-    rows: list[dict[str, Any]] = []
-    idle = 0
-    while idle < 2:
-        batch = consumer.poll(10_000, 0.5)
-        idle = 0 if len(batch) else idle + 1
-        rows += [orjson.loads(v) for v in batch.values]
-    consumer.close()
-    broker.close()
-    return rows
+    try:
+        return read_to_end(broker, f"{users.pipeline.name}.profiles_out", idle=2)
+    finally:
+        broker.close()
 
 
 def _same(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> None:
