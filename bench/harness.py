@@ -29,9 +29,19 @@ VENVS = Path(os.environ.get("BENCH_VENVS", Path.home() / ".cache" / "tidelake" /
 RUNS = CACHE / "runs"
 RESULTS = CACHE / "results.jsonl"
 
-SYSTEMS = ["tidelake", "ceiling", "quixstreams", "bytewax", "pathway", "faust", "tidelake_patched"]
+SYSTEMS = [
+    "tidelake",
+    "tidelake_spark",
+    "ceiling",
+    "quixstreams",
+    "bytewax",
+    "pathway",
+    "faust",
+    "tidelake_patched",
+]
 DEFAULT_SYSTEMS = SYSTEMS[:-1]
-"""tidelake_patched: an experiment (the profile's fixes applied by monkeypatching), not a peer."""
+"""tidelake_patched: an experiment (the profile's fixes applied by monkeypatching), not a peer.
+tidelake_spark: the same pipeline file with ``engine: spark`` (W2 only)."""
 WORKLOADS = ["W1", "W2", "W3"]
 TOPIC_OUTPUT = ("W1", "W3")
 """Workloads whose output is a Kafka topic (W2 writes files or a lake table)."""
@@ -42,6 +52,8 @@ PENDING = {
     "be stale at the next tick, so there is no like-for-like event-time window "
     "(and faust is ~20x slower than the others)",
     ("tidelake_patched", "W3"): "the patched experiment covers W1/W2 only",
+    ("tidelake_spark", "W1"): "the Spark engine is benchmarked on W2 (topic -> lake), as #15 asks",
+    ("tidelake_spark", "W3"): "the Spark engine is benchmarked on W2 (topic -> lake), as #15 asks",
 }
 if not (REPO / "src" / "tidelake" / "transforms" / "window.py").exists():
     # switches on by itself once the window transform lands

@@ -15,6 +15,7 @@ before T is visible. A record's latency is the time of the first poll that saw a
 ``produce_ts``, minus its ``produce_ts``; percentiles are over all records after a warm-up.
 
     .venv/bin/python bench/lake_latency.py [--rate 10000] [--seconds 60] [--max-latency 1.0]
+        [--engine tidelake|spark]
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ PIPELINE = """\
 name: bench_latency_{run}
 broker: {broker}
 lake: file://{lake}
+spark: {{master: "local[2]"}}
 flows:
   land:
     source: {{type: topic, topic: {topic}, group: bench.latency.{run}}}
@@ -95,6 +97,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10, help="seconds not counted")
     parser.add_argument("--max-latency", type=float, default=1.0, help="flow commit interval")
     parser.add_argument("--batch-size", type=int, default=100_000)
+    parser.add_argument(
+        "--engine", choices=["tidelake", "spark"], default="tidelake",
+        help="the flow's engine (spark: local[2]; give it --warmup 30 for its start-up)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     broker_url = infra.up(["kafka"])["kafka"]
@@ -120,7 +126,7 @@ def main() -> None:
         pipeline = load(path)
         log = open(Path(tmp) / "flow.log", "wb")  # noqa: SIM115
         flow = subprocess.Popen(
-            [sys.executable, "-m", "tidelake.cli", "run", str(path)],
+            [sys.executable, "-m", "tidelake.cli", "run", str(path), "--engine", args.engine],
             stdout=subprocess.DEVNULL,
             stderr=log,
         )

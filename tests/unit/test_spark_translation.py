@@ -111,3 +111,52 @@ def test_windows_spark_has_translate_and_the_others_are_named(window: str, probl
     )
     found = [message for _, message in untranslatable(pipeline.flows["f"])]
     assert found == [] if problem is None else problem in found[0], found
+
+
+@pytest.mark.parametrize(
+    ("flow", "location", "problem"),
+    [
+        (
+            "source: {type: file, path: 's3://b/in/*.jsonl'}\n    transforms: []",
+            ("source", "path"),
+            "engine: spark reads files from local paths, not S3",
+        ),
+        (
+            "source: {type: file, path: 'in/**/*.csv'}\n    transforms: []",
+            ("source", "path"),
+            "engine: spark does not expand **",
+        ),
+        (
+            "source: {type: file, path: in, min_age: 5}\n    transforms: []",
+            ("source", "min_age"),
+            "Spark's file stream has no minimum file age",
+        ),
+        (
+            "source: {type: topic, topic: t}\n    transforms:\n"
+            "      - {type: validate, rules: [{column: n, min: 0}]}\n"
+            "      - {type: window, time: ts, size: 1m, aggregates: {n: count(*)}}",
+            ("transforms", 1, "type"),
+            "a window cannot follow a validate",
+        ),
+        (
+            "source: {type: file, path: in, watch: true}\n    transforms:\n"
+            "      - {type: window, time: ts, size: 1m, aggregates: {n: count(*)}}\n"
+            "      - {type: validate, rules: [{column: n, min: 0}]}",
+            None,
+            None,
+        ),
+    ],
+)
+def test_file_sources_and_validate_translate_within_spark_s_limits(
+    flow: str, location: tuple[object, ...] | None, problem: str | None
+) -> None:
+    from tidelake.config import loads
+    from tidelake.spark.translate import untranslatable
+
+    sink = "sink: {type: lake, table: o}"
+    pipeline = loads(f"name: f\nflows:\n  f:\n    engine: spark\n    {flow}\n    {sink}\n")
+    found = list(untranslatable(pipeline.flows["f"]))
+    if problem is None:
+        assert found == []
+    else:
+        assert [loc for loc, _ in found] == [location] and problem in found[0][1], found

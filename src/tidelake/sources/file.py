@@ -203,6 +203,10 @@ class FileSource(Source):
             self.ctx.dead_letter(rejected, reasons)
             return Batch(table, {key: self.positions[key]})
 
+    def formats(self) -> set[Format]:
+        """The formats of the files found so far."""
+        return {f for p in self._paths.values() if (f := self._format(p))}
+
     def _undecodable(self, table: pa.Table) -> pa.Table:
         """Dead-letter the lines ``_jsonl`` could not decode; the rows that remain."""
         if _REASON not in table.column_names:

@@ -5,17 +5,19 @@ Commit order per micro-batch (why exactly-once holds):
    before running it, so a restarted query re-runs the same batch with the same id;
 2. the lake sink (``foreachBatch``) appends the rows in one Iceberg snapshot whose summary
    carries ``tidelake.spark.<flow>`` = ``<query id>/<batch id>``;
-3. a re-run batch whose id the table's newest such entry already holds is skipped, so a
-   driver killed between 2 and Spark's commit log lands nothing twice.
+3. a re-run batch whose id the table's newest such entry already holds lands nothing, so a
+   driver killed between 2 and Spark's commit log lands nothing twice (it still runs to the
+   end, into Spark's no-op sink: a window's state stores must commit in every batch).
 
 The ``table`` and ``topic`` sinks are tidelake's own: the micro-batch comes to the driver as
 Arrow and the sink writes it with ``spark:<query id>`` = batch id as its checkpoint, in the
 same commit as the rows (the table's transaction, the topic's log transaction), and skips a
 re-run batch at or below it. The rows it rejects go to the flow's dead-letter topic.
 
-Records are the same JSON documents the embedded engine reads, decoded by Spark's JSON reader
-with a schema inferred from the records already in the topic (top-level ISO 8601 strings
-become timestamps, as ``formats.times`` does), plus ``_topic``/``_partition``/``_offset``.
+Rows come from ``spark.sources`` (Kafka or files, with the embedded engine's columns). Records
+that do not decode go to the dead-letter topic through a second query, and rows ``validate``
+rejects from each micro-batch before it lands (both at least once, as on the embedded engine).
+A flow reading files once (``watch: false``) ends when both queries read every file.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import logging
 import re
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +34,14 @@ from tidelake import registry
 from tidelake.broker import Broker, connect
 from tidelake.config import Flow, Pipeline
 from tidelake.errors import ConfigError
-from tidelake.formats import decode_json
+from tidelake.lake.catalog import CATALOG_NAME, identifier_part, namespace, open_catalog
 from tidelake.runtime import dead_letters
-from tidelake.runtime.base import FlowContext, Sink
+from tidelake.runtime.base import PROVENANCE, FlowContext, Sink
+from tidelake.runtime.dead_letters import RAW
 from tidelake.runtime.metrics import FlowMetrics
 from tidelake.spark import session as spark_session
-from tidelake.spark.translate import apply, untranslatable
+from tidelake.spark import sources as spark_sources
+from tidelake.spark.translate import REASON, apply, split, untranslatable
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -47,10 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUMMARY_PREFIX = "tidelake.spark."
-SCHEMA_SAMPLE = 1000
-"""Records read from the start of the topic to infer the JSON schema (for ``SCHEMA_WAIT`` s
-at most)."""
-SCHEMA_WAIT = 10.0
 
 
 class SparkFlowRunner:
@@ -71,9 +70,13 @@ class SparkFlowRunner:
         self._checkpoint = Path(spark_session.checkpoint_root(pipeline)) / name
         self._summary_key = SUMMARY_PREFIX + name
         self._naive: set[str] = set()  # top-level columns tidelake decodes as naive timestamps
+        self._finite = False  # files read once: the queries end by themselves
+        self._undecoded = ""  # the reason given to records that do not decode
+        self._seen = -1  # the last micro-batch counted in the metrics
         self._sink: Sink | None = None  # a table or topic sink, opened by the first batch
         self._broker: Broker | None = None
         self._dead_letters = dead_letters.Writer(pipeline, name, self._pipeline_log)
+        self._streamed, self._batched = split(self.spec)
 
     def _pipeline_log(self) -> Broker:
         if self._broker is None:
@@ -82,19 +85,23 @@ class SparkFlowRunner:
 
     def run(self) -> FlowMetrics:
         spark = spark_session.session(self.pipeline)
-        query = self._start(spark)
-        self.metrics.state = "running"
-        seen = -1
+        queries: list[StreamingQuery] = []
         try:
-            while query.isActive and not self.stop.wait(0.5):
-                progress = query.lastProgress
-                if progress and progress["batchId"] != seen:
-                    seen = progress["batchId"]
-                    self._observe(progress)
+            try:
+                queries = self._start(spark)
+            except ConfigError:  # or stopped while waiting for the first records
+                if not self.stop.is_set():
+                    raise
+            self.metrics.state = "running"
+            while any(q.isActive for q in queries) and not self.stop.wait(0.5):
+                self._observe(queries[0])
                 self.metrics.save(self._metrics_dir)
-            if not self.stop.is_set():
-                exc = query.exception()
-                raise ConfigError(f"flow {self.name}: spark query ended: {exc}")
+            for query in queries[:1]:
+                self._observe(query)
+            failed = [e for q in queries if (e := q.exception()) is not None]
+            if not self.stop.is_set() and (failed or not self._finite):
+                why = failed[0] if failed else "stopped"
+                raise ConfigError(f"flow {self.name}: spark query ended: {why}")
         except Exception as e:
             self.metrics.state = "failed"
             self.metrics.errors += 1
@@ -102,8 +109,9 @@ class SparkFlowRunner:
             self.metrics.save(self._metrics_dir)
             raise
         finally:
-            if query.isActive:
-                query.stop()
+            for query in queries:
+                if query.isActive:
+                    query.stop()
             for closer in (self._sink, self._dead_letters, self._broker):
                 if closer is not None:
                     closer.close()
@@ -111,126 +119,117 @@ class SparkFlowRunner:
         self.metrics.save(self._metrics_dir)
         return self.metrics
 
-    def _observe(self, progress: dict[str, Any]) -> None:
+    def _observe(self, query: StreamingQuery) -> None:
+        """Count the micro-batches ``query`` finished since the last call."""
         m = self.metrics
-        m.batches += 1
-        m.records_in += int(progress.get("numInputRows") or 0)
-        m.last_batch_seconds = (progress.get("batchDuration") or 0) / 1000
-        lags = [
-            float(s.get("metrics", {}).get("maxOffsetsBehindLatest") or 0)
-            for s in progress.get("sources", [])
-        ]
-        m.lag = int(sum(lags))
-        m.last_checkpoint = time.time()
+        for progress in query.recentProgress:
+            if progress["batchId"] <= self._seen:
+                continue
+            self._seen = progress["batchId"]
+            m.batches += 1
+            m.records_in += int(progress.get("numInputRows") or 0)
+            m.last_batch_seconds = (progress.get("batchDuration") or 0) / 1000
+            lags = [
+                float(s.get("metrics", {}).get("maxOffsetsBehindLatest") or 0)
+                for s in progress.get("sources", [])
+            ]
+            m.lag = int(sum(lags))
+            m.last_checkpoint = time.time()
 
-    def _start(self, spark: SparkSession) -> StreamingQuery:
-        df = apply(self._source(spark), self.spec, self.pipeline.base_dir)
-        return (
-            df.writeStream.queryName(f"{self.pipeline.name}.{self.name}")
-            .outputMode("append")  # a window lands once, when the watermark passes its end
-            .option("checkpointLocation", str(self._checkpoint))
-            .trigger(processingTime=f"{self.spec.batch.max_latency} seconds")
-            .foreachBatch(self._land)
-            .start()
-        )
-
-    def _kafka(self, reader: Any) -> Any:
-        broker = self.pipeline.url(self.pipeline.broker)
-        if not broker.startswith("kafka://"):
-            raise ConfigError(
-                f"flow {self.name}: engine: spark reads topics from Kafka, not from the "
-                f"embedded log ({broker}); set broker: kafka://host:port "
-                "(or keep engine: tidelake)"
-            )
-        topics = self.spec.source.topic  # type: ignore[attr-defined]
-        return (
-            reader.format("kafka")
-            .option("kafka.bootstrap.servers", broker[len("kafka://") :].rstrip("/"))
-            .option("subscribe", topics if isinstance(topics, str) else ",".join(topics))
-            .option("startingOffsets", "earliest")
-            .option("failOnDataLoss", "true")
-        )
-
-    def _source(self, spark: SparkSession) -> DataFrame:
+    def _start(self, spark: SparkSession) -> list[StreamingQuery]:
+        """The flow's query, and the one sending undecodable records to the dead letters."""
         from pyspark.sql import functions as F
 
-        stream = (
-            self._kafka(spark.readStream)
-            .option("maxOffsetsPerTrigger", str(self.spec.batch.size))
-            .load()
-        )
-        record = F.from_json(F.col("value").cast("string"), self._infer())
-        return (
-            stream.where(F.col("value").isNotNull())
-            .select(
-                record.alias("__record"),
-                F.col("topic").alias("_topic"),
-                F.col("partition").alias("_partition"),
-                F.col("offset").alias("_offset"),
-            )
-            .select("__record.*", "_topic", "_partition", "_offset")
-        )
-
-    def _infer(self) -> Any:
-        """The records' Spark schema: the embedded engine's decoding (``formats.decode_json``)
-        of the topic's first records, read without a Spark job, so both engines see the same
-        columns."""
-        from pyspark.sql.pandas.types import from_arrow_schema
-        from pyspark.sql.types import StructField, StructType, TimestampNTZType, TimestampType
-
-        topics = self.spec.source.topic  # type: ignore[attr-defined]
-        broker = connect(self.pipeline.url(self.pipeline.broker))
-        consumer = broker.consumer(
-            f"tidelake-spark-schema-{uuid.uuid4().hex[:8]}",
-            [topics] if isinstance(topics, str) else topics,
-        )
-        values: list[bytes | None] = []
-        try:
-            deadline = time.monotonic() + SCHEMA_WAIT
-            while len(values) < SCHEMA_SAMPLE and time.monotonic() < deadline:
-                batch = consumer.poll(SCHEMA_SAMPLE - len(values), 1.0)
-                values += [v for v in batch.values if v is not None]
-                if values and not len(batch):
-                    break
-        finally:
-            consumer.close()
-            broker.close()
-        table, _ = decode_json(values)
-        if not table.num_columns:
-            raise ConfigError(
-                f"flow {self.name}: engine: spark infers the records' columns from the topic, "
-                "which has no records yet; start the flows writing it first"
-            )
-        fields = from_arrow_schema(table.schema).fields
-        self._naive = {f.name for f in fields if isinstance(f.dataType, TimestampNTZType)}
-        zoned = [  # ISO 8601 text with its offset parses into Spark's zoned timestamps
-            StructField(f.name, TimestampType(), f.nullable) if f.name in self._naive else f
-            for f in fields
+        read = spark_sources.files if self.spec.source.type == "file" else spark_sources.topic
+        stream = read(spark, self.pipeline, self.name, self.stop)
+        self._naive, self._finite, self._undecoded = stream.naive, stream.finite, stream.reason
+        rows = stream.rows.where(F.col(RAW).isNull()).drop(RAW)
+        # every column: Spark refuses a query of the corrupt-record column alone
+        undecoded = stream.rows.where(F.col(RAW).isNotNull())
+        flow = apply(rows, self._streamed, self.pipeline.base_dir)
+        return [
+            self._query(flow, self._checkpoint, self._land, ""),
+            self._query(
+                undecoded,
+                self._checkpoint.with_name(self.name + ".undecoded"),
+                self._reject_undecoded,
+                "undecoded",
+            ),
         ]
-        return StructType(zoned)
+
+    def _query(self, df: DataFrame, checkpoint: Path, land: Any, what: str) -> StreamingQuery:
+        writer = (
+            df.writeStream.queryName(".".join(filter(None, (self.pipeline.name, self.name, what))))
+            .outputMode("append")  # a window lands once, when the watermark passes its end
+            .option("checkpointLocation", str(checkpoint))
+            .foreachBatch(land)
+        )
+        if self._finite:
+            return writer.trigger(availableNow=True).start()
+        return writer.trigger(processingTime=f"{self.spec.batch.max_latency} seconds").start()
+
+    def _reject_undecoded(self, batch: DataFrame, batch_id: int) -> None:
+        rows = batch.toArrow()
+        rows = rows.select([c for c in (RAW, *PROVENANCE) if c in rows.column_names])
+        if rows.num_rows:
+            self.metrics.dead_letters += self._dead_letters.write(rows, self._undecoded)
 
     def _land(self, batch: DataFrame, batch_id: int) -> None:
-        """Append one micro-batch to the lake table, once per batch id."""
+        """One micro-batch: its rejected rows to the dead-letter topic, the rest through the
+        transforms after ``validate`` into the sink, once per batch id."""
+        if self._landed(batch_id):  # run to the end all the same: a window's state stores
+            log.info("flow %s: batch %s already landed, skipped", self.name, batch_id)
+            batch.write.format("noop").mode("overwrite").save()  # commit in every batch
+            return
+        if not self._batched and REASON not in batch.columns:
+            return self._write(batch, batch_id)
+        batch = batch.cache()
+        try:
+            self._reject(batch)
+            valid = batch.where(batch[REASON].isNull()).drop(REASON)
+            self._write(apply(valid, self._batched, self.pipeline.base_dir), batch_id)
+        finally:
+            batch.unpersist()
+
+    def _reject(self, batch: DataFrame) -> None:
+        """The rows ``validate`` gave a reason, to the dead-letter topic with it."""
+        rejected = batch.where(batch[REASON].isNotNull()).toArrow()
+        if rejected.num_rows:
+            reasons = rejected.column(REASON).to_pylist()
+            written = self._dead_letters.write(rejected.drop_columns([REASON]), reasons)
+            self.metrics.dead_letters += written
+
+    def _landed(self, batch_id: int) -> bool:
+        """Whether the sink already holds micro-batch ``batch_id`` of this query."""
         if self.spec.sink.type != "lake":
-            return self._land_through_sink(batch, batch_id)
+            return self._open_sink().checkpoint().get(self._sink_key(), -1) >= batch_id
+        catalog = open_catalog(self.pipeline)
+        ident = self._lake_table()
+        if not catalog.table_exists(ident):
+            return False
+        last = _landed(catalog.load_table(ident), self._summary_key)
+        return bool(last and _covers(last, f"{self._query_id()}/{batch_id}"))
+
+    def _lake_table(self) -> str:
+        return f"{namespace(self.pipeline)}.{identifier_part(self.spec.sink.table)}"  # type: ignore[attr-defined]
+
+    def _write(self, batch: DataFrame, batch_id: int) -> None:
+        if self.spec.sink.type == "lake":
+            self._append(batch, batch_id)
+        else:
+            rows = batch.toArrow()
+            self._open_sink().write(rows, {self._sink_key(): batch_id})
+            self.metrics.records_out += rows.num_rows
+
+    def _append(self, batch: DataFrame, batch_id: int) -> None:
+        """Append one micro-batch to the lake table in one snapshot marked with its batch id."""
         from pyspark.sql import functions as F
         from pyspark.sql.types import TimestampType
 
-        from tidelake.lake.catalog import CATALOG_NAME, identifier_part, namespace, open_catalog
-
-        table_name = identifier_part(self.spec.sink.table)  # type: ignore[attr-defined]
-        ident = f"{namespace(self.pipeline)}.{table_name}"
-        mark = f"{self._query_id()}/{batch_id}"
-        catalog = open_catalog(self.pipeline)
-        if catalog.table_exists(ident):
-            last = _landed(catalog.load_table(ident), self._summary_key)
-            if last and _covers(last, mark):
-                log.info("flow %s: batch %s already landed, skipped", self.name, batch_id)
-                return
         naive = {f.name: F.col(f.name).cast("timestamp_ntz") for f in batch.schema.fields
                  if isinstance(f.dataType, TimestampType) and f.name in self._naive}  # fmt: skip
         rows = batch.withColumns(naive) if naive else batch
-        target = f"{CATALOG_NAME}.{ident}"
+        target = f"{CATALOG_NAME}.{self._lake_table()}"
         spark = batch.sparkSession
         if not spark.catalog.tableExists(target):
             rows.limit(0).writeTo(target).using("iceberg").createOrReplace()
@@ -238,24 +237,22 @@ class SparkFlowRunner:
         try:
             count = rows.count()
             if count:
+                mark = f"{self._query_id()}/{batch_id}"
                 rows.writeTo(target).option(f"snapshot-property.{self._summary_key}", mark).append()
         finally:
             rows.unpersist()
         self.metrics.records_out += count
 
-    def _land_through_sink(self, batch: DataFrame, batch_id: int) -> None:
-        """One micro-batch through tidelake's table or topic sink, once per batch id."""
+    def _open_sink(self) -> Sink:
+        """tidelake's table or topic sink, opened by the first micro-batch."""
         if self._sink is None:
             sink: Sink = registry.lookup("sink", self.spec.sink.type)(self.spec.sink)
             sink.open(self._context())
             self._sink = sink
-        key = f"spark:{self._query_id()}"
-        if self._sink.checkpoint().get(key, -1) >= batch_id:
-            log.info("flow %s: batch %s already landed, skipped", self.name, batch_id)
-            return
-        rows = batch.toArrow()
-        self._sink.write(rows, {key: batch_id})
-        self.metrics.records_out += rows.num_rows
+        return self._sink
+
+    def _sink_key(self) -> str:
+        return f"spark:{self._query_id()}"
 
     def _context(self) -> FlowContext:
         def dead_letter(rows: Any, reason: Any) -> None:

@@ -16,7 +16,12 @@ built from Spark built-ins (no Python UDFs on the hot path):
   ``_ts``, ``_lsn``, ``_table``, as ``transforms.unwrap`` gives them (Debezium envelopes a
   topic source decodes into structs, also ``{"schema", "payload"}`` records);
 - ``window``: Spark event-time windows; the watermark is ``allowed_lateness``, and a window
-  is emitted once the watermark passes its end (append mode), as the embedded one does.
+  is emitted once the watermark passes its end (append mode), as the embedded one does;
+- ``validate``: the embedded rules themselves (``transforms.validate``, DuckDB in Spark's
+  Python workers through ``mapInArrow``) give each row its reason, in a ``REASON`` column:
+  the stream runs up to the first ``validate``, and each micro-batch sends the rows with a
+  reason to the dead-letter topic and runs the transforms after it on the rest (``split``),
+  so the reasons are the embedded engine's, word for word.
 
 ``untranslatable`` lists what a flow holds that does not translate, for ``tidelake
 validate``, so a flow never fails on it after it started.
@@ -34,6 +39,7 @@ from tidelake.errors import ConfigError
 from tidelake.runtime.base import PROVENANCE
 from tidelake.spark.sql import Untranslatable, expression_to_spark, to_spark
 from tidelake.transforms.pseudonymize import MIN_KEY_BYTES, hmac_pads
+from tidelake.transforms.validate import Validate
 from tidelake.transforms.window import Aggregate, millis
 
 if TYPE_CHECKING:
@@ -43,6 +49,8 @@ if TYPE_CHECKING:
 
 Translation = Callable[["DataFrame", Any], "DataFrame"]
 _views = itertools.count()
+REASON = "__tidelake_reason"
+"""Column ``validate`` adds: why the row failed its first rule, null for valid rows."""
 
 
 def _sql(df: DataFrame, config: Any) -> DataFrame:
@@ -207,6 +215,23 @@ def _python(df: DataFrame, config: Any, base_dir: Path) -> DataFrame:
     return df.mapInArrow(run, from_arrow_schema(schema))
 
 
+def _validate(df: DataFrame, config: Any) -> DataFrame:
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    schema = to_arrow_schema(df.schema).append(pa.field(REASON, pa.string()))
+    Validate(config)  # a bad regex or expression fails here, not in a Python worker
+
+    def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        rules = Validate(config)  # in each of Spark's Python workers
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            out = table.append_column(REASON, rules.reasons(table))
+            yield from out.cast(schema).to_batches()
+
+    return df.mapInArrow(run, from_arrow_schema(schema))
+
+
 SPARK_AGGREGATES = ("count", "sum", "min", "max", "avg")
 
 
@@ -264,15 +289,25 @@ TRANSLATIONS: dict[str, Translation] = {
     "python": _python,  # type: ignore[dict-item]  # applied with the pipeline's base dir
     "unwrap": _unwrap,
     "window": _window,
+    "validate": _validate,
 }
-SOURCES = ("topic",)
+SOURCES = ("topic", "file")
 SINKS = ("lake", "table", "topic")
 
 
-def apply(df: DataFrame, flow: Flow, base_dir: Path) -> DataFrame:
-    """``df`` through every transform of ``flow``, as Spark operations (``base_dir``: where
-    a python transform's file path starts)."""
-    for transform in flow.transforms:
+def split(flow: Flow) -> tuple[list[Any], list[Any]]:
+    """The transforms the stream runs (through the first ``validate``, which adds ``REASON``)
+    and those each micro-batch runs on the rows that passed it."""
+    cut = next((i + 1 for i, t in enumerate(flow.transforms) if t.type == "validate"), None)
+    if cut is None:
+        return list(flow.transforms), []
+    return list(flow.transforms[:cut]), list(flow.transforms[cut:])
+
+
+def apply(df: DataFrame, transforms: list[Any], base_dir: Path) -> DataFrame:
+    """``df`` through ``transforms`` as Spark operations (``base_dir``: where a python
+    transform's file path starts)."""
+    for transform in transforms:
         if transform.type == "python":
             df = _python(df, transform, base_dir)
         else:
@@ -290,6 +325,8 @@ def untranslatable(flow: Flow) -> Iterator[tuple[tuple[Any, ...], str]]:
                 "runs on engine: tidelake (write it to a topic there and read that here)"
             ),
         )
+    if flow.source.type == "file":
+        yield from _file_problems(flow.source)
     if flow.sink.type not in SINKS:
         yield (
             ("sink", "type"),
@@ -318,6 +355,16 @@ def untranslatable(flow: Flow) -> Iterator[tuple[tuple[Any, ...], str]]:
                 ),
             )
             continue
+        if t.type == "window" and any(v.type == "validate" for v in flow.transforms[:i]):
+            yield (
+                ("transforms", i, "type"),
+                (
+                    "on engine: spark a window cannot follow a validate (the rows after a "
+                    "validate are handled micro-batch by micro-batch, without the window's "
+                    "state); move the window before the validate or keep engine: tidelake"
+                ),
+            )
+            continue
         if t.type == "window" and (problem := _window_problem(t)):
             yield ("transforms", i, *problem[0].split(".")), problem[1]
             continue
@@ -329,6 +376,27 @@ def untranslatable(flow: Flow) -> Iterator[tuple[tuple[Any, ...], str]]:
                     expression_to_spark(text)
             except Untranslatable as e:
                 yield ("transforms", i, *key.split(".")), str(e)
+
+
+def _file_problems(config: Any) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """What a ``file`` source holds that Spark's file stream does not do."""
+    keep = "; keep engine: tidelake for this flow (or land the files in a topic there)"
+    if config.path.startswith("s3://"):
+        yield ("source", "path"), f"engine: spark reads files from local paths, not S3{keep}"
+    elif "**" in config.path:
+        yield (
+            ("source", "path"),
+            (
+                "engine: spark does not expand ** (Hadoop globs are one level each): give the "
+                f"directory itself, which is read with every folder under it{keep}"
+            ),
+        )
+    for key, problem in (
+        ("records", "records: (a path inside each JSON document) has no Spark equivalent"),
+        ("min_age", "min_age: Spark's file stream has no minimum file age"),
+    ):
+        if getattr(config, key):
+            yield ("source", key), problem + keep
 
 
 def _sql_of(t: Any) -> dict[str, str]:

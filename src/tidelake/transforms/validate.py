@@ -195,16 +195,21 @@ class Validate(Transform):
             self._plans[schema] = plan
         return plan
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def reasons(self, table: pa.Table) -> pa.Array:
+        """Per row, the reason of the first check it fails, or null when it passes them all."""
         sql, params, reasons = self._plan(table.schema)
         if not sql:
-            return table
+            return pa.nulls(table.num_rows, pa.string())
         failed = self.engine.query(table, sql, "validate", params=params).column(0)
-        if failed.null_count == len(failed):
+        return pc.take(pa.array(reasons, pa.string()), failed)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        reasons = self.reasons(table)
+        if reasons.null_count == len(reasons):
             return table
-        for k in sorted(v for v in pc.unique(failed).to_pylist() if v is not None):
-            rows = table.filter(pc.equal(failed, k))
+        for reason in sorted(v for v in pc.unique(reasons).to_pylist() if v is not None):
+            rows = table.filter(pc.equal(reasons, reason))
             if self.ctx is None:
-                raise ConfigError(f"{reasons[k]} ({rows.num_rows} rows; call open() first)")
-            self.ctx.dead_letter(rows, reasons[k])
-        return table.filter(pc.is_null(failed))
+                raise ConfigError(f"{reason} ({rows.num_rows} rows; call open() first)")
+            self.ctx.dead_letter(rows, reason)
+        return table.filter(pc.is_null(reasons))
