@@ -213,8 +213,9 @@ class SparkSettings(_Model):
     conf: dict[str, str] = Field({}, description="any Spark settings, e.g. spark.executor.memory")
     checkpoint: str | None = Field(
         None,
-        description="checkpoint location of the streaming queries "
-        "(default: <state>/spark/checkpoints; an s3a:// URL when the lake is on S3)",
+        description="checkpoint location of the streaming queries, a path or s3:// (default: "
+        "<lake>/_spark_checkpoints/<pipeline> when the lake is on S3, else "
+        "<state>/spark/checkpoints)",
     )
 
 

@@ -56,7 +56,7 @@ class Users:
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         arrow = open_catalog(self.pipeline).load_table(self.ident(table)).scan().to_arrow()
-        return sorted(arrow.to_pylist(), key=lambda r: sorted((k, str(v)) for k, v in r.items()))
+        return sorted(arrow.to_pylist(), key=_row_key)
 
     def count(self, table: str) -> Callable[[], int]:
         def count() -> int:
@@ -290,7 +290,9 @@ def test_spark_lands_the_same_rows_as_the_embedded_engine(users: Users) -> None:
 @pytest.mark.skipif(os.environ.get("TIDELAKE_SKIP_S3") == "1", reason="TIDELAKE_SKIP_S3=1")
 def test_spark_lands_into_a_lake_on_s3(users: Users, s3_lake: dict[str, Any]) -> None:
     """The unwrap flow into a warehouse on a real S3 server (Iceberg's S3FileIO), read back
-    through pyiceberg's catalog as ``tidelake query`` does."""
+    through pyiceberg's catalog as ``tidelake query`` does; its streaming checkpoint is on S3
+    beside the warehouse (Hadoop's S3A), and a second run resumes from it: the envelopes
+    produced again land once more, and the first ones not twice."""
     path = users.path.parent / "s3.yaml"
     name = f"spark_s3_{uuid.uuid4().hex[:8]}"
     flow = {
@@ -303,15 +305,29 @@ def test_spark_lands_into_a_lake_on_s3(users: Users, s3_lake: dict[str, Any]) ->
            "spark": {"master": "local[2]"}, "flows": {"changes": flow}}  # fmt: skip
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     pipeline = load(path)
-    _produce_changes(pipeline)
     s3 = Users(path, pipeline, {"changes": CHANGES})
-    run_to_target(lambda: start(path, ["changes"], s3_lake["env"]), s3.count("changes"), CHANGES,
-                  timeout=420, settle=3)  # fmt: skip
 
     def rows(users: Users, table: str) -> list[dict[str, Any]]:
-        return [{k: v for k, v in r.items() if k != "_topic"} for r in users.rows(table)]
+        skip = ("_topic", "_offset")
+        return sorted(({k: v for k, v in r.items() if k not in skip} for r in users.rows(table)),
+                      key=_row_key)  # fmt: skip
 
-    assert rows(s3, "changes") == rows(users, "changes_ref")
+    for run in (1, 2):
+        _produce_changes(pipeline)
+        run_to_target(lambda: start(path, ["changes"], s3_lake["env"]), s3.count("changes"),
+                      run * CHANGES, timeout=420, settle=3)  # fmt: skip
+        assert rows(s3, "changes") == sorted(rows(users, "changes_ref") * run, key=_row_key)
+        assert sorted(r["_offset"] for r in s3.rows("changes")) == list(range(run * CHANGES))
+    from tidelake.s3_settings import S3Settings
+
+    bucket = S3Settings.from_env().filesystem()
+    metadata = f"{s3_lake['bucket']}/lake/_spark_checkpoints/{name}/changes/metadata"
+    assert bucket.get_file_info(metadata).size, "the query's checkpoint is not on S3"
+    assert not (pipeline.state_dir / "spark").exists()
+
+
+def _row_key(row: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted((k, str(v)) for k, v in row.items())
 
 
 def test_a_killed_spark_driver_restarts_to_exactly_the_reference_rows(users: Users) -> None:

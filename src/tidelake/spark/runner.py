@@ -27,7 +27,6 @@ import logging
 import re
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tidelake import registry
@@ -67,7 +66,8 @@ class SparkFlowRunner:
         if problems:
             raise ConfigError("\n".join(problems))
         self._metrics_dir = pipeline.state_dir / "metrics"
-        self._checkpoint = Path(spark_session.checkpoint_root(pipeline)) / name
+        self._checkpoint = f"{spark_session.checkpoint_root(pipeline).rstrip('/')}/{name}"
+        self._id: str | None = None  # the query's id, from its checkpoint
         self._summary_key = SUMMARY_PREFIX + name
         self._naive: set[str] = set()  # top-level columns tidelake decodes as naive timestamps
         self._finite = False  # files read once: the queries end by themselves
@@ -151,17 +151,17 @@ class SparkFlowRunner:
             self._query(flow, self._checkpoint, self._land, ""),
             self._query(
                 undecoded,
-                self._checkpoint.with_name(self.name + ".undecoded"),
+                self._checkpoint + ".undecoded",
                 self._reject_undecoded,
                 "undecoded",
             ),
         ]
 
-    def _query(self, df: DataFrame, checkpoint: Path, land: Any, what: str) -> StreamingQuery:
+    def _query(self, df: DataFrame, checkpoint: str, land: Any, what: str) -> StreamingQuery:
         writer = (
             df.writeStream.queryName(".".join(filter(None, (self.pipeline.name, self.name, what))))
             .outputMode("append")  # a window lands once, when the watermark passes its end
-            .option("checkpointLocation", str(checkpoint))
+            .option("checkpointLocation", checkpoint)
             .foreachBatch(land)
         )
         if self._finite:
@@ -268,7 +268,20 @@ class SparkFlowRunner:
         )
 
     def _query_id(self) -> str:
-        return str(json.loads((self._checkpoint / "metadata").read_text())["id"])
+        """The query's id, which its checkpoint keeps across restarts (read through Hadoop's
+        filesystem, so on S3 too)."""
+        if self._id is None:
+            spark = spark_session.session(self.pipeline)
+            jvm = spark.sparkContext._jvm  # noqa: SLF001
+            path = jvm.org.apache.hadoop.fs.Path(self._checkpoint + "/metadata")  # type: ignore[union-attr]
+            fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # noqa: SLF001  # type: ignore[union-attr]
+            stream = fs.open(path)
+            try:
+                text = jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")  # type: ignore[union-attr]
+            finally:
+                stream.close()
+            self._id = str(json.loads(text.splitlines()[0])["id"])
+        return self._id
 
 
 def _landed(table: Any, key: str) -> str | None:

@@ -8,8 +8,10 @@ The lake is the pipeline's own: Iceberg's JDBC catalog over the same catalog dat
 warehouse as pyiceberg's SQL catalog (both use the ``iceberg_tables`` schema), under the same
 catalog name, so ``tidelake query``, the API and the dashboard see Spark's snapshots at once.
 A warehouse on S3 is written through Iceberg's ``S3FileIO`` (the AWS bundle jar, fetched only
-then) with the same endpoint and credentials as pyiceberg (``s3_settings``); the streaming
-checkpoints stay on the driver's disk unless ``spark: {checkpoint: ...}`` says otherwise.
+then) with the same endpoint and credentials as pyiceberg (``s3_settings``), and the streaming
+checkpoints go beside it (``<warehouse>/_spark_checkpoints/<pipeline>``, through Hadoop's
+S3A on the bundle's AWS SDK), so a driver restarted on another machine resumes; otherwise they
+are under the pipeline's state dir. ``spark: {checkpoint: ...}`` chooses (a path or s3://).
 """
 
 from __future__ import annotations
@@ -42,7 +44,15 @@ KAFKA_DEPENDENCIES = [
 ]
 ICEBERG_RUNTIME = "org.apache.iceberg:iceberg-spark-runtime-4.1_2.13:1.12.0"
 ICEBERG_AWS = "org.apache.iceberg:iceberg-aws-bundle:1.12.0"
-"""S3FileIO and the AWS SDK it needs, shaded in one jar."""
+"""S3FileIO and the AWS SDK (2.54.17) it needs, in one jar."""
+S3A = [
+    "org.apache.hadoop:hadoop-aws:3.4.2",  # pyspark 4.1's Hadoop (hadoop-client-api 3.4.2)
+    "software.amazon.awssdk:s3-transfer-manager:2.54.17",  # what the bundle's SDK lacks
+    "software.amazon.awssdk:apache-client:2.54.17",
+    "org.apache.httpcomponents:httpclient:4.5.14",
+    "org.apache.httpcomponents:httpcore:4.4.16",
+]
+"""Hadoop's S3A filesystem (streaming checkpoints on S3), on the Iceberg bundle's AWS SDK."""
 JDBC_DRIVERS = ["org.xerial:sqlite-jdbc:3.50.3.0", "org.postgresql:postgresql:42.7.8"]
 _VERSIONED = re.compile(r"^(.*?)-\d[\w.+-]*\.jar$")
 _lock = threading.Lock()
@@ -63,7 +73,7 @@ def jars(s3: bool = False) -> list[Path]:
     found = [p for p in lib.glob("*.jar") if _artifact(p.name) not in shipped]
     if s3:
         aws = _maven.copy_dependencies(
-            cache_root() / "spark-jars-aws-1", [], what="Iceberg AWS", alone=[ICEBERG_AWS]
+            cache_root() / "spark-jars-aws-2", [], what="Iceberg AWS", alone=[ICEBERG_AWS, *S3A]
         )
         found += aws.glob("*.jar")
     return sorted(found)
@@ -109,14 +119,39 @@ def _jdbc_catalog(pipeline: Pipeline) -> dict[str, str]:
 def _on_s3(pipeline: Pipeline) -> bool:
     from tidelake.lake.catalog import warehouse
 
-    return warehouse(pipeline).startswith("s3://")
+    return warehouse(pipeline).startswith("s3://") or checkpoint_root(pipeline).startswith("s3a:")
 
 
 def checkpoint_root(pipeline: Pipeline) -> str:
-    """Where the streaming queries keep their checkpoints (one folder per flow)."""
+    """Where the streaming queries keep their checkpoints (one folder per flow): a local path
+    or an ``s3a://`` URL."""
+    from tidelake.lake.catalog import warehouse
+
     if pipeline.spark.checkpoint:
-        return pipeline.url(pipeline.spark.checkpoint).removeprefix("file://")
-    return str((pipeline.state_dir / "spark" / "checkpoints").resolve())
+        root = pipeline.url(pipeline.spark.checkpoint).removeprefix("file://")
+    elif (wh := warehouse(pipeline)).startswith("s3://"):
+        root = f"{wh.rstrip('/')}/_spark_checkpoints/{pipeline.name}"
+    else:
+        return str((pipeline.state_dir / "spark" / "checkpoints").resolve())
+    return "s3a://" + root.removeprefix("s3://") if root.startswith("s3://") else root
+
+
+def _s3a() -> dict[str, str]:
+    """Hadoop S3A settings from the same environment as every other S3 client (s3_settings)."""
+    settings = S3Settings.from_env()
+    conf = {"fs.s3a.path.style.access": "true", "fs.s3a.endpoint.region": settings.region}
+    if settings.endpoint:
+        conf["fs.s3a.endpoint"] = settings.endpoint
+        conf["fs.s3a.connection.ssl.enabled"] = str(settings.endpoint.startswith("https"))
+    for attr, key in (("access_key", "access.key"), ("secret_key", "secret.key"),
+                      ("session_token", "session.token")):  # fmt: skip
+        if value := getattr(settings, attr):
+            conf[f"fs.s3a.{key}"] = value
+    if settings.session_token:
+        conf["fs.s3a.aws.credentials.provider"] = (
+            "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
+        )
+    return {f"spark.hadoop.{k}": v for k, v in conf.items()}
 
 
 def session(pipeline: Pipeline) -> SparkSession:
@@ -125,10 +160,11 @@ def session(pipeline: Pipeline) -> SparkSession:
     with _lock:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # python transforms' workers
+        s3 = _on_s3(pipeline)
         conf = {
             "spark.master": pipeline.spark.master,
             "spark.app.name": f"tidelake-{pipeline.name}",
-            "spark.jars": ",".join(str(p) for p in jars(s3=_on_s3(pipeline))),
+            "spark.jars": ",".join(str(p) for p in jars(s3=s3)),
             "spark.driver.bindAddress": "127.0.0.1",
             "spark.driver.host": "127.0.0.1",
             "spark.ui.enabled": "false",
@@ -138,6 +174,7 @@ def session(pipeline: Pipeline) -> SparkSession:
             "IcebergSparkSessionExtensions",
             "spark.sql.shuffle.partitions": "2",  # state stores per stateful step (Spark: 200)
             **_jdbc_catalog(pipeline),
+            **(_s3a() if s3 else {}),
             **pipeline.spark.conf,
         }
         builder = sql.SparkSession.builder
