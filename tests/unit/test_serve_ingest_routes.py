@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import orjson
 from fastapi.testclient import TestClient
 
 from tidelake.config import loads
@@ -66,21 +68,24 @@ def test_http_ingest_refuses_unrouted_topics_and_non_records(tmp_path: Path) -> 
         assert c.post("/api/ingest/orders", json=[{"a": 1}]).json()["accepted"] == 1
 
 
-def test_ingest_beyond_its_concurrency_is_503(tmp_path: Path) -> None:
-    app = create_app(loads(PIPELINE, tmp_path / "p.yaml"), limits=Limits(ingests=1))
+def test_ingest_beyond_its_byte_budget_is_503(tmp_path: Path) -> None:
+    """In-flight bodies hold at most ``ingests * max_body`` bytes by their Content-Length."""
+    app = create_app(loads(PIPELINE, tmp_path / "p.yaml"), limits=Limits(ingests=1), max_body=100)
     release = threading.Event()
-    produce = app.state.tidelake.produce
+    append = app.state.tidelake.append
 
-    def slow_produce(topic: str, values: list[bytes]) -> None:  # the log is slow today
-        release.wait(30)
-        produce(topic, values)
+    async def slow_append(topic: str, values: list[bytes]) -> None:  # the log is slow today
+        await asyncio.to_thread(release.wait, 30)
+        await append(topic, values)
 
-    app.state.tidelake.produce = slow_produce
+    app.state.tidelake.append = slow_append
+    held = orjson.dumps({"a": 1, "pad": "x" * 50})  # 60 of the 100 bytes
     with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
-        first = pool.submit(c.post, "/api/ingest/orders", json={"a": 1})
+        first = pool.submit(c.post, "/api/ingest/orders", content=held)
         time.sleep(0.5)
-        r = c.post("/api/ingest/orders", json={"a": 2})
+        r = c.post("/api/ingest/orders", content=held)
         assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert c.post("/api/ingest/orders", json={"a": 2}).json()["accepted"] == 1  # 8 bytes fit
         release.set()
         assert first.result().json()["accepted"] == 1
-        assert c.post("/api/ingest/orders", json={"a": 3}).json()["accepted"] == 1
+        assert c.post("/api/ingest/orders", content=held).json()["accepted"] == 1

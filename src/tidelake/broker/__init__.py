@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-
 from tidelake import extras
 from tidelake.broker.base import Broker, Consumer, MessageBatch, Producer, TopicPartition
+from tidelake.broker.writer import Writer
 from tidelake.errors import ConfigError
 
 
@@ -24,33 +23,6 @@ def connect(url: str) -> Broker:
         f"broker url {url!r} is not supported (use 'embedded', 'embedded:///path/log.db' "
         "or 'kafka://host:port')"
     )
-
-
-class Writer:
-    """Appends records to topics of the log at ``url``, connecting on the first write; safe
-    to share between threads. Each ``write`` returns once its records are flushed."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._broker: Broker | None = None
-        self._producer: Producer | None = None
-        self._lock = threading.Lock()
-
-    def write(self, topic: str, values: list[bytes]) -> None:
-        with self._lock:
-            if self._producer is None:
-                self._broker = connect(self.url)
-                self._producer = self._broker.producer()
-            self._producer.produce(topic, values)
-            self._producer.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._producer is not None:
-                self._producer.close()
-            if self._broker is not None:
-                self._broker.close()
-            self._broker = self._producer = None
 
 
 __all__ = [

@@ -78,6 +78,16 @@ class Producer(ABC):
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every produced record is durable in the log."""
 
+    atomic_batches = False
+    """True when ``produce_batches`` lands all of its batches or none of them."""
+
+    def produce_batches(self, batches: Sequence[tuple[str, Sequence[bytes]]]) -> None:
+        """Append each (topic, values) batch in order, each batch's records contiguous per
+        partition, then ``flush``; one log transaction where ``atomic_batches``."""
+        for topic, values in batches:
+            self.produce(topic, values)
+        self.flush()
+
     def close(self) -> None:
         self.flush()
 

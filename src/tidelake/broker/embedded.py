@@ -41,6 +41,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import TypeVar
 
@@ -267,9 +268,19 @@ def _append(
         "SELECT coalesce(max(offset) + 1, 0) FROM messages WHERE topic = ? AND partition = ?",
         (topic, partition),
     ).fetchone()[0]
+    keys, values = zip(*records, strict=True)
+    n = len(records)
     conn.executemany(
         "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-        ((topic, partition, start + i, ts, k, v) for i, (k, v) in enumerate(records)),
+        zip(
+            repeat(topic, n),
+            repeat(partition, n),
+            range(start, start + n),
+            repeat(ts, n),
+            keys,
+            values,
+            strict=True,
+        ),
     )
     if compact:
         last: dict[bytes, int] = {}
@@ -307,9 +318,11 @@ def _end_offsets(conn: sqlite3.Connection, topic: str) -> dict[int, int]:
 
 
 class EmbeddedProducer(Producer):
-    """Each ``produce`` call is one transaction: durable when it returns."""
+    """Each ``produce`` (and ``produce_batches``) call is one transaction: durable when it
+    returns."""
 
     _RETENTION_EVERY = 60.0
+    atomic_batches = True
 
     def __init__(self, broker: EmbeddedBroker) -> None:
         self.broker = broker
@@ -329,6 +342,13 @@ class EmbeddedProducer(Producer):
         if values:
             self._write(self._partitioned(topic, values, keys, {}))
 
+    def produce_batches(self, batches: Sequence[tuple[str, Sequence[bytes]]]) -> None:
+        into: dict[tuple[str, int], Records] = {}
+        for topic, values in batches:
+            self._partitioned(topic, values, None, into)
+        if into:
+            self._write(into)
+
     def _partitioned(
         self,
         topic: str,
@@ -338,6 +358,10 @@ class EmbeddedProducer(Producer):
     ) -> dict[tuple[str, int], Records]:
         """Add records to ``into`` under (topic, partition): keyed hash or round-robin."""
         n, _ = self._topic(topic)
+        if n == 1 and keys is None:  # the common case, without a Python step per record
+            into.setdefault((topic, 0), []).extend(zip(repeat(None), values))
+            self._counter += len(values)
+            return into
         keys = keys if keys is not None else [None] * len(values)
         for k, v in zip(keys, values, strict=True):
             p = partition_for(k, n, self._counter) if n > 1 else 0
@@ -361,7 +385,10 @@ class EmbeddedProducer(Producer):
 
         _transaction(self.conn, append, "produce")
         if time.monotonic() - self._last_retention > self._RETENTION_EVERY:
-            self._enforce_retention()
+            try:  # the records are durable: a failure here must not make the caller resend
+                self._enforce_retention()
+            except (sqlite3.Error, ConnectorError):
+                log.exception("embedded log: enforcing retention failed (retried in a minute)")
 
     def _enforce_retention(self) -> None:
         """Drop records older than their topic's retention (offsets of the rest are unchanged)."""

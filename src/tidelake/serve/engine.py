@@ -82,7 +82,9 @@ class Limits:
     wait: float = 1.0
     """Seconds a request waits for a free engine before the answer is 503."""
     ingests: int = 8
-    """Ingest requests at once; one more is a 503 before its body is read."""
+    """Ingest bodies of the largest size (``max_body``) at once: requests in flight may hold
+    ``ingests * max_body`` bytes by their ``Content-Length``; one more is a 503 before its
+    body is read."""
 
 
 class QueryTimeout(QueryError):

@@ -1,5 +1,10 @@
 """``POST /api/ingest/{topic}``: JSON or NDJSON bodies checked by ``serve.ingest`` and appended
-to a topic of the pipeline's log; bodies beyond the limit are refused with 413 unread."""
+to a topic of the pipeline's log; bodies beyond the limit are refused with 413 unread.
+
+Requests in flight hold at most ``Limits.ingests * max_body`` bytes of bodies: each reserves
+its declared ``Content-Length`` (``max_body`` when it declares none) before its body is read,
+and one that would pass the budget is a 503. Appends go through the state's group-committing
+writer, so concurrent requests share log transactions."""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from tidelake.serve.state import ApiState
 
 def add_routes(api: APIRouter, state: ApiState) -> None:
     """The ingest route of one app, on its ``/api`` router."""
-    in_flight = [0]  # requests being read, checked or produced (the event loop's own count)
+    budget = state.limits.ingests * state.max_body
+    in_flight = [0]  # bytes reserved by requests being read, checked or produced (event loop's)
 
     @api.post(
         "/ingest/{topic}",
@@ -54,13 +60,16 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
         refused = principal.ingest.check(topic)
         if refused is not None:
             raise HTTPException(*refused)
-        if in_flight[0] >= state.limits.ingests:  # checked before the body is read
+        declared = request.headers.get("content-length", "")
+        size = min(int(declared), state.max_body) if declared.isdigit() else state.max_body
+        if in_flight[0] + size > budget:  # checked before the body is read
             raise HTTPException(
                 503,
-                f"{state.limits.ingests} ingest requests are in flight; retry in a moment",
+                f"ingest requests in flight hold {in_flight[0]:,} of {budget:,} bytes; "
+                "retry in a moment",
                 headers={"Retry-After": "1"},
             )
-        in_flight[0] += 1
+        in_flight[0] += size
         try:
             body = await _read_body(request, state.max_body)
             ctype = request.headers.get("content-type", "application/json")
@@ -69,9 +78,9 @@ def add_routes(api: APIRouter, state: ApiState) -> None:
             except ingest.BadPayload as e:
                 raise HTTPException(400, str(e)) from None
             if values:
-                await run_in_threadpool(state.produce, topic, values)
+                await state.append(topic, values)
         finally:
-            in_flight[0] -= 1
+            in_flight[0] -= size
         return IngestResult(topic=topic, accepted=len(values))
 
 

@@ -3,6 +3,7 @@ request statistics and a lazily connected writer for ingest and forms."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from tidelake.broker import Writer
@@ -25,6 +26,11 @@ class ApiState:
 
     def produce(self, topic: str, values: list[bytes]) -> None:
         self.writer.write(topic, values)
+
+    async def append(self, topic: str, values: list[bytes]) -> None:
+        """``produce`` without holding a thread: done once the records are durable (their
+        group's log transaction committed; ``broker.writer``)."""
+        await asyncio.wrap_future(self.writer.submit(topic, values))
 
     def close(self) -> None:
         self.pool.close()
