@@ -28,6 +28,7 @@ from topic_reader import read_to_end
 
 from tidelake.broker import connect
 from tidelake.config import Pipeline, load
+from tidelake.lake import QueryEngine
 from tidelake.lake.catalog import namespace, open_catalog
 from tidelake.runtime.runner import run_flows
 from tidelake.sources.generator import generate
@@ -40,6 +41,7 @@ LIMIT = 400
 KEY = "spark-engine-test-key-0123456789"
 FLOWS = ("users_profiles", "signups")
 CHANGES = 300  # Debezium envelopes: 200 creates, 50 updates, 50 deletes
+GARBAGE = b"\x00 not an envelope"  # and one record that is not JSON
 KILLS = 5  # each restart pays a Spark driver start-up (~15 s)
 
 
@@ -205,6 +207,7 @@ def _produce_changes(pipeline: Pipeline) -> None:
     values = [envelope(i, "c", None, 1) for i in range(200)]
     values += [envelope(200 + i, "u", 1, 2) for i in range(50)]
     values += [envelope(250 + i, "d", 2, None) for i in range(50)]
+    values.append(GARBAGE)  # a dead letter on both engines
     broker = connect(pipeline.url(pipeline.broker))
     producer = broker.producer()
     producer.produce(f"{pipeline.name}.changes", values)
@@ -277,8 +280,16 @@ def test_spark_lands_the_same_rows_as_the_embedded_engine(users: Users) -> None:
     ref, spark = (_letters(users, f"checked_{e}") for e in ("ref", "spark"))
     assert len(ref) == LIMIT - users.expected["checked"]
     assert spark == ref  # the same rows, reasons and origins
+    for engine in ("ref", "spark"):
+        (letter,) = _letters(users, f"changes_{engine}")
+        assert letter["payload"] == {"raw": GARBAGE.decode()}, letter
+        assert letter["origin"]["offset"] == CHANGES
     profiles = users.rows("users_profiles_spark")
     assert all(len(p["email"]) == 64 for p in profiles)  # the HMAC, never the address
+    with QueryEngine(users.pipeline) as engine:  # what tidelake query, the API, the dashboard run
+        sql = "SELECT count(*) AS n, count(DISTINCT nationality) AS k FROM signups_spark"
+        (counted,) = engine.sql(sql).to_pylist()
+    assert counted["n"] == users.expected["signups"] and counted["k"] > 1, counted
     metrics = orjson.loads(
         (users.pipeline.state_dir / "metrics" / "users_profiles_spark.json").read_bytes()
     )
@@ -317,13 +328,15 @@ def test_spark_lands_into_a_lake_on_s3(users: Users, s3_lake: dict[str, Any]) ->
         run_to_target(lambda: start(path, ["changes"], s3_lake["env"]), s3.count("changes"),
                       run * CHANGES, timeout=420, settle=3)  # fmt: skip
         assert rows(s3, "changes") == sorted(rows(users, "changes_ref") * run, key=_row_key)
-        assert sorted(r["_offset"] for r in s3.rows("changes")) == list(range(run * CHANGES))
+        produced = range(run * (CHANGES + 1))  # the last of each run's records is GARBAGE
+        offsets = [o for o in produced if o % (CHANGES + 1) != CHANGES]
+        assert sorted(r["_offset"] for r in s3.rows("changes")) == offsets
     from tidelake.s3_settings import S3Settings
 
     bucket = S3Settings.from_env().filesystem()
     metadata = f"{s3_lake['bucket']}/lake/_spark_checkpoints/{name}/changes/metadata"
     assert bucket.get_file_info(metadata).size, "the query's checkpoint is not on S3"
-    assert not (pipeline.state_dir / "spark").exists()
+    assert not (pipeline.state_dir / "spark" / "checkpoints" / "changes").exists()
 
 
 def _row_key(row: dict[str, Any]) -> list[tuple[str, str]]:

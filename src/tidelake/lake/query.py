@@ -146,11 +146,19 @@ def _plan(table: Table, snapshot: Snapshot) -> _Plan:
     tasks = list(table.scan(snapshot_id=snapshot.snapshot_id).plan_files())
     files = [t.file.file_path for t in tasks]
     return _Plan(
-        files=[f[len("file://") :] if f.startswith("file://") else f for f in files],
+        files=[_local_path(f) for f in files],
         rows=sum(t.file.record_count for t in tasks),
         partitions=len({(t.file.spec_id, t.file.partition) for t in tasks}),
         has_deletes=any(t.delete_files for t in tasks),
     )
+
+
+def _local_path(uri: str) -> str:
+    """A data file's path for Arrow: pyiceberg writes ``file:///x``, Spark's Iceberg ``file:/x``
+    (S3 URLs stay as they are)."""
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    return uri.removeprefix("file:")
 
 
 @functools.lru_cache(maxsize=_PLAN_CACHE)
