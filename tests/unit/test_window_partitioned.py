@@ -81,13 +81,16 @@ def one_worker(cfg: dict[str, object], rows: list[Row]) -> list[Row]:
 
 class Worker:
     """A worker as the runner drives it: its partitions, read positions and results not yet
-    committed; ``commit`` lands them with the checkpoint (merged like the sinks merge)."""
+    committed; ``commit`` lands them with the checkpoint (merged like the sinks merge). Like
+    the runner, it hands the window every key stored when it started except the topic's
+    positions, other workers' window bookkeeping included (the window must drop it)."""
 
     def __init__(self, store: dict[str, int], cfg: dict[str, object]) -> None:
         self.store, self.cfg, self.dead = store, cfg, []  # type: list[pa.Table]
         self.next: dict[int, int] = {}
         self.pending: list[Row] = []
         self.w = window(store, self.dead, **cfg)
+        self.carried = {k: v for k, v in store.items() if not k.startswith("ticks/")}
 
     def claim(self, parts: list[int]) -> None:
         self.next |= {p: self.store.get(f"ticks/{p}", 0) for p in parts}
@@ -111,13 +114,15 @@ class Worker:
     def commit(self, landed: list[Row]) -> None:
         landed += self.pending
         self.pending = []
-        self.store |= self.w.checkpoint({f"ticks/{p}": o for p, o in self.next.items()})
+        read = {f"ticks/{p}": o for p, o in self.next.items()}
+        self.store |= self.w.checkpoint(self.carried | read)
 
     def crash(self) -> None:
         """Lose everything since the last commit; restart and re-claim the same partitions."""
         parts = sorted(self.next)
         self.pending, self.next = [], {}
         self.w = window(self.store, self.dead, **self.cfg)
+        self.carried = {k: v for k, v in self.store.items() if not k.startswith("ticks/")}
         self.claim(parts)
 
 
@@ -214,9 +219,10 @@ def test_each_partition_has_its_own_watermark_and_checkpoint_keys() -> None:
         "window:watermark:ticks/0": BASE + 25_000,
         "window:watermark:ticks/1": BASE + 11_000,
     }
-    # partition 1 moves away: its rows leave the state, its keys leave this worker's checkpoint
+    # partition 1 moves away: its rows leave the state, its keys leave this worker's checkpoint,
+    # even when the runner hands them back as stored (they are its next owner's to move now)
     w.release(["ticks/1"])
-    assert w.checkpoint({"ticks/0": 3}) == {
+    assert w.checkpoint({"ticks/0": 3, "window:ticks/1": 1, "window:watermark:ticks/1": 0}) == {
         "ticks/0": 2,
         "window:ticks/0": 3,
         "window:watermark:ticks/0": BASE + 25_000,

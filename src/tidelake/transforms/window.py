@@ -650,9 +650,17 @@ class Window(Transform):
         )
 
     def checkpoint(self, positions: Checkpoint) -> Checkpoint:
-        """Hold each partition at its lowest offset in the state; add the bookkeeping."""
+        """Hold each partition at its lowest offset in the state; add the bookkeeping.
+
+        ``positions`` may hand back this transform's keys as they were stored (the runner
+        carries what it does not own): they are replaced, never passed on, since with
+        ``partitioned`` those of partitions now held by another worker are stale and would
+        overwrite what that worker stores (its next owner would then replay emitted rows).
+        Several workers need a sink that merges checkpoints, which keeps keys not given."""
+        own = {k: v for k, v in positions.items() if not k.startswith(KEY)}
         if not self.tracked or not self.made:
-            return positions
+            return own if self.partitioned else positions
+        positions = own
         low = {f"{t}/{p}": offset for t, p, offset in self._sql(self._hold())}
         seen = {f"{t}/{p}": offset for (t, p), offset in self.seen.items()}
         read = {k: max(v, seen.get(k, v)) for k, v in positions.items()}  # even if sought back
