@@ -54,7 +54,9 @@ string that happens to hold such a delimiter and token only costs the batch the 
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
-def decode_json(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[int, str]]]:
+def decode_json(
+    values: Sequence[bytes | None], schema: pa.Schema | None = None
+) -> tuple[pa.Table, list[tuple[int, str]]]:
     """Decode JSON objects; returns the table of good rows and (index, reason) of bad ones.
 
     Rows keep the order of ``values``; ``None`` values (tombstones) are reported as bad
@@ -62,7 +64,15 @@ def decode_json(values: Sequence[bytes | None]) -> tuple[pa.Table, list[tuple[in
     is one JSON object of valid UTF-8 with finite numbers, integers within int64, at most
     ``MAX_DEPTH`` levels and ``MAX_RECORD_BYTES`` bytes; no input crashes the process.
     Top-level fields whose text is ISO 8601 date-times become timestamps (``formats.times``).
+
+    With ``schema`` (an earlier batch's, cut down by ``project_schema``) only its fields are
+    converted, nested ones too; the rest of each record is skipped, and a field it lacks is
+    null. A batch that does not fit it (a field of another type) is decoded as without.
     """
+    if schema is not None:
+        table = _fast(values, schema)
+        if table is not None:
+            return parse_times(table), []
     table = _fast(values)
     if table is not None:
         return parse_times(table), []
@@ -85,12 +95,53 @@ def invalid_records(values: Sequence[bytes]) -> list[tuple[int, str]]:
     return _parse_all(values)[1]
 
 
-def _fast(values: Sequence[bytes | None]) -> pa.Table | None:
+def project_schema(schema: pa.Schema, paths: Sequence[str]) -> pa.Schema | None:
+    """``schema`` cut down to the fields at ``paths``: ``name``, or ``name.child...`` into
+    structs, unquoted as DuckDB's plans list them. None when a path is not in ``schema`` or
+    names two fields (a top-level ``a.b`` beside struct ``a`` with child ``b``)."""
+    need: dict[str, Any] = {}  # name -> None (the whole field) or the children needed
+    for path in paths:
+        found = _resolve(list(schema), path)
+        if len(found) != 1:
+            return None
+        level: dict[str, Any] | None = need
+        for i, name in enumerate(found[0]):
+            if level is None:
+                break  # an ancestor is needed whole
+            if i == len(found[0]) - 1:
+                level[name] = None
+            else:
+                level = level.setdefault(name, {})
+
+    def cut(fields: Sequence[pa.Field], want: dict[str, Any]) -> list[pa.Field]:
+        out = []
+        for f in fields:
+            if f.name in want:
+                sub = want[f.name]
+                out.append(f if sub is None else f.with_type(pa.struct(cut(list(f.type), sub))))
+        return out
+
+    return pa.schema(cut(list(schema), need))
+
+
+def _resolve(fields: Sequence[pa.Field], path: str) -> list[list[str]]:
+    """Every way ``path`` names a field among ``fields`` (and their struct children)."""
+    out = []
+    for f in fields:
+        if path == f.name:
+            out.append([f.name])
+        elif path.startswith(f.name + ".") and pa.types.is_struct(f.type):
+            rest = path[len(f.name) + 1 :]
+            out += [[f.name, *names] for names in _resolve(list(f.type), rest)]
+    return out
+
+
+def _fast(values: Sequence[bytes | None], schema: pa.Schema | None = None) -> pa.Table | None:
     """The whole batch through Arrow's reader, or None when the batch needs the slow path."""
     data = b"\n".join(values) if values and None not in values else b""  # type: ignore[arg-type]
     if data and _clean(values, data):
         try:
-            table = _read(data)
+            table = _read(data, schema)
             if table.num_rows == len(values) and _depth_of(table.schema) <= MAX_DEPTH:
                 return table
         except pa.ArrowInvalid:
@@ -132,9 +183,12 @@ def _depth_of(schema: pa.Schema) -> int:
     return max((depth(f.type) for f in schema), default=0) + 1
 
 
-def _read(data: bytes) -> pa.Table:
+def _read(data: bytes, schema: pa.Schema | None = None) -> pa.Table:
     opts = pj.ReadOptions(block_size=max(len(data) + 1, 1 << 20), use_threads=False)
-    return pj.read_json(io.BytesIO(data), read_options=opts)
+    if schema is None:
+        return pj.read_json(io.BytesIO(data), read_options=opts)
+    parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    return pj.read_json(io.BytesIO(data), read_options=opts, parse_options=parse)
 
 
 def parse_record(value: bytes) -> dict[str, object]:

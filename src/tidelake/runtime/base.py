@@ -58,6 +58,9 @@ class FlowContext:
     release: Callable[[list[str]], None] = lambda keys: None
     """Partitions revoked from this worker (after ``flush``): their positions are no longer
     this worker's to store."""
+    reads: Callable[[pa.Schema], list[str] | None] = lambda schema: None
+    """The columns (dotted paths into structs) the flow reads of a source batch of this
+    schema, or None for all: a source may decode only these (``Transform.reads``)."""
     group: Callable[[], Consumer | None] = lambda: None
     """The consumer-group member the flow's source reads with (``Source.group_member``)."""
     worker: str = ""
@@ -141,6 +144,12 @@ class Transform(ABC):
     @abstractmethod
     def __call__(self, table: pa.Table) -> pa.Table:
         """Return the transformed batch; rows routed to ``ctx.dead_letter`` are left out."""
+
+    def reads(self, schema: pa.Schema) -> list[str] | None:
+        """The input columns (dotted paths into structs) this transform reads of a batch of
+        ``schema``, or None when it may read any (default). Sources decode only these when
+        it is a flow's first transform."""
+        return None
 
     def checkpoint(self, positions: Checkpoint) -> Checkpoint:
         """The checkpoint to store with what lands now, given the source positions after it.

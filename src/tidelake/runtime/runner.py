@@ -162,6 +162,7 @@ class FlowRunner:
             committed=lambda: self.sink.checkpoint(),
             claim=self._claim,
             release=self._release,
+            reads=self._reads,
             group=lambda: self.source.group_member(),
             worker=self.metrics.worker,
         )
@@ -305,6 +306,16 @@ class FlowRunner:
         for t in self.transforms:
             checkpoint = t.checkpoint(checkpoint)
         return checkpoint | self._epochs
+
+    def _reads(self, schema: pa.Schema) -> list[str] | None:
+        """What the first transform reads of a source batch, and the columns ``schema:``
+        declares (cast before the transforms); None for every column."""
+        paths = self.transforms[0].reads(schema) if self.transforms else None
+        return (
+            None
+            if paths is None
+            else [*paths, *(c for c in self.spec.schema_ if c in schema.names)]
+        )
 
     def _claim(self, keys: list[str]) -> Checkpoint:
         """Partitions assigned to this worker: claimed in the sink, resumed from its positions.

@@ -18,7 +18,15 @@ from pydantic import Field
 
 from tidelake.broker import Consumer, MessageBatch, TopicPartition
 from tidelake.formats import decode_json
-from tidelake.runtime.base import Batch, Checkpoint, ConnectorConfig, FlowContext, Source
+from tidelake.formats.json import project_schema
+from tidelake.runtime.base import (
+    PROVENANCE,
+    Batch,
+    Checkpoint,
+    ConnectorConfig,
+    FlowContext,
+    Source,
+)
 from tidelake.runtime.dead_letters import RAW
 
 LAG_EVERY = 2.0
@@ -45,6 +53,9 @@ class TopicSource(Source):
         group = self.config.group or f"{ctx.pipeline.name}.{ctx.flow}"
         self._next: dict[str, int] = {}
         self._lag_at = 0.0
+        self._reads: list[str] | None = None  # what the flow reads, asked at the first batch
+        self._asked = False
+        self._schema: pa.Schema | None = None  # those columns' types, for decode_json
         self.consumer: Consumer = ctx.broker.consumer(
             group, topics, on_assign=self._on_assign, on_revoke=self._on_revoke
         )
@@ -90,10 +101,14 @@ class TopicSource(Source):
         """JSON values -> columns plus provenance; malformed values go to the dead-letter topic.
 
         Tombstones (null values) carry no row: they are skipped, their offsets still count.
+        Only the columns the flow reads are decoded (``FlowContext.reads``), with the types
+        the last batch decoded whole had; a batch that does not fit them is decoded whole.
         """
         if not len(msgs):
             return pa.table({})
-        table, bad = decode_json(msgs.values)
+        table, bad = decode_json(msgs.values, self._schema)
+        if not self._asked or (self._reads and table.schema != self._schema):
+            self._project(table.schema)
         provenance = {
             "_topic": pa.array(msgs.topics, pa.string()),
             "_partition": pa.array(msgs.partitions, pa.int32()),
@@ -109,6 +124,15 @@ class TopicSource(Source):
         for name, col in provenance.items():
             table = table.append_column(name, col)
         return table
+
+    def _project(self, decoded: pa.Schema) -> None:
+        """The columns to decode from now on, typed as in ``decoded`` (a whole batch)."""
+        if not self._asked:
+            provenance = pa.schema([("_topic", pa.string()), ("_partition", pa.int32())])
+            full = pa.unify_schemas([decoded, provenance, pa.schema([("_offset", pa.int64())])])
+            self._reads, self._asked = self.ctx.reads(full), True
+        paths = [p for p in self._reads or [] if p not in PROVENANCE]
+        self._schema = project_schema(decoded, paths) if paths else None
 
     def _dead_letter(self, msgs: MessageBatch, bad: list[tuple[int, str]]) -> None:
         for i, reason in bad:

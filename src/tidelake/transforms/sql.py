@@ -6,10 +6,12 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import duckdb
+import orjson
 import pyarrow as pa
 from pydantic import Field
 
 from tidelake.errors import ConfigError
+from tidelake.formats.json import project_schema
 from tidelake.runtime.base import ConnectorConfig, Transform
 
 BATCH = "batch"
@@ -60,8 +62,36 @@ class BatchSQL:
         finally:
             self.con.unregister(BATCH)
 
+    def reads(self, sql: str, schema: pa.Schema) -> list[str] | None:
+        """The columns (dotted paths into structs) ``sql`` reads of a batch of ``schema``,
+        from DuckDB's plan; None when that cannot be told or the query would give another
+        result schema over a batch of those columns only."""
+        try:
+            self.con.register(BATCH, schema.empty_table())
+            plan = orjson.loads(self.con.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchall()[0][1])
+            want = self.con.sql(sql).to_arrow_table().schema
+            paths = sorted(set(_scanned(plan)))
+            cut = project_schema(schema, paths) if paths else None
+            if cut is None:
+                return None
+            self.con.register(BATCH, cut.empty_table())
+            return paths if self.con.sql(sql).to_arrow_table().schema == want else None
+        except duckdb.Error:
+            return None
+        finally:
+            self.con.unregister(BATCH)
+
     def close(self) -> None:
         self.con.close()
+
+
+def _scanned(plan: Any) -> list[str]:
+    """The columns the Arrow scans in a JSON query plan read."""
+    if isinstance(plan, list):
+        return [c for node in plan for c in _scanned(node)]
+    info = plan.get("extra_info", {})
+    cols = info.get("Projections", []) if "ARROW_SCAN" in plan.get("name", "") else []
+    return [*([cols] if isinstance(cols, str) else cols), *_scanned(plan.get("children", []))]
 
 
 class SqlTransform(Transform):
@@ -88,3 +118,6 @@ class SqlTransform(Transform):
 
     def __call__(self, table: pa.Table) -> pa.Table:
         return self.engine.query(table, self.config.query, "sql transform")
+
+    def reads(self, schema: pa.Schema) -> list[str] | None:
+        return self.engine.reads(self.config.query, schema)
