@@ -73,6 +73,14 @@ def test_each_bad_record_is_named_and_the_rest_decode(value: bytes) -> None:
     assert [i for i, _ in bad] == [1] and BAD[value] in bad[0][1], bad
 
 
+def test_an_integer_that_its_float_column_cannot_hold_exactly_is_bad() -> None:
+    """It made the decode raise (the flow crashed on that batch at every restart)."""
+    values = [b'{"id": 1, "v": 1.5}', b'{"id": 2, "v": 1234567890123456789}', b'{"id": 3}']
+    table, bad = decode_json(values)
+    assert table.to_pylist() == [{"id": 1, "v": 1.5}, {"id": 3, "v": None}]
+    assert [i for i, _ in bad] == [1] and "no exact value among the floats" in bad[0][1]
+
+
 def test_clean_batches_keep_the_fast_path_and_their_values() -> None:
     values = [orjson.dumps({"id": i, "n": {"k": [i, i + 1]}, "s": "é\\n"}) for i in range(2000)]
     values.append(b'{"id": 9223372036854775807, "f": 1e308, "s": "NaN Infinity"}')

@@ -3,10 +3,13 @@
 Decoding never hands Arrow's JSON reader a batch it could crash on or silently
 misread. A few vectorized checks over the whole batch (``_clean``) come first:
 every value is valid UTF-8, one object on one line, at most ``MAX_RECORD_BYTES``,
-with few enough brackets that its depth cannot pass ``MAX_DEPTH``, and with no
-value that Arrow would read wrongly (``NaN``, ``Inf``, 19+ digit numbers, 3-digit
-exponents; string contents aside). A clean batch goes to Arrow's C++ reader at once (the fast
-path). Otherwise, or when Arrow fails (a field whose type changes inside the
+and with few enough brackets that its depth cannot pass ``MAX_DEPTH``. A clean batch goes
+to Arrow's C++ reader at once (the fast path). Arrow reads ``NaN`` and ``Infinity`` as
+floats and integers beyond int64 as inexact doubles: each leaves a
+float that is not finite or is at least 2**53 in magnitude, and only a batch holding such
+a float is searched for those tokens (``_MISREAD``, string contents aside; the search
+costs about as much as the read). Otherwise, or when Arrow fails (``1e400``, a field whose
+type changes inside the
 batch), records are parsed one by one with orjson, so each bad one is named
 with its reason and the rest still decode; a field whose JSON kind varies takes
 the kind most records have, and the others are bad.
@@ -142,7 +145,11 @@ def _fast(values: Sequence[bytes | None], schema: pa.Schema | None = None) -> pa
     if data and _clean(values, data):
         try:
             table = _read(data, schema)
-            if table.num_rows == len(values) and _depth_of(table.schema) <= MAX_DEPTH:
+            if (
+                table.num_rows == len(values)
+                and _depth_of(table.schema) <= MAX_DEPTH
+                and not (_suspect(table) and _misread(data))
+            ):
                 return table
         except pa.ArrowInvalid:
             pass
@@ -168,12 +175,32 @@ def _clean(values: Sequence[bytes | None], joined: bytes) -> bool:
         > MAX_DEPTH
     ):
         return False  # deep enough that Arrow's recursive parser could overflow the stack
-    whole = pa.array([joined], pa.large_binary())
     return bool(
-        pc.all(pc.starts_with(data, "{")).as_py()
-        and pc.all(pc.ends_with(data, "}")).as_py()
-        and not pc.match_substring_regex(whole, _MISREAD)[0].as_py()
+        pc.all(pc.starts_with(data, "{")).as_py() and pc.all(pc.ends_with(data, "}")).as_py()
     )
+
+
+def _suspect(table: pa.Table) -> bool:
+    """A float anywhere in ``table`` (nested too) that is not finite or is at least 2**53 in
+    magnitude: what a misread token leaves (``1e400`` makes Arrow fail instead)."""
+    arrays = [chunk for column in table.columns for chunk in column.chunks]
+    while arrays:
+        a = arrays.pop()
+        if pa.types.is_struct(a.type):
+            arrays += a.flatten()
+        elif pa.types.is_list(a.type) or pa.types.is_large_list(a.type):
+            arrays.append(a.flatten())
+        elif pa.types.is_floating(a.type) and a.null_count < len(a):
+            finite = pc.all(pc.is_finite(a)).as_py()
+            if not finite or pc.max(pc.abs(a)).as_py() >= 2**53:
+                return True
+    return False
+
+
+def _misread(joined: bytes) -> bool:
+    """Whether the batch's text holds a value Arrow reads wrongly (``_MISREAD``)."""
+    whole = pa.array([joined], pa.large_binary())
+    return bool(pc.match_substring_regex(whole, _MISREAD)[0].as_py())
 
 
 def _depth_of(schema: pa.Schema) -> int:
@@ -302,16 +329,24 @@ def _majority_kinds(
     """Give each field the JSON kind most records have; a record with another kind is bad,
     quoting its own value. Scalars in a text field are kept as their text."""
     counts: dict[str, dict[str, int]] = {}
+    floats = set()  # fields holding a float: an integer beyond 2**53 has no exact value there
     for _, r in rows:
         for k, v in r.items():
             if v is not None:
                 kinds = counts.setdefault(k, {})
                 kinds[kind(v)] = kinds.get(kind(v), 0) + 1
+                if isinstance(v, float):
+                    floats.add(k)
     winner = {k: max(c, key=c.__getitem__) for k, c in counts.items() if len(c) > 1}
     kept: list[dict[str, object]] = []
     bad: list[tuple[int, str]] = []
     for i, r in rows:
-        problems = []
+        problems = [
+            f"field {k!r}: {v} has no exact value among the floats of this field "
+            "(send it as a string)"
+            for k in floats
+            if type(v := r.get(k)) is int and abs(v) > 2**53
+        ]
         for k, want in winner.items():
             v = r.get(k)
             if v is None or kind(v) == want:
