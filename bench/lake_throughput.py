@@ -165,7 +165,10 @@ def run_pinned(path: Path, records: int, cpu: int, timeout: float) -> dict[str, 
     h = history(pipeline)
     (t_first, n_first), (t_last, n_last) = h[0], h[-1]
     steady_cpu = cpu_at(samples, t_last) - cpu_at(samples, t_first)
+    gaps = sorted(b[0] - a[0] for a, b in zip(h, h[1:], strict=False)) or [0.0]
     return {
+        "gap_p50": gaps[len(gaps) // 2],
+        "gap_max": gaps[-1],
         "steady_cpu": steady_cpu,
         "steady_cpu_rate": (n_last - n_first) / steady_cpu if steady_cpu > 0 else 0.0,
         "core_share": steady_cpu / (t_last - t_first) if t_last > t_first else 0.0,
@@ -243,9 +246,10 @@ STAGE_TREE = [  # (label, depth): the order and nesting the stage report prints
     ("next_offsets (per-record Python loop)", 2),
     ("_decode (JSON -> Arrow, provenance columns)", 2),
     ("decode_json (Arrow JSON reader)", 3),
+    ("buffer a read (fence + conform)", 1),
+    ("fence (provenance filter)", 2),
     ("flush (concat + sink write)", 1),
     ("lake sink write", 2),
-    ("fence", 3),
     ("schema conform", 3),
     ("Iceberg append (data files + manifests)", 3),
     ("write_file (Parquet)", 4),
@@ -263,6 +267,7 @@ def stages(path: Path, records: int, cpu: int) -> None:
 
     from tidelake.broker import base, kafka
     from tidelake.lake import schema
+    from tidelake.runtime import positions
     from tidelake.runtime.runner import FlowRunner
     from tidelake.sinks import lake
     from tidelake.sources import topic
@@ -279,7 +284,8 @@ def stages(path: Path, records: int, cpu: int) -> None:
         (topic.TopicSource, "_decode", "_decode (JSON -> Arrow, provenance columns)"),
         (topic, "decode_json", "decode_json (Arrow JSON reader)"),
         (lake.LakeSink, "write", "lake sink write"),
-        (lake, "fence", "fence"),
+        (FlowRunner, "_add", "buffer a read (fence + conform)"),
+        (positions, "fence", "fence (provenance filter)"),
         (schema, "conform", "schema conform"),
         (pyiceberg_table.Transaction, "append", "Iceberg append (data files + manifests)"),
         (pyiceberg_arrow, "write_file", "write_file (Parquet)"),
@@ -412,7 +418,8 @@ def main() -> None:
                 f"run {i + 1}: {r['records']:,.0f} rows ({size / args.records:.0f} B/record)  "
                 f"wall {r['wall']:.1f} s = {r['records'] / r['wall']:,.0f} rows/s  "
                 f"steady {r['steady_rate']:,.0f} rows/s  commits {r['commits']:.0f}  "
-                f"first commit after {r['first_commit_after']:.1f} s"
+                f"first commit after {r['first_commit_after']:.1f} s  "
+                f"commit interval p50 {r['gap_p50']:.2f} s, max {r['gap_max']:.2f} s"
             )
             print(
                 f"  flow CPU total {r['cpu']:.1f} s (incl. start-up)  steady: "

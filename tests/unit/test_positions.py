@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tidelake.broker.base import MessageBatch
 from tidelake.config import loads
 from tidelake.runtime.base import FlowContext
 from tidelake.runtime.metrics import FlowMetrics
@@ -32,6 +35,37 @@ def test_fence_drops_rows_below_their_own_partitions_position() -> None:
     kept = fence(batch, {"t/0": 5, "t/1": 1, "other/2": 9, "t/0#epoch": 7})
     assert kept["id"].to_pylist() == [5, 6, 7, 1001, 1002, 2000, 2001]
     assert fence(batch.drop_columns(["_offset"]), {"t/0": 5}).num_rows == batch.num_rows
+
+
+records = st.lists(st.tuples(st.sampled_from(["t", "u"]), st.integers(0, 3), st.integers(0, 20)))
+floors = st.dictionaries(st.sampled_from([f"{t}/{p}" for t in "tu" for p in range(4)]),
+                         st.integers(0, 20))  # fmt: skip
+
+
+@given(records, floors)
+def test_fence_keeps_exactly_the_rows_at_or_above_their_floor(
+    batch: list[tuple[str, int, int]], stored: dict[str, int]
+) -> None:
+    table = pa.table({"_topic": [t for t, _, _ in batch],
+                      "_partition": pa.array([p for _, p, _ in batch], pa.int32()),
+                      "_offset": pa.array([o for _, _, o in batch], pa.int64())})  # fmt: skip
+    kept = fence(table, stored)
+    assert list(zip(*kept.to_pydict().values(), strict=True)) == [
+        (t, p, o) for t, p, o in batch if o >= stored.get(f"{t}/{p}", -1)
+    ]
+
+
+@given(records, st.booleans())
+def test_next_offsets_is_one_past_the_highest_offset_per_partition(
+    batch: list[tuple[str, int, int]], one_topic: bool
+) -> None:
+    batch = [("t" if one_topic else t, p, o) for t, p, o in batch]
+    msgs = MessageBatch([t for t, _, _ in batch], [p for _, p, _ in batch],
+                        [o for _, _, o in batch], [0] * len(batch))  # fmt: skip
+    expected: dict[tuple[str, int], int] = {}
+    for t, p, o in batch:
+        expected[(t, p)] = max(expected.get((t, p), 0), o + 1)
+    assert msgs.next_offsets() == expected
 
 
 def test_merge_refuses_a_stale_epoch_and_keeps_other_workers_keys() -> None:

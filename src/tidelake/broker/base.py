@@ -25,6 +25,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 TopicPartition = tuple[str, int]
 RebalanceCallback = Callable[[list[TopicPartition]], None]
 
@@ -53,6 +55,14 @@ class MessageBatch:
 
     def next_offsets(self) -> dict[TopicPartition, int]:
         """The position after this batch, per partition (what a checkpoint stores)."""
+        if not self.offsets:
+            return {}
+        topic, n = self.topics[0], len(self)
+        if self.topics.count(topic) == n:  # one topic: the highest offset per partition at once
+            parts = np.fromiter(self.partitions, np.int64, n)
+            top = np.full(int(parts.max()) + 1, -1, np.int64)
+            np.maximum.at(top, parts, np.fromiter(self.offsets, np.int64, n))
+            return {(topic, p): o + 1 for p, o in enumerate(top.tolist()) if o >= 0}
         out: dict[TopicPartition, int] = {}
         for t, p, o in zip(self.topics, self.partitions, self.offsets, strict=True):
             if o + 1 > out.get((t, p), -1):

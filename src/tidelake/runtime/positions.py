@@ -76,6 +76,14 @@ def fence(rows: pa.Table, stored: Checkpoint) -> pa.Table:
     """Drop rows whose ``_offset`` is below the stored position of their topic/partition."""
     if not stored or not rows.num_rows or not all(c in rows.column_names for c in PROVENANCE):
         return rows
+    offsets = pc.cast(rows.column("_offset"), pa.int64())
+    where = rows.select(["_topic", "_partition"]).append_column("_offset", offsets)
+    lowest = where.group_by(["_topic", "_partition"]).aggregate([("_offset", "min")])
+    if all(
+        low is None or low >= stored.get(f"{topic}/{partition}", -1)
+        for topic, partition, low in zip(*lowest.to_pydict().values(), strict=True)
+    ):  # the usual case: nothing below its floor, no per-row filter needed
+        return rows
     keys = pc.binary_join_element_wise(
         pc.cast(rows.column("_topic"), pa.string()),
         pc.cast(rows.column("_partition"), pa.string()),
@@ -84,7 +92,7 @@ def fence(rows: pa.Table, stored: Checkpoint) -> pa.Table:
     encoded = pc.dictionary_encode(keys).combine_chunks()
     floors = pa.array([stored.get(k, -1) for k in encoded.dictionary.to_pylist()], pa.int64())
     floor = pc.take(floors, encoded.indices)
-    keep = pc.fill_null(pc.greater_equal(pc.cast(rows.column("_offset"), pa.int64()), floor), True)
+    keep = pc.fill_null(pc.greater_equal(offsets, floor), True)
     kept = rows.filter(keep)
     if kept.num_rows < rows.num_rows:
         log.info("fenced %d already-landed rows", rows.num_rows - kept.num_rows)

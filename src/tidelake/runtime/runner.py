@@ -52,7 +52,7 @@ from tidelake.vocabulary import pa_type
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 50_000
+READ_CHUNK = 20_000
 """Rows asked of a source per read: big batches still check their deadline between chunks."""
 READ_WAIT_SECONDS = 0.5
 """Longest wait for a source's next record, whatever the batch latency: a stop request,
@@ -178,11 +178,14 @@ class FlowRunner:
             self.metrics.state = "running"
             first_at: float | None = None
             while not self.stop.is_set():
+                # a batch's first record waits for the reads and the flush: the flush starts
+                # early by what the last one took (at most half the latency, to still batch)
+                due = settings.max_latency - min(
+                    self.metrics.last_batch_seconds, settings.max_latency / 2
+                )
                 wait = min(
                     READ_WAIT_SECONDS,
-                    settings.max_latency
-                    if first_at is None
-                    else max(0.0, settings.max_latency - (time.monotonic() - first_at)),
+                    due if first_at is None else max(0.0, due - (time.monotonic() - first_at)),
                 )
                 want = min(settings.size - self._pending_rows, READ_CHUNK)
                 batch = self.source.read(want, wait)
@@ -192,7 +195,7 @@ class FlowRunner:
                 if (self._add(batch) or batch.positions) and first_at is None:
                     first_at = time.monotonic()
                 full = self._pending_rows >= settings.size
-                late = first_at is not None and time.monotonic() - first_at >= settings.max_latency
+                late = first_at is not None and time.monotonic() - first_at >= due
                 if full or late:
                     self.flush()
                     first_at = None
