@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Literal
 
+from tidelake import pyarrow_pandas
 from tidelake.errors import ConfigError
 from tidelake.extras import missing_extra
 
@@ -66,6 +67,7 @@ def lookup(kind: Kind, name: str) -> type:
         )
     target, _, extra = table[name].partition(" [")
     module, _, attr = target.partition(":")
+    pyarrow_pandas.skip_probe()  # before a connector's imports (pyarrow.dataset) probe
     try:
         cls: type = getattr(importlib.import_module(module), attr)
     except ImportError as e:

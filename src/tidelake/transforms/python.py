@@ -17,6 +17,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
+from tidelake import pyarrow_pandas
 from tidelake.errors import ConfigError
 from tidelake.runtime.base import ConnectorConfig, FlowContext, Transform
 
@@ -64,6 +65,7 @@ def load_function(spec: str, base_dir: Path) -> Callable[..., Any]:
 
 def to_table(result: Any, spec: str) -> pa.Table:
     """Coerce what a user function returned into a table, or say what it should return."""
+    pyarrow_pandas.for_pandas_objects()  # the function may hand over pandas objects
     if isinstance(result, pa.Table):
         return result
     if isinstance(result, pa.RecordBatch):
