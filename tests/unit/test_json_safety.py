@@ -81,6 +81,16 @@ def test_an_integer_that_its_float_column_cannot_hold_exactly_is_bad() -> None:
     assert [i for i, _ in bad] == [1] and "no exact value among the floats" in bad[0][1]
 
 
+def test_an_integer_beyond_2_53_among_floats_is_bad_not_rounded() -> None:
+    """Arrow read it into the field's doubles as 12345678901234568.0 (the fast path)."""
+    values = [b'{"id": 1, "v": 1.5}', b'{"id": 2, "v": 12345678901234567}']
+    values += [b'{"id": 3, "v": 9007199254740992.0}', b'{"id": 4, "v": 900719925474099}']
+    table, bad = decode_json(values)
+    assert table.column("id").to_pylist() == [1, 3, 4]
+    assert table.column("v").to_pylist() == [1.5, 2.0**53, 900719925474099.0]
+    assert [i for i, _ in bad] == [1] and "no exact value among the floats" in bad[0][1]
+
+
 def test_clean_batches_keep_the_fast_path_and_their_values() -> None:
     values = [orjson.dumps({"id": i, "n": {"k": [i, i + 1]}, "s": "é\\n"}) for i in range(2000)]
     values.append(b'{"id": 9223372036854775807, "f": 1e308, "s": "NaN Infinity"}')

@@ -5,7 +5,8 @@ misread. A few vectorized checks over the whole batch (``_clean``) come first:
 every value is valid UTF-8, one object on one line, at most ``MAX_RECORD_BYTES``,
 and with few enough brackets that its depth cannot pass ``MAX_DEPTH``. A clean batch goes
 to Arrow's C++ reader at once (the fast path). Arrow reads ``NaN`` and ``Infinity`` as
-floats and integers beyond int64 as inexact doubles: each leaves a
+floats, and integers beyond int64 (or beyond 2**53 in a field of floats) as rounded doubles:
+each leaves a
 float that is not finite or is at least 2**53 in magnitude, and only a batch holding such
 a float is searched for those tokens (``_MISREAD``, string contents aside; the search
 costs about as much as the read). Otherwise, or when Arrow fails (``1e400``, a field whose
@@ -49,11 +50,12 @@ MAX_RECORD_BYTES = 1 << 20
 
 _SHALLOW_BYTES = 4096
 """Records this short nest at most ~2,000 deep: far below what overflows Arrow's parser."""
-_MISREAD = r"[:,\[]\s*-?(?:NaN|Inf|[0-9]{19}|[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3})"
-"""A token Arrow would misread (``NaN``, ``Inf``/``Infinity``, 19+ digit integers, 3-digit
-exponents) as a value: right after the ``:``, ``[`` or ``,`` that starts every value outside
-a string. Inside strings these are text (uuids and hex digests hold ``e123`` everywhere); a
-string that happens to hold such a delimiter and token only costs the batch the slow path."""
+_MISREAD = r"[:,\[]\s*-?(?:NaN|Inf|[0-9]{16}|[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3})"
+"""A token Arrow would misread as a value: ``NaN``, ``Inf``/``Infinity``, integers of 16+
+digits (beyond int64, or beyond 2**53 where a field of floats rounds them), 3-digit
+exponents; right after the ``:``, ``[`` or ``,`` that starts every value outside a string.
+Inside strings these are text (uuids and hex digests hold ``e123`` everywhere); a string
+that happens to hold such a delimiter and token only costs the batch the slow path."""
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
