@@ -223,13 +223,14 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def peak_rss_mb() -> float | None:
-    """This process's peak resident set (VmHWM). Unlike the ru_maxrss that wait4 reports, it
-    is not inflated by the parent's RSS at fork time (Linux carries that across exec)."""
+def peak_rss_mb(field: str = "VmHWM") -> float | None:
+    """This process's peak resident set (VmHWM; ``VmRSS``: the current one). Unlike the
+    ru_maxrss that wait4 reports, it is not inflated by the parent's RSS at fork time
+    (Linux carries that across exec)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
@@ -248,12 +249,17 @@ class Meter:
         self.n = 0
         self.t_first: float | None = None
         self.cpu_first: float | None = None
+        self.rss_at: dict[int, float | None] = {}  # millions of records read -> VmRSS MB
 
     def seen(self, n: int = 1) -> None:
         if self.t_first is None:
             self.t_first = time.time()
             self.cpu_first = cpu_seconds()
+        before = self.n
         self.n += n
+        if n < 1_000_000 and self.n // 1_000_000 > before // 1_000_000:  # RSS over the run
+            # (a worker that counts its input at once, as pathway's, has no marks)
+            self.rss_at[self.n // 1_000_000] = peak_rss_mb("VmRSS")
 
     @property
     def done_reading(self) -> bool:
@@ -269,6 +275,7 @@ class Meter:
             "cpu_first": self.cpu_first,
             "cpu_end": cpu_seconds(),
             "records_in": self.n,
+            "rss_at_million_mb": self.rss_at,
             **extra,
         }
         with open(path, "w") as f:

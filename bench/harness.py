@@ -567,6 +567,17 @@ def _rss(r: dict) -> float:
     return (r.get("extra") or {}).get("vm_hwm_mb") or r["peak_rss_mb"]
 
 
+def _rss_over_run(runs: list[dict]) -> str:
+    """The largest VmRSS of the runs after 1M, 3M and 5M records (those the runs reached)."""
+    marks = [(r.get("extra") or {}).get("rss_at_million_mb") or {} for r in runs]
+    out = []
+    for m in ("1", "3", "5"):
+        seen = [v[m] for v in marks if v.get(m) is not None]
+        if seen:
+            out.append(f"{max(seen):.0f}")
+    return " / ".join(out)
+
+
 def summarize(rows: list[dict]) -> str:
     """Markdown table: median of the ok runs per (workload, system), ratio to the ceiling."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -580,15 +591,15 @@ def summarize(rows: list[dict]) -> str:
     lines = [
         "| workload | system | version | runs | records/s (median) | vs ceiling | "
         "CPU s / M records (window) | CPU s / M (whole process) | peak RSS MB | "
-        "load avg during runs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "RSS MB at 1M, 3M, 5M records | load avg during runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in WORKLOADS:
         ceiling = groups.get((w, "ceiling"))
         ceil_rate = statistics.median(r["records_per_s"] for r in ceiling) if ceiling else None
         for s in SYSTEMS:
             if (w, s) in pending:
-                lines.append(f"| {w} | {s} | | | pending: {pending[(w, s)]} | | | | | |")
+                lines.append(f"| {w} | {s} | | | pending: {pending[(w, s)]} | | | | | | |")
                 continue
             g = groups.get((w, s))
             if not g:
@@ -600,7 +611,7 @@ def summarize(rows: list[dict]) -> str:
                 f"| {w} | {s} | {g[0].get('version')} | {len(g)} | {rate:,.0f} | {ratio} | "
                 f"{statistics.median(r['cpu_s_per_m'] for r in g):.1f} | "
                 f"{statistics.median(r['process_cpu_s_per_m'] for r in g):.1f} | "
-                f"{max(_rss(r) for r in g):.0f} | {loads} |"
+                f"{max(_rss(r) for r in g):.0f} | {_rss_over_run(g)} | {loads} |"
             )
     if any(w == "W3" for w, _ in groups):
         lines.append("")
