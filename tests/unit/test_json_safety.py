@@ -5,15 +5,19 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pytest
 from test_embedded_flow import _run_until
 
 from tidelake.broker.embedded import EmbeddedBroker
+from tidelake.config import loads
 from tidelake.formats import json as json_format
 from tidelake.formats.json import MAX_DEPTH, MAX_RECORD_BYTES, decode_json
+from tidelake.runtime.runner import FlowRunner
 from tidelake.serve import ingest
 
 DEEP = "b'{\"a\": ' + b'[' * 100_000 + b']' * 100_000 + b'}'"
@@ -127,6 +131,50 @@ def test_topic_source_dead_letters_hostile_records_and_lands_the_rest(tmp_path: 
     dlq = broker.consumer("check", ["t.land.dlq"]).poll(20, 2.0)
     assert len(dlq.values) == len(hostile)
     assert all(orjson.loads(v)["reason"] for v in dlq.values)
+
+
+def test_a_nested_value_of_the_wrong_kind_is_bad_and_its_neighbours_keep_their_structs() -> None:
+    """They became JSON text for the whole batch, so SQL over the nested field failed."""
+    values = [orjson.dumps({"id": i, "loc": {"c": "FR", "n": {"x": i}}}) for i in range(3)]
+    values += [b'{"id": 3, "loc": {"c": "DE", "n": {"x": "three"}}}']
+    values += [b'{"id": 4, "tags": [{"a": 1}, {"a": [2]}]}', b'{"id": 5, "tags": [{"a": 5}]}']
+    table, bad = decode_json(values)
+    assert table.column("id").to_pylist() == [0, 1, 2, 5]
+    assert table.schema.field("loc").type == pa.struct(
+        [("c", pa.string()), ("n", pa.struct([("x", pa.int64())]))]
+    )
+    assert bad == [
+        (3, "field 'loc.n.x': \"three\" is a string, expected a number"),
+        (4, "field 'tags[].a': [2] is an array, expected a number"),
+    ]
+
+
+def test_a_flow_reading_a_nested_field_keeps_running_past_a_badly_typed_one(
+    tmp_path: Path,
+) -> None:
+    broker = EmbeddedBroker(str(tmp_path / ".tidelake" / "log.db"))
+    prod = broker.producer()
+    good = [orjson.dumps({"id": i, "loc": {"n": {"x": i * 10}}}) for i in range(5)]
+    prod.produce("events", [*good, b'{"id": 9, "loc": {"n": {"x": "ninety"}}}'])
+    prod.close()
+    pipeline = loads(
+        "name: t\nbroker: embedded\ndatabase: sqlite:///out.db\nflows:\n  land:\n"
+        "    source: {type: topic, topic: events}\n"
+        "    transforms: [{type: sql, query: 'SELECT id, loc.n.x AS x FROM batch'}]\n"
+        "    sink: {type: table, table: events}\n",
+        tmp_path / "p.yaml",
+    )
+    stop = threading.Event()
+    threading.Timer(3, stop.set).start()
+    FlowRunner(pipeline, "land", stop).run()
+    with sqlite3.connect(tmp_path / "out.db") as c:
+        assert c.execute("SELECT id, x FROM events ORDER BY id").fetchall() == [
+            (i, i * 10) for i in range(5)
+        ]
+    dlq = broker.consumer("check", ["t.land.dlq"]).poll(20, 2.0)
+    assert [orjson.loads(v)["reason"] for v in dlq.values] == [
+        "field 'loc.n.x': \"ninety\" is a string, expected a number"
+    ]
 
 
 @pytest.mark.parametrize("value", list(BAD), ids=[v[:24].decode("latin-1") for v in BAD])

@@ -12,8 +12,8 @@ a float is searched for those tokens (``_MISREAD``, string contents aside; the s
 costs about as much as the read). Otherwise, or when Arrow fails (``1e400``, a field whose
 type changes inside the
 batch), records are parsed one by one with orjson, so each bad one is named
-with its reason and the rest still decode; a field whose JSON kind varies takes
-the kind most records have, and the others are bad.
+with its reason and the rest still decode; a field whose JSON kind varies (nested fields
+too) takes the kind most records have, and the others are bad.
 
 pyarrow 26.0.1, ``pyarrow.json.read_json``: input whose first value is ``null``
 (also after whitespace: ``b" null"``, ``b"\\nnull"``) crashes the process with
@@ -31,7 +31,7 @@ import io
 import json
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -325,40 +325,53 @@ def _nested_as_text(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     ]
 
 
+def _values(
+    obj: dict[str, object] | list[object], prefix: str = ""
+) -> Iterator[tuple[str, dict[str, object] | list[object], Any, object]]:
+    """Every value inside a record, nested too: (path, container, key, value); a list's
+    items share the path ``<list>[]``."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for key, value in items:
+        path = f"{prefix}[]" if isinstance(key, int) else f"{prefix}.{key}" if prefix else key
+        yield path, obj, key, value
+        if isinstance(value, dict | list):
+            yield from _values(value, path)
+
+
 def _majority_kinds(
     rows: list[tuple[int, dict[str, object]]],
 ) -> tuple[list[dict[str, object]], list[tuple[int, str]]]:
-    """Give each field the JSON kind most records have; a record with another kind is bad,
-    quoting its own value. Scalars in a text field are kept as their text."""
+    """Give each field, nested fields too, the JSON kind most records have; a record with
+    another kind is bad, quoting its own value. Scalars in a text field are kept as text."""
     counts: dict[str, dict[str, int]] = {}
     floats = set()  # fields holding a float: an integer beyond 2**53 has no exact value there
     for _, r in rows:
-        for k, v in r.items():
+        for path, _, _, v in _values(r):
             if v is not None:
-                kinds = counts.setdefault(k, {})
+                kinds = counts.setdefault(path, {})
                 kinds[kind(v)] = kinds.get(kind(v), 0) + 1
                 if isinstance(v, float):
-                    floats.add(k)
+                    floats.add(path)
     winner = {k: max(c, key=c.__getitem__) for k, c in counts.items() if len(c) > 1}
     kept: list[dict[str, object]] = []
     bad: list[tuple[int, str]] = []
     for i, r in rows:
-        problems = [
-            f"field {k!r}: {v} has no exact value among the floats of this field "
-            "(send it as a string)"
-            for k in floats
-            if type(v := r.get(k)) is int and abs(v) > 2**53
-        ]
-        for k, want in winner.items():
-            v = r.get(k)
-            if v is None or kind(v) == want:
+        problems = []
+        for path, container, key, v in list(_values(r)):
+            if path in floats and type(v) is int and abs(v) > 2**53:
+                problems.append(
+                    f"field {path!r}: {v} has no exact value among the floats of this field "
+                    "(send it as a string)"
+                )
+            want = winner.get(path)
+            if want is None or v is None or kind(v) == want:
                 continue
             if want == "a string" and not isinstance(v, dict | list):
-                r[k] = orjson.dumps(v).decode() if isinstance(v, bool) else str(v)
+                container[key] = orjson.dumps(v).decode() if isinstance(v, bool) else str(v)
                 continue
             shown = orjson.dumps(v).decode()
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            problems.append(f"field {k!r}: {shown} is {kind(v)}, expected {want}")
+            problems.append(f"field {path!r}: {shown} is {kind(v)}, expected {want}")
         if problems:
             bad.append((i, "; ".join(problems)))
         else:
