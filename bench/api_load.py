@@ -11,7 +11,9 @@ Concurrency mode (``bench.load_clients``: one thread and one keep-alive connecti
 client, a 503 retried after its ``Retry-After``) replaces the one-client runs above::
 
     .venv/bin/python bench/api_load.py --rows 400000 --query-clients 16 --clients 20 \
-        [--client-batch 500] [--duration 20]
+        [--client-batch 500] [--duration 20] [--distinct]
+
+``--distinct`` gives every query request its own text, so no result is reused.
 
 Besides client-side p50/p95 it prints the server-side p50 (``elapsed_ms`` in the responses)
 and the server process's CPU time per query, which stays comparable when other work shares
@@ -22,6 +24,7 @@ similar load).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import socket
 import statistics
@@ -130,6 +133,9 @@ def main() -> None:
     ap.add_argument("--client-batch", type=int, default=500, help="records per ingest request")
     ap.add_argument("--query-clients", type=int, default=0, help="concurrent query clients")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per concurrent phase")
+    ap.add_argument(
+        "--distinct", action="store_true", help="query clients send no query text twice"
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,11 +222,16 @@ def concurrent(args: argparse.Namespace, url: httpx.URL, pid: int, root: Path) -
     """The concurrency mode: query clients, then ingest clients, each for ``--duration``."""
     print(f"server {pid}, {os.cpu_count()} CPUs")
     if args.query_clients:
+        n = itertools.count()  # --distinct: no two requests send the same text (none reused)
         run = load_clients.run(
             str(url), AUTH, args.query_clients, args.duration, pid,
-            lambda c: load_clients.query(c, GROUP_BY),
+            lambda c: load_clients.query(
+                c, GROUP_BY.replace("events", f"events WHERE ts IS NOT NULL OR {next(n)} < 0")
+                if args.distinct else GROUP_BY,
+            ),
         )  # fmt: skip
-        print(f"{args.query_clients} query clients, GROUP BY over {args.rows:,} rows:")
+        same = "distinct texts" if args.distinct else "the same text (results reused)"
+        print(f"{args.query_clients} query clients, GROUP BY over {args.rows:,} rows, {same}:")
         print("  " + run.summary("queries"))
     if args.clients:
         line = b'{"user_id": %d, "kind": "click", "amount": 12.5, "ts": "2024-05-01T00:00"}\n'

@@ -20,7 +20,8 @@ Names resolve as ``lake.<t>`` (always the lake table), ``db.<t>`` (always the da
 table) or bare ``<t>``, which must exist in only one of them: a bare name in both is an
 error naming both qualified forms. Only single read-only ``SELECT`` statements run.
 ``as_of`` (a snapshot id or a time)
-time-travels every lake table in the query.
+time-travels every lake table in the query. A repeatable query's result is reused while
+the tables it read keep their version (``tidelake.lake.results``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from sqlglot import exp
 from tidelake.config import Pipeline
 from tidelake.errors import QueryError
 from tidelake.identifiers import quote
-from tidelake.lake import checkpoints, pyiceberg_internals
+from tidelake.lake import checkpoints, pyiceberg_internals, results
 from tidelake.lake.catalog import load_table, namespace, open_catalog, table_names, warehouse
 from tidelake.lake.schema import arrow_schema
 from tidelake.runtime.base import Checkpoint
@@ -246,7 +247,7 @@ class _Database:
             return Path(self.url[len("sqlite:///") :])
         return None
 
-    def _version(self) -> object:
+    def version(self) -> object:
         path = self._sqlite_path
         if path is None:
             return None  # PostgreSQL: no cheap change marker; read on every bind
@@ -283,7 +284,7 @@ class _Database:
         return [], []
 
     def names(self) -> list[str]:
-        version = self._version()
+        version = self.version()
         if version is not None and self._names is not None and self._names[0] == version:
             return list(self._names[1])
         if self._sqlite_path is not None:
@@ -300,7 +301,7 @@ class _Database:
         return list(names)
 
     def read(self, name: str) -> pa.Table:
-        version = self._version()
+        version = self.version()
         hit = self._cache.get(name)
         if hit is not None and version is not None and hit[0] == version:
             return hit[1]
@@ -328,6 +329,7 @@ class QueryEngine:
         self._plans: dict[tuple[str, int], _Plan] = {}
         self._arrow: dict[str, tuple[int, pa.Table]] = {}
         self._bound: dict[tuple[str, str], object] = {}
+        self._results = results.Results()
         self._tables: dict[str, Table] = {}
         self._catalog = open_catalog(pipeline)
         self._namespace = namespace(pipeline)
@@ -412,13 +414,21 @@ class QueryEngine:
         check_select(query)
         with self._lock:
             lake = self._lake_pointers()
-            self._bind(set(_references(query)), lake, as_of)
+            versions = self._bind(set(_references(query)), lake, as_of)
+            key = None
+            if versions is not None and results.repeatable(query):
+                key = (query, repr(as_of), repr(params), versions)
+                if (kept := self._results.get(key)) is not None:
+                    return kept
             try:
-                return self._con.sql(query, params=params).to_arrow_table()
+                table = self._con.sql(query, params=params).to_arrow_table()
             except duckdb.CatalogException as e:
                 raise QueryError(f"{str(e).splitlines()[0]} ({self._known()})") from None
             except duckdb.Error as e:
                 raise QueryError(str(e)) from None
+            if key is not None:
+                self._results.put(key, table)
+            return table
 
     def lake_names(self) -> list[str]:
         """The lake tables that exist now (one catalog query, no metadata read)."""
@@ -441,9 +451,12 @@ class QueryEngine:
             table = self._tables[name] = load_table(self.pipeline, name)
         return table
 
-    def _bind(self, refs: set[tuple[str, str]], lake: dict[str, str], as_of: AsOf) -> None:
+    def _bind(
+        self, refs: set[tuple[str, str]], lake: dict[str, str], as_of: AsOf
+    ) -> tuple[tuple[str, str, object], ...] | None:
         """Bind every referenced table: ``lake.t``/``db.t`` in their schema, bare ``t`` in
-        main as a view of the one store that has it (both: an error naming both)."""
+        main as a view of the one store that has it (both: an error naming both). Returns
+        the version of each table bound (None: one has no version, see ``results``)."""
         bare = {name for schema, name in refs if not schema}
         wants_db = bare or any(schema == "db" for schema, _ in refs)
         db = set(self.db.names()) if wants_db else set()
@@ -454,6 +467,7 @@ class QueryEngine:
                 f"write lake.{n} or db.{n}" for n in both))  # fmt: skip
         matched = False
         read: set[str] = set()
+        versions: list[tuple[str, str, object]] | None = []
         for schema, name in refs:
             store = schema or ("lake" if name in lake else "db" if name in db else "")
             if store == "lake" and name in lake:
@@ -463,7 +477,9 @@ class QueryEngine:
                     matched = True
                 self._bind_lake(name, table, snapshot)
                 read.add(name)
+                version: object = lake[name]
             elif store == "db" and name in db:
+                version = self.db.version()
                 self._bind_arrow("db", name, self.db.read(name))
             else:
                 continue  # unknown: DuckDB's catalog error names it (with the known tables)
@@ -471,11 +487,14 @@ class QueryEngine:
                 q = quote(name)
                 self._con.execute(f"CREATE OR REPLACE VIEW main.{q} AS SELECT * FROM {store}.{q}")
                 self._bound[("main", name)] = store
+            if versions is not None:
+                versions = None if version is None else [*versions, (store, name, version)]
         if isinstance(as_of, int) and not matched and read:
             raise QueryError(
                 f"snapshot {as_of} is not in the history of {', '.join(sorted(read))} "
                 "(expired, or from another table; see `tidelake lake describe`)"
             )
+        return None if versions is None else tuple(sorted(versions, key=repr))
 
     @staticmethod
     def _resolve(table: Table, as_of: AsOf) -> Snapshot | None:
