@@ -2,11 +2,11 @@
 
 pyarrow asks whether pandas is installed the first time it converts a Python list
 (``pa.array(values)``), and asking imports it. :func:`skip_probe` lets that first, silent
-question find no pandas; pyarrow then converts lists without it, and imports pandas
-itself the first time pandas is really needed (``to_pandas``, ``from_pandas``).
-:func:`for_pandas_objects` is that first time for code that may hand pyarrow pandas
-objects some other way (``pa.table`` of a dict of Series would otherwise be read as plain
-sequences: NaN stays NaN instead of null).
+question find no pandas; pyarrow then converts lists without it, and imports pandas itself
+the first time pandas is really needed (``to_pandas``, ``from_pandas``).
+:func:`for_pandas_objects` is that first time for code that may hand pyarrow pandas objects
+some other way (``pa.table`` of a dict of Series would otherwise be read as plain sequences:
+NaN stays NaN instead of null).
 """
 
 from __future__ import annotations
