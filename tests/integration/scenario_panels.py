@@ -197,4 +197,5 @@ def read_drawn(browser: Browser, pipeline: Pipeline) -> None:
                 assert "discrete scale" in x, (panel.title, x)
         if panel.chart == "bar":
             assert 0 < browser.js(_BARS % i) <= READABLE_BARS, panel.title
-    assert browser.js(_ERRORS) == []
+    errors = browser.js(_ERRORS)
+    assert errors == [], errors

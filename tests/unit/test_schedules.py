@@ -84,6 +84,32 @@ def test_compacting_a_table_not_created_yet_is_not_a_failure(tmp_path: Path) -> 
     assert [(j.runs, j.last_error) for j in ran] == [(1, "")]
 
 
+def test_a_summary_due_before_its_table_landed_reads_nothing_but_a_typo_fails(
+    tmp_path: Path,
+) -> None:
+    """The markets demo's end-of-day summary ran before its first candle landed: the job's
+    error (table candles does not exist) was shown on the dashboard until its next run."""
+    text = (
+        f"name: t\nbroker: embedded\nlake: file://{tmp_path}/lake\nflows:\n"
+        "  candles:\n    source: {type: generator, kind: movie_ratings, limit: 5}\n"
+        "    sink: {type: lake, table: candles}\n"
+        "  eod:\n    source: {type: query, sql: 'SELECT count(*) AS n FROM lake.candles'}\n"
+        "    sink: {type: lake, table: eod}\n"
+        "  typo:\n    source: {type: query, sql: 'SELECT count(*) AS n FROM lake.candels'}\n"
+        "    sink: {type: lake, table: typo}\n"
+        "schedules:\n  eod: {cron: '* * * * *', flow: eod}\n"
+        "  typo: {cron: '* * * * *', flow: typo}\n"
+    )
+    p = loads(text, tmp_path / "p.yaml")
+    stop = threading.Event()
+    clock = FakeClock(stop, START + 60)
+    ran: list[Job] = []
+    Scheduler(p, stop, clock, clock.wait, on_run=ran.append).run()
+    errors = {j.name: j.last_error for j in ran}
+    assert errors["eod"] == ""
+    assert "candels does not exist" in errors["typo"]
+
+
 def test_a_run_that_overruns_skips_the_due_times_it_missed(tmp_path: Path) -> None:
     p, stop, clock, ran = every_minute(tmp_path, START + 400)
 

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
+import pyarrow as pa
 
 TopicPartition = tuple[str, int]
 RebalanceCallback = Callable[[list[TopicPartition]], None]
@@ -59,10 +59,10 @@ class MessageBatch:
             return {}
         topic, n = self.topics[0], len(self)
         if self.topics.count(topic) == n:  # one topic: the highest offset per partition at once
-            parts = np.fromiter(self.partitions, np.int64, n)
-            top = np.full(int(parts.max()) + 1, -1, np.int64)
-            np.maximum.at(top, parts, np.fromiter(self.offsets, np.int64, n))
-            return {(topic, p): o + 1 for p, o in enumerate(top.tolist()) if o >= 0}
+            rows = pa.table({"p": pa.array(self.partitions, pa.int64()),
+                             "o": pa.array(self.offsets, pa.int64())})  # fmt: skip
+            top = rows.group_by("p").aggregate([("o", "max")]).to_pydict()
+            return {(topic, p): o + 1 for p, o in zip(top["p"], top["o_max"], strict=True)}
         out: dict[TopicPartition, int] = {}
         for t, p, o in zip(self.topics, self.partitions, self.offsets, strict=True):
             if o + 1 > out.get((t, p), -1):
